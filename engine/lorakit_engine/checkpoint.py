@@ -1,0 +1,154 @@
+"""Training checkpoints: `run_dir/checkpoints/step-N/` = the adapter (peft format, so it loads on its own),
+`optimizer.pt`, `scheduler.pt`, `scaler.pt` (fp16 only), `rng.pt` and `state.json` (step, data position,
+tokens seen, the plan keys a resume must not change).
+
+Each is written under `checkpoints/.tmp-step-N/`, `state.json` last, then renamed: a folder named `step-N`
+is complete, and a crash mid-write leaves only a `.tmp-*` that is never read and is cleared on the next start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from .protocol import EngineError
+
+STATE = "state.json"
+
+
+def plan_subset(plan: dict) -> dict:
+    """What must stay the same for a resumed run to continue the interrupted one exactly."""
+    t = plan["train"]
+    return {
+        "model": plan["model"]["model_type"],
+        "train_data": {k: plan["data"]["train"][k] for k in ("samples", "tokens")},
+        "pad_id": plan["data"]["pad_id"],
+        "lora": plan["lora"],
+        "train": {k: t[k] for k in ("batch_size", "grad_accum", "seed", "precision")},
+    }
+
+
+def subset_hash(subset: dict) -> str:
+    return hashlib.sha256(json.dumps(subset, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def root(run_dir: Path | str) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def complete(run_dir: Path | str) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first."""
+    found = []
+    base = root(run_dir)
+    if base.is_dir():
+        for p in base.iterdir():
+            if p.name.startswith("step-") and p.name[5:].isdigit() and (p / STATE).is_file():
+                found.append((int(p.name[5:]), p))
+    return sorted(found)
+
+
+def newest(run_dir: Path | str) -> Path | None:
+    found = complete(run_dir)
+    return found[-1][1] if found else None
+
+
+def clear_partial(run_dir: Path | str) -> None:
+    base = root(run_dir)
+    if base.is_dir():
+        for p in base.glob(".tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- RNG
+
+
+def rng_state() -> dict:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [name, keys.tolist(), pos, has_gauss, gauss],  # plain values: loads with weights_only
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_tuples(state["python"]))
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(x):
+    return tuple(_tuples(v) for v in x) if isinstance(x, list | tuple) else x
+
+
+# ---------------------------------------------------------------- save / load
+
+
+def save(run_dir, step: int, model, optimizer, scheduler, scaler, state: dict, keep: int) -> Path:
+    """Write checkpoint `step` atomically, then keep only the newest `keep`. `model` is the peft model."""
+    base = root(run_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = base / f".tmp-step-{step}"
+    final = base / f"step-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    if scaler is not None:
+        torch.save(scaler.state_dict(), tmp / "scaler.pt")
+    torch.save(rng_state(), tmp / "rng.pt")
+    _write_synced(tmp / STATE, json.dumps({"step": step, **state}, indent=2))
+    if final.exists():  # the same step saved by an earlier, resumed attempt
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for _, old in complete(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_state(path: Path) -> dict:
+    return json.loads((path / STATE).read_text(encoding="utf-8"))
+
+
+def load(path: Path, model, optimizer, scheduler, scaler) -> dict:
+    """Restore adapter weights, optimizer, scheduler, scaler and RNG from checkpoint `path`; return its state."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    state = read_state(path)
+    weights = load_file(str(path / "adapter_model.safetensors"))
+    expected = set(get_peft_model_state_dict(model).keys())
+    if set(weights) != expected:
+        missing, extra = sorted(expected - set(weights)), sorted(set(weights) - expected)
+        raise EngineError(
+            "CHECKPOINT_MISMATCH",
+            f"checkpoint {path} does not fit this model's adapter: missing {missing[:5]}, unexpected {extra[:5]}",
+            "Resume with the same model and lora settings, or start a new run (resume: false) in a new run_dir.",
+        )
+    set_peft_model_state_dict(model, weights)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    if scaler is not None and (path / "scaler.pt").is_file():
+        scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
+    set_rng_state(torch.load(path / "rng.pt", weights_only=True))
+    return state

@@ -1,0 +1,74 @@
+"""Control lines from the product on stdin (`stop`, `save`, `sample`), read by a daemon thread and queued;
+the training loop takes them between optimizer steps. EOF is not a stop: a closed stdin changes nothing.
+SIGINT in a terminal is a `stop`; a second SIGINT exits at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import sys
+import threading
+from typing import IO
+
+from .protocol import Emit, log, schema_errors
+
+
+class Controls:
+    """A queue of control commands. `put` is what a reader thread (or an in-process caller) does;
+    `take` is what the loop does between steps."""
+
+    def __init__(self) -> None:
+        self._q: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    def put(self, command: str) -> None:
+        self._q.put(command)
+
+    def take(self) -> list[str]:
+        out = []
+        while True:
+            try:
+                out.append(self._q.get_nowait())
+            except queue.Empty:
+                return out
+
+
+def read_lines(stream: IO[str], controls: Controls, emit: Emit) -> None:
+    for raw in stream:
+        line = raw.strip()
+        if not line:
+            continue
+        try:
+            msg = json.loads(line)
+        except json.JSONDecodeError:
+            log(emit, f"ignored a control line that is not JSON: {line[:200]!r}", "warning")
+            continue
+        problems = schema_errors("control", msg)
+        if problems:
+            log(emit, f"ignored an unknown control line {line[:200]!r} (expected stop, save or sample)", "warning")
+            continue
+        controls.put(msg["type"])
+
+
+def start_reader(controls: Controls, emit: Emit, stream: IO[str] | None = None) -> threading.Thread:
+    t = threading.Thread(
+        target=read_lines, args=(stream or sys.stdin, controls, emit), name="lorakit-control", daemon=True
+    )
+    t.start()
+    return t
+
+
+def install_sigint(controls: Controls, emit: Emit) -> None:
+    """First SIGINT → a `stop` (checkpoint, then exit 0); the second ends the process at once."""
+    hits = []
+
+    def handler(signum, frame):
+        hits.append(1)
+        if len(hits) > 1:
+            os._exit(130)
+        log(emit, "interrupted: saving a checkpoint and stopping (press Ctrl-C again to quit at once)", "warning")
+        controls.put("stop")
+
+    signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,154 @@
+"""Prepared data, as the product writes it: `<dir>/tokens.safetensors` (flat `input_ids` and `labels` int32,
+-100 = no loss; `offsets` int64, n_samples + 1) and `manifest.json`. Memory-mapped; read sample by sample.
+
+Batching is a pure function of (seed, epoch, micro-batch index), so a resumed run continues exactly where the
+interrupted one stopped: each epoch has its own permutation, cut into right-padded micro-batches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from .protocol import EngineError
+
+IGNORE = -100
+_CHUNK = 1 << 24  # tokens scanned at a time when checking ids
+
+_FIX = "Prepare the data again with lorakit (`lorakit prepare`), which rewrites prepared/<hash>/."
+
+
+def _bad(dir: Path, what: str) -> EngineError:
+    return EngineError("DATA_INVALID", f"prepared data {dir}: {what}", _FIX)
+
+
+class Prepared:
+    """One prepared split. `len()` samples; `sample(i)` → (input_ids, labels) int64 tensors."""
+
+    def __init__(self, dir: Path | str):
+        self.dir = Path(dir)
+        path = self.dir / "tokens.safetensors"
+        if not path.is_file():
+            raise _bad(self.dir, "tokens.safetensors is missing")
+        try:
+            self._file = safe_open(str(path), framework="pt")
+        except Exception as e:  # safetensors raises its own error types
+            raise _bad(self.dir, f"tokens.safetensors cannot be read ({e})") from e
+        keys = set(self._file.keys())
+        missing = {"input_ids", "labels", "offsets"} - keys
+        if missing:
+            raise _bad(self.dir, f"tokens.safetensors lacks {sorted(missing)} (has {sorted(keys)})")
+        self._ids = self._file.get_slice("input_ids")
+        self._labels = self._file.get_slice("labels")
+        for name, sl, dtype in (("input_ids", self._ids, "I32"), ("labels", self._labels, "I32")):
+            if sl.get_dtype() != dtype or len(sl.get_shape()) != 1:
+                raise _bad(self.dir, f"{name} must be flat int32, found {sl.get_dtype()} {sl.get_shape()}")
+        self.offsets = self._file.get_tensor("offsets")
+        if self.offsets.dtype != torch.int64 or self.offsets.dim() != 1 or len(self.offsets) < 1:
+            raise _bad(self.dir, f"offsets must be int64 [n_samples + 1], found {self.offsets.dtype}")
+        n_tokens = self._ids.get_shape()[0]
+        if self._labels.get_shape()[0] != n_tokens:
+            raise _bad(self.dir, f"labels has {self._labels.get_shape()[0]} tokens, input_ids {n_tokens}")
+        if int(self.offsets[0]) != 0 or int(self.offsets[-1]) != n_tokens:
+            raise _bad(self.dir, f"offsets must run from 0 to {n_tokens}")
+        if len(self.offsets) > 1 and bool((self.offsets[1:] <= self.offsets[:-1]).any()):
+            raise _bad(self.dir, "offsets must increase (every sample holds at least one token)")
+        self.n_tokens = n_tokens
+        manifest = self.dir / "manifest.json"
+        self.manifest = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def sample(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        return self._ids[a:b].long(), self._labels[a:b].long()
+
+    def max_id(self) -> int:
+        top = -1
+        for a in range(0, self.n_tokens, _CHUNK):
+            top = max(top, int(self._ids[a : a + _CHUNK].max()))
+        return top
+
+    def check(self, samples: int, tokens: int, vocab_rows: int | None = None) -> None:
+        """The counts the plan promises, and every id inside the embedding."""
+        if len(self) != samples or self.n_tokens != tokens:
+            raise _bad(
+                self.dir,
+                f"the plan says {samples} samples / {tokens} tokens, the files hold {len(self)} / {self.n_tokens}",
+            )
+        if vocab_rows is not None and self.n_tokens:
+            top = self.max_id()
+            if top >= vocab_rows:
+                raise EngineError(
+                    "DATA_VOCAB_MISMATCH",
+                    f"prepared data {self.dir} holds token id {top}, the model's embedding has {vocab_rows} rows",
+                    "Prepare the data with the tokenizer that belongs to this model.",
+                )
+
+
+@dataclass(frozen=True)
+class Batch:
+    input_ids: torch.Tensor  # [b, t] int64, right-padded with pad_id
+    attention_mask: torch.Tensor  # [b, t] int64
+    labels: torch.Tensor  # [b, t] int64, -100 on padding; aligned with input_ids (the loss shifts)
+
+    @property
+    def trained_tokens(self) -> int:
+        """Tokens that carry loss once shifted: a label at position 0 is never predicted."""
+        return int((self.labels[:, 1:] != IGNORE).sum())
+
+    @property
+    def real_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+    def to(self, device) -> Batch:
+        return Batch(*(t.to(device, non_blocking=True) for t in (self.input_ids, self.attention_mask, self.labels)))
+
+
+def collate(data: Prepared, indices: list[int], pad_id: int) -> Batch:
+    pairs = [data.sample(i) for i in indices]
+    width = max(len(ids) for ids, _ in pairs)
+    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(pairs), width), dtype=torch.long)
+    labels = torch.full((len(pairs), width), IGNORE, dtype=torch.long)
+    for row, (x, y) in enumerate(pairs):
+        ids[row, : len(x)] = x
+        mask[row, : len(x)] = 1
+        labels[row, : len(y)] = y
+    return Batch(ids, mask, labels)
+
+
+class Batches:
+    """Micro-batches of one split for training: epoch `e` is a permutation seeded by (seed, e), cut into
+    `ceil(n / batch_size)` micro-batches (the last may be short)."""
+
+    def __init__(self, data: Prepared, batch_size: int, seed: int, pad_id: int):
+        if len(data) == 0:
+            raise _bad(data.dir, "the training split holds no samples")
+        self.data, self.batch_size, self.seed, self.pad_id = data, batch_size, seed, pad_id
+        self.per_epoch = math.ceil(len(data) / batch_size)
+        self._order: tuple[int, list[int]] | None = None
+
+    def order(self, epoch: int) -> list[int]:
+        if self._order is None or self._order[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._order = (epoch, torch.randperm(len(self.data), generator=g).tolist())
+        return self._order[1]
+
+    def get(self, epoch: int, index: int) -> Batch:
+        """Micro-batch `index` (0-based) of `epoch`."""
+        at = index * self.batch_size
+        return collate(self.data, self.order(epoch)[at : at + self.batch_size], self.pad_id)
+
+
+def in_order(data: Prepared, batch_size: int, pad_id: int, limit: int | None = None):
+    """Micro-batches in file order (evaluation)."""
+    n = len(data) if limit is None else min(limit, len(data))
+    for a in range(0, n, batch_size):
+        yield collate(data, list(range(a, min(a + batch_size, n))), pad_id)

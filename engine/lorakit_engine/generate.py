@@ -1,0 +1,99 @@
+"""Greedy samples from prompt ids, batched with left padding: one `sample` event per prompt with the new ids
+(without the stop token) and whether a stop token ended it.
+
+Three ways, best first: the model's own `generate_greedy` (native families), transformers' `generate`, and a
+plain loop without a KV cache, one prompt at a time (anything else with a causal-LM forward).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .protocol import Emit
+
+
+def _unwrap(model):
+    """The model under a peft wrapper; LoRA layers live inside it, so it computes the adapted function."""
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
+
+
+def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[row, width - len(p) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _cut(row: list[int], stop_ids: set[int]) -> tuple[list[int], bool]:
+    for i, tok in enumerate(row):
+        if tok in stop_ids:
+            return row[:i], True
+    return row, False
+
+
+@torch.no_grad()
+def greedy(
+    model, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int], pad_id: int, batch_size: int = 8
+) -> list[tuple[list[int], bool]]:
+    """(new ids without the stop token, stopped) per prompt."""
+    net = _unwrap(model)
+    was_training = net.training
+    net.eval()
+    device = next(net.parameters()).device
+    stops = set(stop_ids)
+    out: list[tuple[list[int], bool]] = []
+    try:
+        for a in range(0, len(prompts), batch_size):
+            chunk = prompts[a : a + batch_size]
+            if hasattr(net, "generate_greedy"):
+                ids, mask = _left_pad(chunk, pad_id, device)
+                new = net.generate_greedy(ids, max_new_tokens, stop_ids=stop_ids, attention_mask=mask)
+                out.extend(_cut(row, stops) for row in new.tolist())
+            elif hasattr(net, "generate") and getattr(net, "generation_config", None) is not None:
+                out.extend(_hf_generate(net, chunk, max_new_tokens, stop_ids, pad_id, device, stops))
+            else:
+                out.extend(_plain(net, p, max_new_tokens, stops, device) for p in chunk)
+    finally:
+        net.train(was_training)
+    return out
+
+
+def _hf_generate(net, chunk, max_new_tokens, stop_ids, pad_id, device, stops):
+    from transformers import GenerationConfig
+
+    ids, mask = _left_pad(chunk, pad_id, device)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=list(stop_ids),
+        pad_token_id=pad_id,
+    )
+    seq = net.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+    return [_cut(row, stops) for row in seq[:, ids.shape[1] :].tolist()]
+
+
+def _plain(net, prompt: list[int], max_new_tokens: int, stops: set[int], device) -> tuple[list[int], bool]:
+    ids = torch.tensor([prompt], dtype=torch.long, device=device)
+    new: list[int] = []
+    for _ in range(max_new_tokens):
+        tok = int(net(input_ids=ids).logits[0, -1].argmax())
+        if tok in stops:
+            return new, True
+        new.append(tok)
+        ids = torch.cat((ids, torch.tensor([[tok]], device=device)), dim=1)
+    return new, False
+
+
+def emit_samples(model, plan: dict, phase: str, emit: Emit) -> None:
+    items = plan["samples"]["items"]
+    if not items:
+        return
+    s = plan["samples"]
+    results = greedy(model, [it["prompt_ids"] for it in items], s["max_new_tokens"], s["stop_ids"], plan["data"]["pad_id"])
+    for item, (ids, stopped) in zip(items, results, strict=True):
+        emit({"type": "sample", "phase": phase, "index": item["index"], "output_ids": ids, "stopped": stopped})

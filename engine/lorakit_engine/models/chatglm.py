@@ -1,0 +1,531 @@
+"""ChatGLM3 (`model_type` "chatglm"), built natively under the checkpoint's own module names.
+
+The official checkpoints ship their model as remote code, which lorakit never runs. This module computes the
+same function under the same names, so an adapter trained on `query_key_value` here loads unchanged with the
+official code and peft. Facts: shared/design/CHATGLM3.md. One layer, pre-norm:
+
+    q | k | v = rows of query_key_value(norm(x))        q: heads × d, k and v: groups × d
+    x = x + dense(attention(rope(q), rope(k), v))      head h reads group h // (heads / groups), causal
+    a | b     = halves of dense_h_to_4h(norm(x))
+    x = x + dense_4h_to_h(silu(a) * b)
+
+rope rotates the first half of each head's dims in adjacent pairs (2i, 2i+1); the rest pass through.
+Attention inputs are batch-first here ([batch, heads, time, d]); the official code is time-first, which
+changes no weight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .checkpoint import CheckpointError, find_weights, load_weights, read_config
+
+INV_FREQ = "transformer.rotary_pos_emb.inv_freq"  # saved by the official code, recomputed here
+_REQUIRED = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "kv_channels")
+
+KVCache = tuple[tuple[torch.Tensor, torch.Tensor], ...]  # per layer (key, value): [batch, groups, time, d]
+
+
+@dataclass
+class ChatGLMConfig:
+    """config.json of a ChatGLM2/3 checkpoint (defaults: ChatGLM3-6B). Keys the model does not use
+    (auto_map, torch_dtype, …) are kept in `extra` and readable as attributes, so `to_dict()` round-trips."""
+
+    num_layers: int = 28
+    hidden_size: int = 4096
+    ffn_hidden_size: int = 13696
+    num_attention_heads: int = 32
+    kv_channels: int = 128
+    multi_query_attention: bool = True
+    multi_query_group_num: int = 2
+    padded_vocab_size: int = 65024
+    seq_length: int = 8192
+    layernorm_epsilon: float = 1e-5
+    rmsnorm: bool = True
+    post_layer_norm: bool = True
+    add_bias_linear: bool = False
+    add_qkv_bias: bool = True
+    apply_residual_connection_post_layernorm: bool = False
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    rope_ratio: float = 1.0
+    original_rope: bool = True
+    tie_word_embeddings: bool = False
+    eos_token_id: int | list[int] | None = 2
+    pad_token_id: int | None = 0
+    model_type: str = "chatglm"
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    # Read by peft and transformers utilities; not config.json keys.
+    is_encoder_decoder = False
+    return_dict = True
+    use_return_dict = True
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], path: Path | str | None = None) -> ChatGLMConfig:
+        _reject_unsupported(raw, path)
+        missing = [k for k in _REQUIRED if k not in raw]
+        if missing:
+            raise CheckpointError(
+                "checkpoint.bad_config",
+                f"config.json lacks {', '.join(missing)} for a ChatGLM model",
+                path=path,
+            )
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in raw.items() if k in names}
+        if known.get("rope_ratio") is None:
+            known.pop("rope_ratio", None)
+        return cls(**known, extra={k: v for k, v in raw.items() if k not in names})
+
+    @classmethod
+    def from_pretrained(cls, path: Path | str) -> ChatGLMConfig:
+        """From a local folder only. peft's save_pretrained calls it on base_model_name_or_path to see
+        whether the vocabulary changed (and then would save the embeddings too)."""
+        return cls.from_dict(read_config(path), Path(path) / "config.json")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dict(self.extra)
+        out.update((f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "extra")
+        return out
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.to_dict().get(key, default)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.to_dict()
+
+    def __getattr__(self, name: str) -> Any:
+        extra = self.__dict__.get("extra")
+        if extra is not None and name in extra:
+            return extra[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def get_text_config(self, *args: Any, **kwargs: Any) -> ChatGLMConfig:
+        return self
+
+    @property
+    def vocab_size(self) -> int:
+        return self.padded_vocab_size
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return self.num_layers
+
+    @property
+    def head_dim(self) -> int:
+        return self.kv_channels
+
+    @property
+    def num_key_value_heads(self) -> int:
+        return self.multi_query_group_num if self.multi_query_attention else self.num_attention_heads
+
+
+def _reject_unsupported(raw: dict[str, Any], path: Path | str | None) -> None:
+    def fail(what: str, hint: str) -> None:
+        raise CheckpointError("model.unsupported_variant", what, path=path, hint=hint)
+
+    if "position_encoding_2d" in raw or "inner_hidden_size" in raw:
+        fail(
+            "this is a first-generation ChatGLM-6B checkpoint (2D positions, GLM-130B layout), "
+            "a different architecture from ChatGLM2/3",
+            "use ChatGLM3-6B (THUDM/chatglm3-6b) or a transformers-format GLM-4",
+        )
+    if raw.get("quantization_bit"):
+        fail(
+            f"the weights are quantized to {raw['quantization_bit']} bits by the checkpoint's own code",
+            "use the float16 checkpoint (chatglm3-6b, not -int4/-int8)",
+        )
+    if raw.get("pre_seq_len"):
+        fail(
+            "the config enables P-tuning v2 prefixes (pre_seq_len)",
+            "set pre_seq_len to null: lorakit trains LoRA adapters",
+        )
+    if raw.get("original_rope") is False:
+        fail("original_rope is false: only the original rotary embedding is implemented", "")
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (self.weight.float() * x32).to(x.dtype)
+
+
+def _norm(config: ChatGLMConfig) -> nn.Module:
+    if config.rmsnorm:
+        return RMSNorm(config.hidden_size, config.layernorm_epsilon)
+    return nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin for the rotated half of each head. Holds no tensor: the checkpoint's `inv_freq` buffer is
+    recomputed (the official forward recomputes it too), so no meta-device or dtype rounding can stale it."""
+
+    def __init__(self, rot_dim: int, base: float):
+        super().__init__()
+        self.rot_dim = rot_dim
+        self.base = base
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        steps = torch.arange(0, self.rot_dim, 2, dtype=torch.float32, device=position_ids.device)
+        inv_freq = 1.0 / (self.base ** (steps / self.rot_dim))
+        angles = position_ids.float()[..., None] * inv_freq  # [batch, time, rot_dim / 2]
+        cos, sin = angles.cos(), angles.sin()
+        if dtype in (torch.float16, torch.bfloat16):  # as the official code: the table itself is rounded
+            cos, sin = cos.to(dtype), sin.to(dtype)
+        return cos[:, None], sin[:, None]  # broadcast over heads
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs (2i, 2i+1) of the first 2·cos.shape[-1] dims of x [batch, heads, time, d]."""
+    rot = cos.shape[-1] * 2
+    x0, x1 = x[..., :rot].unflatten(-1, (-1, 2)).unbind(-1)
+    rotated = torch.stack((x0 * cos - x1 * sin, x1 * cos + x0 * sin), dim=-1).flatten(-2)
+    return torch.cat((rotated.to(x.dtype), x[..., rot:]), dim=-1)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: ChatGLMConfig):
+        super().__init__()
+        self.heads = config.num_attention_heads
+        self.groups = config.num_key_value_heads
+        self.head_dim = config.kv_channels
+        self.multi_query = config.multi_query_attention
+        self.dropout = config.attention_dropout
+        q, kv = self.heads * self.head_dim, self.groups * self.head_dim
+        self.sizes = (q, kv, kv)
+        self.query_key_value = nn.Linear(
+            config.hidden_size, q + 2 * kv, bias=config.add_bias_linear or config.add_qkv_bias
+        )
+        self.dense = nn.Linear(q, config.hidden_size, bias=config.add_bias_linear)
+
+    def forward(self, x, cos, sin, mask, is_causal, past):
+        b, t, _ = x.shape
+        qkv = self.query_key_value(x)
+        if self.multi_query:
+            q, k, v = qkv.split(self.sizes, dim=-1)
+            q = q.view(b, t, self.heads, self.head_dim)
+            k = k.view(b, t, self.groups, self.head_dim)
+            v = v.view(b, t, self.groups, self.head_dim)
+        else:  # ChatGLM2-style full attention keeps [q_h | k_h | v_h] together per head
+            q, k, v = qkv.view(b, t, self.heads, 3 * self.head_dim).split(self.head_dim, dim=-1)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if past is not None:
+            k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)
+        present = (k, v)
+        rep = self.heads // self.groups
+        if rep > 1:  # head h reads group h // rep
+            k = k[:, :, None].expand(-1, -1, rep, -1, -1).flatten(1, 2)
+            v = v[:, :, None].expand(-1, -1, rep, -1, -1).flatten(1, 2)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
+        )
+        return self.dense(out.transpose(1, 2).flatten(2)), present
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ChatGLMConfig):
+        super().__init__()
+        h, f = config.hidden_size, config.ffn_hidden_size
+        self.dense_h_to_4h = nn.Linear(h, 2 * f, bias=config.add_bias_linear)
+        self.dense_4h_to_h = nn.Linear(f, h, bias=config.add_bias_linear)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.dense_h_to_4h(x).chunk(2, dim=-1)
+        return self.dense_4h_to_h(F.silu(a) * b)
+
+
+class GLMBlock(nn.Module):
+    def __init__(self, config: ChatGLMConfig):
+        super().__init__()
+        self.residual_from_norm = config.apply_residual_connection_post_layernorm
+        self.hidden_dropout = config.hidden_dropout
+        self.input_layernorm = _norm(config)
+        self.self_attention = SelfAttention(config)
+        self.post_attention_layernorm = _norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, mask, is_causal, past=None):
+        h = self.input_layernorm(x)
+        attn, present = self.self_attention(h, cos, sin, mask, is_causal, past)
+        x = (h if self.residual_from_norm else x) + F.dropout(attn, self.hidden_dropout, self.training)
+        h = self.post_attention_layernorm(x)
+        x = (h if self.residual_from_norm else x) + F.dropout(self.mlp(h), self.hidden_dropout, self.training)
+        return x, present
+
+
+class Embedding(nn.Module):
+    def __init__(self, config: ChatGLMConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.padded_vocab_size, config.hidden_size)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.word_embeddings(input_ids)
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: ChatGLMConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(GLMBlock(config) for _ in range(config.num_layers))
+        if config.post_layer_norm:
+            self.final_layernorm = _norm(config)
+        self.gradient_checkpointing = False
+        self.checkpoint_kwargs: dict[str, Any] = {"use_reentrant": False}
+
+    def forward(self, x, cos, sin, mask, is_causal, past: KVCache | None):
+        presents = []
+        for i, layer in enumerate(self.layers):
+            layer_past = past[i] if past is not None else None
+            if self.gradient_checkpointing and self.training:
+                x, present = checkpoint(
+                    layer, x, cos, sin, mask, is_causal, layer_past, **self.checkpoint_kwargs
+                )
+            else:
+                x, present = layer(x, cos, sin, mask, is_causal, layer_past)
+            presents.append(present)
+        if hasattr(self, "final_layernorm"):
+            x = self.final_layernorm(x)
+        return x, tuple(presents)
+
+
+class ChatGLMModel(nn.Module):
+    """`transformer.*` of the checkpoint; `output_layer` lives here as in the official layout."""
+
+    def __init__(self, config: ChatGLMConfig):
+        super().__init__()
+        self.embedding = Embedding(config)
+        self.rotary_pos_emb = RotaryEmbedding(config.kv_channels // 2, 10000.0 * config.rope_ratio)
+        self.encoder = Encoder(config)
+        self.output_layer = nn.Linear(config.hidden_size, config.padded_vocab_size, bias=False)
+
+
+class ChatGLMForConditionalGeneration(nn.Module):
+    """The whole model. Enough of the transformers model surface (config, embeddings accessors,
+    prepare_inputs_for_generation, gradient checkpointing) for peft to wrap it as CAUSAL_LM."""
+
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["GLMBlock"]
+
+    def __init__(self, config: ChatGLMConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = ChatGLMModel(config)
+        self.name_or_path = ""  # peft records it as base_model_name_or_path
+
+    @classmethod
+    def from_pretrained(
+        cls, path: Path | str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+    ) -> ChatGLMForConditionalGeneration:
+        """Build from a local folder in the official layout; nothing in the folder is executed."""
+        folder = Path(path)
+        config = ChatGLMConfig.from_dict(read_config(folder), folder / "config.json")
+        weights = find_weights(folder)
+        with torch.device("meta"):
+            model = cls(config)
+        load_weights(model, weights, dtype=dtype, device=device, ignore=lambda name: name == INV_FREQ)
+        model.name_or_path = str(folder)
+        return model.eval()
+
+    # -- forward -------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: KVCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        return_dict: bool | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast | tuple:
+        """`labels` line up with `input_ids` (shifted here, -100 ignored); `attention_mask` is 1 for real
+        tokens, 0 for padding, and spans the cache plus the new tokens. Positions default to
+        past_len, past_len+1, …; pass `position_ids` for anything else (left padding)."""
+        unknown = [k for k, v in kwargs.items() if v is not None and v is not False]
+        if unknown:  # peft passes output_attentions=None etc.; anything real would be silently wrong
+            raise TypeError(f"ChatGLM forward got unsupported arguments: {', '.join(unknown)}")
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        x = self.transformer.embedding(input_ids) if inputs_embeds is None else inputs_embeds
+        b, t = x.shape[:2]
+        past_len = past_key_values[0][0].shape[2] if past_key_values else 0
+        if position_ids is None:
+            position_ids = torch.arange(past_len, past_len + t, device=x.device).expand(b, t)
+        cos, sin = self.transformer.rotary_pos_emb(position_ids, x.dtype)
+        mask, is_causal = _attention_mask(attention_mask, t, past_len, x.device)
+        hidden, presents = self.transformer.encoder(x, cos, sin, mask, is_causal, past_key_values or None)
+        if logits_to_keep and labels is None:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.transformer.output_layer(hidden)
+        loss = causal_lm_loss(logits, labels, num_items_in_batch) if labels is not None else None
+        out = CausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=presents if use_cache else None
+        )
+        return out if return_dict is not False else out.to_tuple()
+
+    # -- generation ----------------------------------------------------------------------------------------
+
+    def prepare_inputs_for_generation(
+        self, input_ids, past_key_values=None, attention_mask=None, position_ids=None, **kwargs
+    ) -> dict[str, Any]:
+        if past_key_values:
+            input_ids = input_ids[:, -1:]
+            position_ids = position_ids[:, -1:] if position_ids is not None else None
+        return {
+            "input_ids": input_ids,
+            "past_key_values": past_key_values,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "use_cache": True,
+        }
+
+    @torch.no_grad()
+    def generate_greedy(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        stop_ids: list[int] | tuple[int, ...] = (),
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Greedy decoding with a KV cache: the new tokens [batch, n], each row ending at its first stop id
+        (kept) and padded after it with pad_token_id. Prompts in a batch must be LEFT-padded; positions then
+        start at 0 on each row's first real token, as the official tokenizer pads them."""
+        b = input_ids.shape[0]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        pad = self.config.pad_token_id or 0
+        stop = torch.tensor(list(stop_ids), dtype=torch.long, device=input_ids.device)
+        finished = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+        out = self(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        next_pos = position_ids[:, -1:] + 1
+        tokens = []
+        for step in range(max_new_tokens):
+            token = out.logits[:, -1].argmax(-1).masked_fill(finished, pad)
+            tokens.append(token)
+            finished |= torch.isin(token, stop)
+            if step == max_new_tokens - 1 or bool(finished.all()):
+                break
+            attention_mask = torch.cat((attention_mask, torch.ones_like(attention_mask[:, :1])), dim=1)
+            out = self(
+                token[:, None],
+                attention_mask=attention_mask,
+                position_ids=next_pos,
+                past_key_values=out.past_key_values,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            next_pos = next_pos + 1
+        return torch.stack(tokens, dim=1) if tokens else input_ids.new_zeros(b, 0)
+
+    # -- the transformers model surface that peft and trainers call -----------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.output_layer.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.output_layer.weight.dtype
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.transformer.embedding.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.transformer.embedding.word_embeddings = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.transformer.output_layer
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.transformer.output_layer = value
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.transformer.encoder.gradient_checkpointing
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        self.transformer.encoder.gradient_checkpointing = True
+        self.transformer.encoder.checkpoint_kwargs = {
+            "use_reentrant": False,
+            **(gradient_checkpointing_kwargs or {}),
+        }
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.transformer.encoder.gradient_checkpointing = False
+
+    def enable_input_require_grads(self) -> None:
+        """Embedding output requires grad, so reentrant checkpointing keeps a graph over frozen bases."""
+        self._require_grads_hook = self.get_input_embeddings().register_forward_hook(
+            lambda module, args, output: output.requires_grad_(True)
+        )
+
+    def disable_input_require_grads(self) -> None:
+        hook = getattr(self, "_require_grads_hook", None)
+        if hook is not None:
+            hook.remove()
+            del self._require_grads_hook
+
+
+def _attention_mask(
+    attention_mask: torch.Tensor | None, t: int, past_len: int, device: torch.device
+) -> tuple[torch.Tensor | None, bool]:
+    """(boolean mask [batch, 1, t, past_len + t] or None, is_causal) for scaled_dot_product_attention."""
+    total = past_len + t
+    if attention_mask is not None:
+        if attention_mask.shape[-1] != total:
+            raise ValueError(
+                f"attention_mask covers {attention_mask.shape[-1]} positions; "
+                f"the cache plus the input are {total}"
+            )
+        if bool(attention_mask.all()):
+            attention_mask = None
+    if attention_mask is None and past_len == 0:
+        return None, True
+    if attention_mask is None and t == 1:
+        return None, False
+    q_pos = torch.arange(past_len, total, device=device)[:, None]
+    k_pos = torch.arange(total, device=device)[None, :]
+    allowed = k_pos <= q_pos
+    if attention_mask is not None:
+        # A padding query still sees itself, so no softmax row is empty (which would give NaN).
+        allowed = (allowed & attention_mask[:, None, None, :].bool()) | (k_pos == q_pos)
+    return allowed.expand(attention_mask.shape[0] if attention_mask is not None else 1, 1, t, total), False
+
+
+def causal_lm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
+) -> torch.Tensor:
+    """Next-token cross entropy in float32: logits at i predict labels at i + 1; -100 is ignored. The mean
+    is over trained tokens, or a sum over `num_items_in_batch` when a trainer accumulates gradients."""
+    logits = logits[:, :-1].float().flatten(0, 1)
+    targets = labels[:, 1:].to(logits.device).flatten()
+    if num_items_in_batch is None:
+        return F.cross_entropy(logits, targets, ignore_index=-100)
+    return F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum") / num_items_in_batch

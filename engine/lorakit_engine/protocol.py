@@ -1,0 +1,207 @@
+"""The engine's side of the boundary: read and check a plan, write JSON-lines events, turn failures into
+`error` events. Shapes come from `protocol/*.schema.json`, exported from the product's zod schema.
+
+No torch here, so a bad plan is reported before the heavy imports.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import traceback
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import IO, Any
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+class EngineError(Exception):
+    """A failure with a stable code and a one-sentence fix; becomes one `error` event."""
+
+    def __init__(self, code: str, message: str, hint: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.hint = hint
+
+
+# ---------------------------------------------------------------- schemas
+
+
+def protocol_dir() -> Path:
+    override = os.environ.get("LORAKIT_PROTOCOL_DIR")
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parent.parent.parent / "protocol"
+
+
+@cache
+def schema(name: str) -> dict:
+    path = protocol_dir() / f"{name}.schema.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise EngineError(
+            "PROTOCOL_MISSING",
+            f"cannot read the protocol schema {path}: {e.strerror}",
+            "Run the engine from a lorakit checkout, or point LORAKIT_PROTOCOL_DIR at its protocol/ folder.",
+        ) from e
+
+
+@cache
+def _validator(name: str):
+    import jsonschema
+
+    s = schema(name)
+    return jsonschema.validators.validator_for(s)(s)
+
+
+def schema_errors(name: str, value: Any) -> list[str]:
+    """Every problem with `value` against `protocol/<name>.schema.json`, as `path: message`, sorted."""
+    out = []
+    for err in _validator(name).iter_errors(value):
+        out.extend(_describe(err))
+    return sorted(set(out))
+
+
+def _describe(err) -> list[str]:
+    # oneOf/anyOf errors hide the useful one in their context; report the deepest ones instead.
+    if err.context:
+        deepest = max(len(e.absolute_path) for e in err.context)
+        if deepest > len(err.absolute_path):
+            return [d for e in err.context if len(e.absolute_path) == deepest for d in _describe(e)]
+    where = ".".join(str(p) for p in err.absolute_path) or "(plan)"
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        return [f"{where}: unknown key {', '.join(repr(k) for k in extra)}"]
+    if err.validator == "required":
+        return [f"{where}: {err.message}"]
+    return [f"{where}: {err.message}"]
+
+
+# ---------------------------------------------------------------- plan
+
+PLAN_PATHS = (("run_dir",), ("model", "path"), ("data", "train", "dir"), ("data", "eval", "dir"))
+
+
+def read_plan(path: Path | str) -> dict:
+    """The plan at `path`, checked against the schema, with relative paths resolved against its folder
+    (so a plan and its prepared data can be copied to another machine and run there alone)."""
+    path = Path(path)
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise EngineError(
+            "PLAN_INVALID",
+            f"cannot read the plan {path}: {e.strerror}",
+            "Pass --plan with an existing plan.json.",
+        ) from e
+    except json.JSONDecodeError as e:
+        raise EngineError(
+            "PLAN_INVALID",
+            f"{path} is not JSON: {e.msg} at line {e.lineno} column {e.colno}",
+            "Write the plan with `lorakit` or fix the JSON syntax.",
+        ) from e
+    check_plan(plan)
+    return resolve_paths(plan, path.resolve().parent)
+
+
+def check_plan(plan: Any) -> None:
+    problems = schema_errors("plan", plan)
+    if problems:
+        raise EngineError(
+            "PLAN_INVALID",
+            f"the plan has {len(problems)} problem(s): " + "; ".join(problems),
+            "Fix the keys named above (protocol/plan.schema.json is the contract); plans written by "
+            "lorakit of the same version always match.",
+        )
+
+
+def resolve_paths(plan: dict, base: Path) -> dict:
+    plan = json.loads(json.dumps(plan))  # a copy
+    for keys in PLAN_PATHS:
+        holder = plan
+        for k in keys[:-1]:
+            holder = holder.get(k) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and isinstance(holder.get(keys[-1]), str):
+            holder[keys[-1]] = str((base / holder[keys[-1]]).resolve())
+    return plan
+
+
+# ---------------------------------------------------------------- events
+
+
+def finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+class EventWriter:
+    """Writes one JSON object per line and flushes it; safe to call from several threads.
+    With `check=True` (env LORAKIT_CHECK_EVENTS=1) each event is validated first, and a bad one raises."""
+
+    def __init__(self, stream: IO[str], check: bool | None = None):
+        self.stream = stream
+        self.check = os.environ.get("LORAKIT_CHECK_EVENTS") == "1" if check is None else check
+        self._lock = threading.RLock()  # re-entrant: a SIGINT handler may emit mid-write
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self.check:
+            problems = schema_errors("event", event)
+            if problems:
+                raise ValueError(f"engine wrote an invalid {event.get('type')} event: {problems}")
+        line = json.dumps(event, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        with self._lock:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+
+def log(emit: Emit, message: str, level: str = "info") -> None:
+    emit({"type": "log", "level": level, "message": message})
+
+
+def finding(emit: Emit, code: str, severity: str, title: str, evidence: dict, fix: str) -> None:
+    emit(
+        {
+            "type": "finding",
+            "code": code,
+            "severity": severity,
+            "title": title,
+            "evidence": evidence,
+            "fix": fix,
+        }
+    )
+
+
+_HINTS = {
+    "CUDA_OOM": "Lower train.batch_size (raise grad_accum to keep the effective batch), shorten max_length, "
+    "or turn on gradient_checkpointing.",
+    "MODEL_LOAD_FAILED": "Point model at a complete local checkpoint folder (config.json and its weights).",
+    "ENGINE_CRASH": "This is a bug or an environment problem: rerun with resume: true to continue from the last "
+    "checkpoint, and report the traceback if it happens again.",
+}
+
+
+def error_event(exc: BaseException) -> dict[str, Any]:
+    """One `error` event for any exception: an EngineError keeps its code; a few others are recognised."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if isinstance(exc, EngineError):
+        code, message, hint = exc.code, exc.message, exc.hint
+    elif type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc):
+        code, message, hint = (
+            "CUDA_OOM",
+            str(exc).splitlines()[0] if str(exc) else "CUDA out of memory",
+            _HINTS["CUDA_OOM"],
+        )
+    elif type(exc).__name__ == "CheckpointError":  # lorakit_engine.models.CheckpointError
+        code = "MODEL_LOAD_FAILED"
+        message = f"{getattr(exc, 'code', '')}: {getattr(exc, 'message', str(exc))}"
+        if getattr(exc, "path", None):
+            message += f" [{exc.path}]"
+        hint = getattr(exc, "hint", None) or _HINTS["MODEL_LOAD_FAILED"]
+    else:
+        code, message, hint = "ENGINE_CRASH", f"{type(exc).__name__}: {exc}", _HINTS["ENGINE_CRASH"]
+    return {"type": "error", "code": code, "message": message, "hint": hint, "traceback": tb}

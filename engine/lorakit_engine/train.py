@@ -1,0 +1,548 @@
+"""The LoRA training run: plan in, events out. `run(plan, emit, controls)` is the whole road in one process:
+
+    load base → samples before → attach LoRA (fp32 adapters) → [resume] → steps → checkpoints → eval
+    → adapter/ (+ extras) → samples after → adapter norms → reload check → done
+
+One optimizer step = one accumulation window of `grad_accum` micro-batches (the last window of an epoch may be
+shorter). The window's loss is the sum of per-token cross-entropy over the window divided by the window's
+trained tokens, so it does not depend on how the window is cut into micro-batches.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint as ckpt
+from .control import Controls
+from .data import IGNORE, Batch, Batches, Prepared, collate, in_order
+from .generate import emit_samples
+from .protocol import EngineError, Emit, finding, finite, log
+
+_B_ZERO_RMS = 1e-8  # a LoRA B whose entries average below this never moved away from its zero init
+_RELOAD_TOL = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
+_EXTRA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_PEFT_FILES = {"adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"}
+
+
+def say(message: str) -> None:
+    """A human log line (stderr; stdout carries events only)."""
+    print(f"[lorakit-engine] {message}", file=sys.stderr, flush=True)
+
+
+def load_base(path: str, dtype: torch.dtype, device: torch.device):
+    """The base model, in eval mode. Every family goes through lorakit_engine.models."""
+    from .models import load_model
+
+    return load_model(path, dtype=dtype, device=device)
+
+
+# ---------------------------------------------------------------- checks before anything heavy
+
+
+def resolve_device(plan: dict) -> torch.device:
+    want = plan["train"]["device"]
+    if want == "cuda" and not torch.cuda.is_available():
+        raise EngineError(
+            "NO_CUDA",
+            "train.device is cuda but torch sees no CUDA device "
+            f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})",
+            "Install a CUDA build of torch and check the driver with nvidia-smi, or set train.device to auto.",
+        )
+    return torch.device("cuda" if want != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(plan: dict, device: torch.device) -> torch.dtype:
+    p = plan["train"]["precision"]
+    if p == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[p]
+
+
+def preflight(plan: dict) -> dict[str, Any]:
+    """Everything checkable without loading the model; raises the first EngineError. Returns opened data."""
+    for name in plan["adapter_extras"]:
+        if not _EXTRA_NAME.match(name) or name in _PEFT_FILES:
+            raise EngineError(
+                "PLAN_INVALID",
+                f"adapter_extras: {name!r} is not a plain file name (or it would overwrite a peft file)",
+                "Name adapter_extras entries like 'chat_template.jinja': letters, digits, '.', '_', '-'.",
+            )
+    model_dir = Path(plan["model"]["path"])
+    if not (model_dir / "config.json").is_file():
+        raise EngineError(
+            "MODEL_LOAD_FAILED",
+            f"{model_dir} has no config.json",
+            "Point model at a local checkpoint folder (config.json, weights and tokenizer files).",
+        )
+    train = Prepared(plan["data"]["train"]["dir"])
+    train.check(plan["data"]["train"]["samples"], plan["data"]["train"]["tokens"])
+    ev = None
+    if plan["data"]["eval"] is not None:
+        ev = Prepared(plan["data"]["eval"]["dir"])
+        ev.check(plan["data"]["eval"]["samples"], plan["data"]["eval"]["tokens"])
+    resume_from = None
+    if plan["resume"]:
+        resume_from = ckpt.newest(plan["run_dir"])
+        if resume_from is None:
+            raise EngineError(
+                "NO_CHECKPOINT",
+                f"resume is true but {ckpt.root(plan['run_dir'])} holds no complete checkpoint",
+                "Start the run without resume, or point run_dir at the run to continue.",
+            )
+        saved = ckpt.read_state(resume_from)
+        now = ckpt.plan_subset(plan)
+        if saved.get("plan_hash") != ckpt.subset_hash(now):
+            old = saved.get("plan_subset", {})
+            changed = sorted(k for k in set(now) | set(old) if now.get(k) != old.get(k))
+            raise EngineError(
+                "RESUME_MISMATCH",
+                f"checkpoint {resume_from.name} was written with different settings: {', '.join(changed)}",
+                "Resume with the settings the run started with, or start a new run in another run_dir.",
+            )
+    resolve_device(plan)
+    return {"train": train, "eval": ev, "resume_from": resume_from}
+
+
+# ---------------------------------------------------------------- LoRA
+
+
+def attach_lora(base, plan: dict, emit: Emit):
+    from peft import LoraConfig, get_peft_model
+
+    targets = plan["lora"]["targets"]
+    names = [n for n, _ in base.named_modules()]
+    matched = {t: sum(1 for n in names if n == t or n.endswith("." + t)) for t in targets}
+    if not any(matched.values()):
+        from .models import linear_module_names
+
+        raise EngineError(
+            "LORA_TARGETS_NOT_FOUND",
+            f"no module of this {plan['model']['model_type']} model is named {', '.join(targets)}; "
+            f"its linear modules are: {', '.join(linear_module_names(base))}",
+            "Set lora.targets to some of the linear module names listed (or leave it out for the family's set).",
+        )
+    unmatched = [t for t, n in matched.items() if n == 0]
+    if unmatched:
+        finding(
+            emit,
+            "LORA_TARGETS_PARTLY_MATCHED",
+            "warning",
+            f"LoRA targets {', '.join(unmatched)} match no module",
+            {"matched": matched},
+            "Remove the unmatched names from lora.targets or correct their spelling.",
+        )
+    config = LoraConfig(
+        r=plan["lora"]["r"],
+        lora_alpha=plan["lora"]["alpha"],
+        lora_dropout=plan["lora"]["dropout"],
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(base, config)
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()  # fp16/bf16 adapters lose their updates; keep them fp32 always
+    return model
+
+
+def lora_layers(model):
+    from peft.tuners.lora import LoraLayer
+
+    for name, m in model.named_modules():
+        if isinstance(m, LoraLayer) and "default" in m.lora_A:
+            yield name, m
+
+
+def make_optimizer(model, plan: dict, device: torch.device):
+    t = plan["train"]
+    decay, plain = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if "lora_" in name and p.dim() >= 2 else plain).append(p)
+    groups = [{"params": decay, "weight_decay": t["weight_decay"]}]
+    if plain:
+        groups.append({"params": plain, "weight_decay": 0.0})
+    return torch.optim.AdamW(groups, lr=t["lr"], betas=(0.9, 0.999), eps=1e-8, fused=device.type == "cuda")
+
+
+def make_scheduler(optimizer, plan: dict):
+    t = plan["train"]
+    total, warm, kind = t["total_steps"], t["warmup_steps"], t["scheduler"]
+
+    def factor(done: int) -> float:  # `done` optimizer steps taken; the factor for the next one
+        if done < warm:
+            return (done + 1) / warm
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (done - warm) / max(1, total - warm))
+        return 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ---------------------------------------------------------------- loss
+
+
+def token_ce_sum(model, batch: Batch) -> torch.Tensor:
+    """Summed cross-entropy over the batch's trained tokens (labels aligned with input_ids; shifted here)."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    target = torch.cat((batch.labels[:, 1:], torch.full_like(batch.labels[:, :1], IGNORE)), dim=1)
+    return F.cross_entropy(
+        logits.flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE, reduction="sum"
+    )
+
+
+@torch.no_grad()
+def evaluate(model, data: Prepared, batch_size: int, pad_id: int, device) -> tuple[float | None, int]:
+    was = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for batch in in_order(data, batch_size, pad_id):
+        tokens += batch.trained_tokens
+        total += float(token_ce_sum(model, batch.to(device)))
+    model.train(was)
+    return (finite(total / tokens) if tokens else None), tokens
+
+
+# ---------------------------------------------------------------- after training
+
+
+def adapter_norms(model) -> dict[str, Any]:
+    """Frobenius norms of every LoRA B and of its weight delta B·A·scale, grouped by layer index."""
+    per_layer: dict[str, dict[str, float]] = {}
+    b_norms, deltas = [], []
+    for name, m in lora_layers(model):
+        a = m.lora_A["default"].weight.detach().float()
+        b = m.lora_B["default"].weight.detach().float()
+        scale = float(m.scaling["default"])
+        b_norm = float(b.norm())
+        # ‖BA‖² = Σ (BᵀB) ∘ (AAᵀ): r×r products instead of the full out×in delta.
+        delta = math.sqrt(max(0.0, float(((b.T @ b) * (a @ a.T)).sum()))) * abs(scale)
+        b_rms = b_norm / math.sqrt(max(1, b.numel()))
+        found = re.search(r"\.(\d+)\.", name)
+        layer = found.group(1) if found else "other"
+        slot = per_layer.setdefault(layer, {"b_rms_max": 0.0, "delta": 0.0})
+        slot["b_rms_max"] = max(slot["b_rms_max"], b_rms)
+        slot["delta"] = math.hypot(slot["delta"], delta)
+        b_norms.append(b_norm)
+        deltas.append(delta)
+    return {"modules": len(b_norms), "b": b_norms, "delta": deltas, "per_layer": per_layer}
+
+
+def report_norms(norms: dict[str, Any], emit: Emit) -> None:
+    if not norms["modules"]:
+        return
+
+    def spread(xs):
+        xs = sorted(xs)
+        return f"min {xs[0]:.3g} median {xs[len(xs) // 2]:.3g} max {xs[-1]:.3g}"
+
+    per_layer = ", ".join(f"{k}:{v['delta']:.3g}" for k, v in norms["per_layer"].items())
+    log(
+        emit,
+        f"adapter norms over {norms['modules']} LoRA modules: |B| {spread(norms['b'])}; "
+        f"|BA·scale| {spread(norms['delta'])}; per layer |ΔW| {per_layer}",
+    )
+    dead = [k for k, v in norms["per_layer"].items() if v["b_rms_max"] < _B_ZERO_RMS]
+    if dead:
+        finding(
+            emit,
+            "ADAPTER_NEVER_LEARNED",
+            "warning",
+            f"LoRA B stayed at zero in {len(dead)} of {len(norms['per_layer'])} layers: the adapter changes nothing there",
+            {"layers": dead[:64], "b_rms_threshold": _B_ZERO_RMS},
+            "Raise train.lr or train for more steps, and check that the adapter parameters are trainable.",
+        )
+
+
+def write_adapter(model, plan: dict) -> Path:
+    run_dir = Path(plan["run_dir"])
+    final, tmp = run_dir / "adapter", run_dir / ".tmp-adapter"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    for name, text in plan["adapter_extras"].items():
+        (tmp / name).write_text(text, encoding="utf-8")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+def reference_batch(data: dict, plan: dict) -> Batch:
+    split = data["eval"] if data["eval"] is not None and len(data["eval"]) else data["train"]
+    return collate(split, list(range(min(4, len(split)))), plan["data"]["pad_id"])
+
+
+@torch.no_grad()
+def logits_of(model, batch: Batch, device) -> torch.Tensor:
+    b = batch.to(device)
+    out = model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits.float()
+    return out[batch.attention_mask.to(device).bool()].cpu()  # real positions only
+
+
+def reload_check(model, adapter_dir: Path, plan: dict, batch: Batch, dtype, device, emit: Emit) -> float:
+    """Load adapter_dir on a fresh base with peft and compare logits with the in-memory model."""
+    from peft import PeftModel
+
+    model.eval()
+    expected = logits_of(model, batch, device)
+    if device.type == "cuda":  # one copy of the base on the GPU at a time
+        model.to("cpu")
+        torch.cuda.empty_cache()
+    reloaded = PeftModel.from_pretrained(load_base(plan["model"]["path"], dtype, device), str(adapter_dir))
+    reloaded.eval()
+    got = logits_of(reloaded, batch, device)
+    del reloaded
+    diff = float((got - expected).abs().max()) if got.shape == expected.shape else math.inf
+    tol = _RELOAD_TOL[dtype]
+    if not diff <= tol:
+        finding(
+            emit,
+            "ADAPTER_RELOAD_MISMATCH",
+            "error",
+            "the saved adapter, loaded with peft on a fresh base, does not reproduce the trained model",
+            {"max_abs_logit_diff": finite(diff), "tolerance": tol, "samples": int(batch.input_ids.shape[0])},
+            "Check that the adapter's target modules exist under the same names in the base model; "
+            "report it if they do.",
+        )
+    return diff
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class Result:
+    model: Any  # the peft model (eval mode)
+    step: int
+    stopped_early: bool
+    adapter_dir: Path
+    reload_diff: float | None
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
+    """Train as the plan says. Raises EngineError (or anything else) on failure; the caller emits `error`."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    t0 = time.monotonic()
+    controls = controls or Controls()
+    t = plan["train"]
+    run_dir = Path(plan["run_dir"])
+    data = preflight(plan)
+    device = resolve_device(plan)
+    dtype = resolve_dtype(plan, device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt.clear_partial(run_dir)
+    seed_all(t["seed"])
+
+    say(f"loading {plan['model']['path']} as {dtype} on {device}")
+    try:
+        base = load_base(plan["model"]["path"], dtype, device)
+    except (EngineError, torch.OutOfMemoryError):
+        raise
+    except Exception as e:
+        if type(e).__name__ == "CheckpointError":
+            raise
+        raise EngineError(
+            "MODEL_LOAD_FAILED",
+            f"cannot load {plan['model']['path']}: {type(e).__name__}: {e}",
+            "Point model at a complete local checkpoint folder of a supported family.",
+        ) from e
+    rows = base.get_input_embeddings().num_embeddings
+    data["train"].check(plan["data"]["train"]["samples"], plan["data"]["train"]["tokens"], rows)
+    if data["eval"] is not None:
+        data["eval"].check(plan["data"]["eval"]["samples"], plan["data"]["eval"]["tokens"], rows)
+
+    if plan["samples"]["before"] and data["resume_from"] is None:
+        emit_samples(base, plan, "before", emit)
+
+    model = attach_lora(base, plan, emit)
+    if t["gradient_checkpointing"]:
+        if getattr(base, "supports_gradient_checkpointing", False):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        else:
+            log(emit, f"{plan['model']['model_type']} does not support gradient checkpointing; it stays off", "warning")
+    optimizer = make_optimizer(model, plan, device)
+    scheduler = make_scheduler(optimizer, plan)
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+
+    step, epoch, mb, tokens_seen = 0, 0, 0, 0
+    if data["resume_from"] is not None:
+        state = ckpt.load(data["resume_from"], model, optimizer, scheduler, scaler)
+        step, epoch, mb, tokens_seen = state["step"], state["epoch"], state["micro_batch"], state["tokens_seen"]
+        log(emit, f"resumed from {data['resume_from'].name}: step {step}, epoch {epoch}, micro-batch {mb}")
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    emit(
+        {
+            "type": "start",
+            "device": device.type,
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "dtype": str(dtype).removeprefix("torch."),
+            "total_steps": t["total_steps"],
+            "start_step": step,
+            "trainable_params": sum(p.numel() for p in trainable),
+            "total_params": sum(p.numel() for p in model.parameters()),
+            "lora_modules": sum(1 for _ in lora_layers(model)),
+        }
+    )
+
+    batches = Batches(data["train"], t["batch_size"], t["seed"], plan["data"]["pad_id"])
+    saved_at, evaluated_at = None, None
+    if data["resume_from"] is not None:
+        saved_at = step
+
+    def save() -> None:
+        nonlocal saved_at
+        if saved_at == step:
+            return
+        state = {
+            "epoch": epoch,
+            "micro_batch": mb,
+            "tokens_seen": tokens_seen,
+            "plan_hash": ckpt.subset_hash(ckpt.plan_subset(plan)),
+            "plan_subset": ckpt.plan_subset(plan),
+        }
+        path = ckpt.save(run_dir, step, model, optimizer, scheduler, scaler, state, t["keep_checkpoints"])
+        saved_at = step
+        emit({"type": "checkpoint", "step": step, "path": str(path)})
+
+    def run_eval() -> None:
+        nonlocal evaluated_at
+        if data["eval"] is None or evaluated_at == step:
+            return
+        loss, n = evaluate(model, data["eval"], t["batch_size"], plan["data"]["pad_id"], device)
+        evaluated_at = step
+        emit({"type": "eval", "step": step, "loss": loss, "tokens": n})
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model.train()
+    stopped = False
+    while step < t["total_steps"]:
+        for command in controls.take():
+            if command == "save":
+                save()
+            elif command == "sample":
+                emit_samples(model, plan, "after", emit)
+            elif command == "stop":
+                stopped = True
+        if stopped:
+            break
+        if plan.get("fail_at_step") is not None and plan["fail_at_step"] in (step + 1, 0):
+            raise RuntimeError(f"fail_at_step: failing on purpose at the start of step {step + 1}")
+
+        window = [batches.get(epoch, mb + i) for i in range(min(t["grad_accum"], batches.per_epoch - mb))]
+        n_trained = sum(b.trained_tokens for b in window)
+        n_real = sum(b.real_tokens for b in window)
+        started = time.monotonic()
+        ce_total = torch.zeros((), device=device)
+        for b in window:
+            ce = token_ce_sum(model, b.to(device))
+            part = ce / max(1, n_trained)
+            (scaler.scale(part) if scaler is not None else part).backward()
+            ce_total += ce.detach()
+        loss = float(ce_total) / n_trained if n_trained else None
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, t["max_grad_norm"]))
+        lr = scheduler.get_last_lr()[0]
+        if n_trained and (not math.isfinite(loss) or (scaler is None and not math.isfinite(grad_norm))):
+            optimizer.zero_grad(set_to_none=True)
+            finding(
+                emit,
+                "TRAIN_NONFINITE_LOSS",
+                "error",
+                f"the loss or gradient norm became non-finite at step {step + 1}; training stopped",
+                {"step": step + 1, "loss": str(loss), "grad_norm": str(grad_norm), "lr": lr},
+                "Lower train.lr (or raise warmup), prefer bf16 over fp16, and resume from the last checkpoint.",
+            )
+            raise EngineError(
+                "TRAIN_NONFINITE_LOSS",
+                f"non-finite loss ({loss}) or gradient norm ({grad_norm}) at step {step + 1}; the update was "
+                f"skipped and nothing was saved after step {saved_at if saved_at is not None else 'none'}",
+                "Lower train.lr or use bf16, then resume from the last checkpoint.",
+            )
+        if n_trained == 0:
+            log(emit, f"step {step + 1}: the window holds no trained tokens; no update", "warning")
+        elif scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        took = time.monotonic() - started
+
+        step += 1
+        mb += len(window)
+        tokens_seen += n_trained
+        epoch_end = mb >= batches.per_epoch
+        if epoch_end:
+            epoch, mb = epoch + 1, 0
+        emit(
+            {
+                "type": "step",
+                "step": step,
+                "total_steps": t["total_steps"],
+                "epoch": epoch + mb / batches.per_epoch,
+                "loss": finite(loss),
+                "lr": lr,
+                "grad_norm": finite(grad_norm),
+                "tokens": n_trained,
+                "tokens_per_s": n_real / took if took > 0 else 0.0,
+                "elapsed_s": time.monotonic() - t0,
+                "memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+            }
+        )
+        if step % t["log_every"] == 0 or step == t["total_steps"]:
+            say(f"step {step}/{t['total_steps']} loss {loss} lr {lr:.3g} grad_norm {grad_norm:.3g}")
+        if (t["eval_every"] and step % t["eval_every"] == 0) or (not t["eval_every"] and epoch_end):
+            run_eval()
+        if (t["save_every"] and step % t["save_every"] == 0) or (not t["save_every"] and epoch_end):
+            save()
+
+    save()
+    train_s = time.monotonic() - t0
+    reload_diff = None
+    if stopped:
+        adapter_dir = write_adapter(model, plan)
+        say(f"stopped at step {step}; resume with resume: true")
+    else:
+        run_eval()
+        adapter_dir = write_adapter(model, plan)
+        emit_samples(model, plan, "after", emit)
+        report_norms(adapter_norms(model), emit)
+        reload_diff = reload_check(model, adapter_dir, plan, reference_batch(data, plan), dtype, device, emit)
+    model.eval()
+    emit(
+        {
+            "type": "done",
+            "step": step,
+            "adapter_dir": str(adapter_dir),
+            "stopped_early": stopped,
+            "train_s": train_s,
+        }
+    )
+    return Result(model, step, stopped, adapter_dir, reload_diff)

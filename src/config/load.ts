@@ -1,0 +1,235 @@
+// Reading run.yaml: parse, validate against the schema, resolve paths, and report every
+// problem at once — each with its file:line, key path and the nearest valid key or value.
+import { existsSync, readdirSync, statSync } from "node:fs";
+import { readFile } from "node:fs/promises";
+import path from "node:path";
+import { isMap, isSeq, LineCounter, parseDocument } from "yaml";
+import { z } from "zod";
+import { LorakitError, nearest } from "../errors.js";
+import { RunConfig } from "./schema.js";
+
+export interface LoadedConfig {
+  config: RunConfig;
+  /** Absolute path of the config file. */
+  file: string;
+  /** Run name: `name`, else the config file's stem. */
+  name: string;
+  /** Absolute paths. */
+  modelDir: string;
+  trainFiles: string[];
+  evalFiles: string[];
+  outputDir: string;
+}
+
+type KeyPath = (string | number)[];
+
+function keyPathText(p: KeyPath): string {
+  return p.reduce<string>((acc, k) => (typeof k === "number" ? `${acc}[${k}]` : acc ? `${acc}.${k}` : k), "");
+}
+
+/** The zod schema found by walking `p` into `schema` (through defaults, optionals, arrays). */
+function schemaAt(schema: z.ZodType, p: KeyPath): z.ZodType | undefined {
+  let cur: z.ZodType | undefined = schema;
+  const unwrap = (s: z.ZodType): z.ZodType => {
+    let t = s;
+    for (let i = 0; i < 8; i++) {
+      if (t instanceof z.ZodDefault || t instanceof z.ZodOptional || t instanceof z.ZodNullable)
+        t = t.unwrap() as z.ZodType;
+      else break;
+    }
+    return t;
+  };
+  for (const k of p) {
+    if (!cur) return undefined;
+    const s = unwrap(cur);
+    if (s instanceof z.ZodObject && typeof k === "string") cur = (s.shape as Record<string, z.ZodType>)[k];
+    else if (s instanceof z.ZodArray) cur = s.element as z.ZodType;
+    else if (s instanceof z.ZodUnion) {
+      const arr = (s.options as z.ZodType[]).find((o) => unwrap(o) instanceof z.ZodArray) as z.ZodArray | undefined;
+      cur = arr ? (arr.element as z.ZodType) : undefined;
+    } else return undefined;
+  }
+  return cur ? unwrap(cur) : undefined;
+}
+
+function typeName(v: unknown): string {
+  if (v === null) return "null";
+  if (Array.isArray(v)) return "a list";
+  if (typeof v === "object") return "a mapping";
+  return `${typeof v} ${JSON.stringify(v)}`;
+}
+
+function valueAt(root: unknown, p: KeyPath): unknown {
+  let cur: unknown = root;
+  for (const k of p) {
+    if (cur === null || typeof cur !== "object") return undefined;
+    cur = (cur as Record<string | number, unknown>)[k];
+  }
+  return cur;
+}
+
+/** Converts zod issues to LorakitErrors with line numbers and suggestions. */
+export function configIssues(
+  issues: readonly z.core.$ZodIssue[],
+  raw: unknown,
+  file: string,
+  lineOf: (p: KeyPath) => number | undefined,
+): LorakitError[] {
+  const errors: LorakitError[] = [];
+  for (const issue of issues) {
+    const p = issue.path.filter((k): k is string | number => typeof k !== "symbol");
+    if (issue.code === "unrecognized_keys") {
+      const s = schemaAt(RunConfig, p);
+      const known = s instanceof z.ZodObject ? Object.keys(s.shape) : [];
+      for (const key of issue.keys) {
+        const full = [...p, key];
+        const guess = nearest(key, known);
+        errors.push(
+          new LorakitError("CONFIG_UNKNOWN_KEY", `unknown key '${keyPathText(full)}'`, {
+            where: { file, line: lineOf(full), key: keyPathText(full) },
+            hint: guess ? `did you mean '${keyPathText([...p, guess])}'?` : `valid keys here: ${known.join(", ")}`,
+          }),
+        );
+      }
+      continue;
+    }
+    const where = { file, line: lineOf(p) ?? lineOf(p.slice(0, -1)), key: keyPathText(p) || "(root)" };
+    const got = valueAt(raw, p);
+    if (issue.code === "invalid_value" && "values" in issue) {
+      const values = issue.values.map(String);
+      const guess = typeof got === "string" ? nearest(got, values) : undefined;
+      errors.push(
+        new LorakitError("CONFIG_BAD_VALUE", `'${keyPathText(p)}' is ${typeName(got)}`, {
+          where,
+          hint: `${guess ? `did you mean '${guess}'? ` : ""}expected one of: ${values.join(", ")}`,
+        }),
+      );
+    } else if (issue.code === "invalid_type") {
+      const missing = got === undefined;
+      errors.push(
+        new LorakitError(
+          missing ? "CONFIG_MISSING_KEY" : "CONFIG_WRONG_TYPE",
+          missing ? `'${keyPathText(p)}' is required` : `'${keyPathText(p)}' is ${typeName(got)}`,
+          { where, hint: `expected ${issue.expected}` },
+        ),
+      );
+    } else {
+      errors.push(
+        new LorakitError("CONFIG_BAD_VALUE", `'${keyPathText(p)}': ${issue.message}`, {
+          where,
+          hint: `got ${typeName(got)}`,
+        }),
+      );
+    }
+  }
+  return errors;
+}
+
+function asList(v: string | string[] | undefined): string[] {
+  return v === undefined ? [] : Array.isArray(v) ? v : [v];
+}
+
+function missingPathError(kind: string, abs: string, shown: string, file: string, key: string, line?: number) {
+  const dir = path.dirname(abs);
+  let hint = `check the path (relative paths resolve against ${path.dirname(file)})`;
+  if (existsSync(dir) && statSync(dir).isDirectory()) {
+    const guess = nearest(path.basename(abs), readdirSync(dir));
+    if (guess) hint = `did you mean '${path.join(path.dirname(shown), guess)}'?`;
+  }
+  return new LorakitError("CONFIG_MISSING_PATH", `${kind} '${shown}' does not exist`, {
+    where: { file, line, key },
+    hint,
+  });
+}
+
+/** Parses and validates a config from text (no file-system checks). */
+export function parseConfigText(
+  text: string,
+  file: string,
+): { config: RunConfig; lineOf: (p: KeyPath) => number | undefined } {
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { lineCounter, prettyErrors: false });
+  if (doc.errors.length > 0) {
+    throw LorakitError.fromList(
+      doc.errors.map(
+        (e) =>
+          new LorakitError("CONFIG_BAD_YAML", e.message.split("\n")[0] ?? e.message, {
+            where: { file, line: e.linePos?.[0]?.line },
+            hint: "fix the YAML syntax (indentation, a missing ':' or an unclosed quote)",
+          }),
+      ),
+    );
+  }
+  const raw: unknown = doc.toJS() ?? {};
+  const lineOf = (p: KeyPath): number | undefined => {
+    let node: unknown = doc.contents;
+    let range: [number, number, number] | undefined;
+    for (const k of p) {
+      if (isMap(node)) {
+        const pair = node.items.find((it) => (it.key as { value?: unknown } | null)?.value === k);
+        if (!pair) return range ? lineCounter.linePos(range[0]).line : undefined;
+        range = (pair.key as { range?: [number, number, number] }).range;
+        node = pair.value;
+      } else if (isSeq(node) && typeof k === "number") {
+        const item = node.items[k] as { range?: [number, number, number] } | undefined;
+        if (!item) break;
+        range = item.range;
+        node = item;
+      } else break;
+    }
+    return range ? lineCounter.linePos(range[0]).line : undefined;
+  };
+  const parsed = RunConfig.safeParse(raw);
+  if (!parsed.success) {
+    throw LorakitError.fromList(configIssues(parsed.error.issues, raw, file, lineOf));
+  }
+  return { config: parsed.data, lineOf };
+}
+
+export async function loadConfig(configPath: string, cwd: string = process.cwd()): Promise<LoadedConfig> {
+  const file = path.resolve(cwd, configPath);
+  let text: string;
+  try {
+    text = await readFile(file, "utf8");
+  } catch {
+    throw new LorakitError("CONFIG_NOT_FOUND", `config file '${configPath}' not found`, {
+      where: { file },
+      hint: "pass the path of a run config, e.g. `lorakit train run.yaml`",
+    });
+  }
+  const { config, lineOf } = parseConfigText(text, file);
+  const base = path.dirname(file);
+  const errors: LorakitError[] = [];
+  const modelDir = path.resolve(base, config.model);
+  if (!existsSync(modelDir)) {
+    errors.push(missingPathError("model folder", modelDir, config.model, file, "model", lineOf(["model"])));
+  } else if (!existsSync(path.join(modelDir, "config.json"))) {
+    errors.push(
+      new LorakitError("CONFIG_MODEL_NOT_CHECKPOINT", `'${config.model}' has no config.json`, {
+        where: { file, line: lineOf(["model"]), key: "model" },
+        hint: "point `model` at a local checkpoint folder (config.json, weights, tokenizer)",
+      }),
+    );
+  }
+  const resolveFiles = (key: "train" | "eval") =>
+    asList(config.data[key]).map((f, i) => {
+      const abs = path.resolve(base, f);
+      const keyPath = Array.isArray(config.data[key]) ? ["data", key, i] : ["data", key];
+      if (!existsSync(abs))
+        errors.push(missingPathError("data file", abs, f, file, keyPathText(keyPath), lineOf(keyPath)));
+      return abs;
+    });
+  const trainFiles = resolveFiles("train");
+  const evalFiles = resolveFiles("eval");
+  if (errors.length > 0) throw LorakitError.fromList(errors);
+  const name = config.name ?? path.basename(file).replace(/\.(ya?ml|json)$/i, "");
+  return {
+    config,
+    file,
+    name,
+    modelDir,
+    trainFiles,
+    evalFiles,
+    outputDir: path.resolve(base, config.output_dir),
+  };
+}

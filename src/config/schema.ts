@@ -1,0 +1,263 @@
+// The one source of truth for what crosses a boundary: the run config a person writes,
+// the plan the product hands the engine, the events the engine writes back and the control
+// lines it reads. Exported as JSON Schema under protocol/ (`lorakit protocol --write`); the
+// engine validates plans against that export and a test fails when the export is stale.
+import { z } from "zod";
+
+const positiveInt = z.number().int().positive();
+const nonNegInt = z.number().int().nonnegative();
+const fraction = z.number().min(0).max(1);
+
+export const PRECISIONS = ["auto", "bf16", "fp16", "fp32"] as const;
+export const SCHEDULERS = ["cosine", "linear", "constant"] as const;
+export const DATA_FORMATS = ["auto", "alpaca", "messages", "sharegpt", "conversations"] as const;
+export const TEMPLATES = ["auto", "chatglm3", "chatml", "llama3", "deepseek", "jinja"] as const;
+
+// ---------------------------------------------------------------- run config (run.yaml)
+
+export const DataConfig = z
+  .strictObject({
+    /** Training data: a JSON or JSONL file, or several. Relative paths resolve against the config file. */
+    train: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]),
+    /** Held-out data. When absent, `eval_split` of the training samples is held out. */
+    eval: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
+    /** Share of training samples held out for evaluation when no `eval` file is given. */
+    eval_split: z.number().min(0).max(0.5).default(0.05),
+    format: z.enum(DATA_FORMATS).default("auto"),
+    /** Chat template: `auto` = the checkpoint's own (`chat_template` in tokenizer_config.json), else the family's. */
+    template: z.enum(TEMPLATES).default("auto"),
+    /** System prompt for samples that carry none (alpaca's huanhuan.json shape has none). */
+    system: z.string().optional(),
+    /** Cap on the whole sample (prompt + response), in tokens. */
+    max_length: positiveInt.default(512),
+    /** Skip malformed lines instead of stopping; every skip is counted and reported. */
+    skip_bad_lines: z.boolean().default(false),
+    /** Train only the last assistant turn of multi-turn samples. */
+    mask_history: z.boolean().default(false),
+  })
+  .describe("Where the samples come from and how they are cut.");
+
+export const LoraConfig = z.strictObject({
+  r: positiveInt.default(8),
+  alpha: z.number().positive().default(32),
+  dropout: z.number().min(0).max(0.9).default(0.1),
+  /** Module names to adapt; the model family's set when absent. */
+  targets: z.array(z.string().min(1)).min(1).optional(),
+});
+
+export const TrainConfig = z.strictObject({
+  epochs: z.number().positive().default(3),
+  /** Stop after this many optimizer steps (overrides epochs when smaller). */
+  max_steps: positiveInt.optional(),
+  batch_size: positiveInt.default(4),
+  grad_accum: positiveInt.default(2),
+  /** Learning rate; the model family's default when absent. */
+  lr: z.number().positive().max(1).optional(),
+  scheduler: z.enum(SCHEDULERS).default("cosine"),
+  warmup_ratio: fraction.default(0.03),
+  weight_decay: z.number().min(0).default(0),
+  max_grad_norm: z.number().positive().default(1.0),
+  seed: nonNegInt.default(42),
+  precision: z.enum(PRECISIONS).default("auto"),
+  gradient_checkpointing: z.boolean().default(false),
+  log_every: positiveInt.default(10),
+  /** Evaluate every N optimizer steps; 0 = at the end of each epoch only. */
+  eval_every: nonNegInt.default(0),
+  /** Save a checkpoint every N optimizer steps; 0 = at the end of each epoch only. */
+  save_every: nonNegInt.default(0),
+  keep_checkpoints: positiveInt.default(2),
+  device: z.enum(["auto", "cpu", "cuda"]).default("auto"),
+});
+
+export const SamplesConfig = z.strictObject({
+  /** Held-out prompts to generate from, before and after training. */
+  count: nonNegInt.default(4),
+  /** Extra prompts (user messages) to always sample. */
+  prompts: z.array(z.string().min(1)).default([]),
+  max_new_tokens: positiveInt.default(128),
+});
+
+export const RunConfig = z.strictObject({
+  /** Run name: `runs/<name>/`. Defaults to the config file's name. */
+  name: z
+    .string()
+    .regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, "letters, digits, '.', '_' and '-' only")
+    .optional(),
+  /** A local checkpoint folder (config.json + weights + tokenizer). Never fetched from a hub. */
+  model: z.string().min(1),
+  /** Where runs are written, relative to the config file. */
+  output_dir: z.string().default("runs"),
+  data: DataConfig,
+  lora: LoraConfig.default(LoraConfig.parse({})),
+  train: TrainConfig.default(TrainConfig.parse({})),
+  samples: SamplesConfig.default(SamplesConfig.parse({})),
+});
+export type RunConfig = z.infer<typeof RunConfig>;
+export type RunConfigInput = z.input<typeof RunConfig>;
+
+// ---------------------------------------------------------------- plan (product → engine)
+
+export const PreparedRef = z.strictObject({
+  /** `prepared/<hash>/`: tokens.safetensors (input_ids, labels int32; offsets int64) + manifest.json. */
+  dir: z.string(),
+  samples: nonNegInt,
+  tokens: nonNegInt,
+});
+
+export const PlanSample = z.strictObject({
+  /** Stable index in the held-out set (or -1 for a prompt from the config). */
+  index: z.number().int(),
+  prompt_ids: z.array(nonNegInt).min(1),
+});
+
+export const Plan = z.strictObject({
+  version: z.literal(1),
+  run_dir: z.string(),
+  model: z.strictObject({
+    path: z.string(),
+    family: z.string(),
+    model_type: z.string(),
+    vocab_size: positiveInt,
+  }),
+  data: z.strictObject({
+    train: PreparedRef,
+    eval: PreparedRef.nullable(),
+    pad_id: nonNegInt,
+  }),
+  lora: z.strictObject({
+    r: positiveInt,
+    alpha: z.number().positive(),
+    dropout: z.number().min(0).max(0.9),
+    targets: z.array(z.string()).min(1),
+  }),
+  train: z.strictObject({
+    total_steps: positiveInt,
+    epochs: z.number().positive(),
+    batch_size: positiveInt,
+    grad_accum: positiveInt,
+    lr: z.number().positive(),
+    scheduler: z.enum(SCHEDULERS),
+    warmup_steps: nonNegInt,
+    weight_decay: z.number().min(0),
+    max_grad_norm: z.number().positive(),
+    seed: nonNegInt,
+    precision: z.enum(PRECISIONS),
+    gradient_checkpointing: z.boolean(),
+    log_every: positiveInt,
+    eval_every: nonNegInt,
+    save_every: nonNegInt,
+    keep_checkpoints: positiveInt,
+    device: z.enum(["auto", "cpu", "cuda"]),
+  }),
+  samples: z.strictObject({
+    items: z.array(PlanSample),
+    max_new_tokens: positiveInt,
+    stop_ids: z.array(nonNegInt).min(1),
+    /** Generate from the base model before training, as well as after. */
+    before: z.boolean(),
+  }),
+  /** Continue from the newest complete checkpoint under run_dir/checkpoints. */
+  resume: z.boolean(),
+  /** Files copied next to the adapter: the template and special tokens used. */
+  adapter_extras: z.record(z.string(), z.string()),
+  /** Test hook: make the engine fail on purpose at this optimizer step (crash tests). */
+  fail_at_step: nonNegInt.optional(),
+});
+export type Plan = z.infer<typeof Plan>;
+
+// ---------------------------------------------------------------- events (engine → product, JSON Lines)
+
+export const Severity = z.enum(["error", "warning", "info"]);
+
+export const FindingEvent = z.strictObject({
+  type: z.literal("finding"),
+  code: z.string().regex(/^[A-Z][A-Z0-9_]+$/),
+  severity: Severity,
+  title: z.string(),
+  evidence: z.record(z.string(), z.unknown()),
+  fix: z.string(),
+});
+
+export const Event = z.discriminatedUnion("type", [
+  z.strictObject({
+    type: z.literal("start"),
+    device: z.string(),
+    device_name: z.string(),
+    dtype: z.string(),
+    total_steps: positiveInt,
+    start_step: nonNegInt,
+    trainable_params: nonNegInt,
+    total_params: nonNegInt,
+    lora_modules: nonNegInt,
+  }),
+  z.strictObject({
+    type: z.literal("step"),
+    step: positiveInt,
+    total_steps: positiveInt,
+    epoch: z.number().nonnegative(),
+    loss: z.number().nullable(), // null when not finite
+    lr: z.number(),
+    grad_norm: z.number().nullable(),
+    tokens: nonNegInt, // trained (label) tokens in this optimizer step
+    tokens_per_s: z.number().nonnegative(), // real (non-padding) input tokens per second
+    elapsed_s: z.number().nonnegative(),
+    memory_bytes: nonNegInt.nullable(),
+  }),
+  z.strictObject({
+    type: z.literal("eval"),
+    step: nonNegInt,
+    loss: z.number().nullable(),
+    tokens: nonNegInt,
+  }),
+  z.strictObject({
+    type: z.literal("sample"),
+    phase: z.enum(["before", "after"]),
+    index: z.number().int(),
+    output_ids: z.array(nonNegInt),
+    stopped: z.boolean(), // ended on a stop token rather than max_new_tokens
+  }),
+  z.strictObject({
+    type: z.literal("checkpoint"),
+    step: nonNegInt,
+    path: z.string(),
+  }),
+  FindingEvent,
+  z.strictObject({
+    type: z.literal("log"),
+    level: z.enum(["debug", "info", "warning"]),
+    message: z.string(),
+  }),
+  z.strictObject({
+    type: z.literal("done"),
+    step: nonNegInt,
+    adapter_dir: z.string(),
+    stopped_early: z.boolean(),
+    train_s: z.number().nonnegative(),
+  }),
+  z.strictObject({
+    type: z.literal("error"),
+    code: z.string(),
+    message: z.string(),
+    hint: z.string(),
+    traceback: z.string().optional(),
+  }),
+]);
+export type Event = z.infer<typeof Event>;
+export type EventOf<T extends Event["type"]> = Extract<Event, { type: T }>;
+
+// ---------------------------------------------------------------- control (product → engine stdin)
+
+export const Control = z.discriminatedUnion("type", [
+  z.strictObject({ type: z.literal("stop") }), // save a checkpoint and exit cleanly
+  z.strictObject({ type: z.literal("save") }), // save a checkpoint now and go on
+  z.strictObject({ type: z.literal("sample") }), // generate the held-out samples now
+]);
+export type Control = z.infer<typeof Control>;
+
+/** Everything exported under protocol/, by file name. */
+export const PROTOCOL = {
+  "run-config": RunConfig,
+  plan: Plan,
+  event: Event,
+  control: Control,
+} as const;

@@ -1,0 +1,134 @@
+// Supervision of one engine process: spawn `python -m lorakit_engine <command> --plan …`, read its
+// JSON-lines events, send control lines, turn Ctrl-C into a clean `stop`, and turn a crash into
+// an error that shows the tail of the traceback.
+import { spawn } from "node:child_process";
+import { createWriteStream } from "node:fs";
+import { createInterface } from "node:readline";
+import type { Control, Event, EventOf } from "../config/schema.js";
+import { LorakitError } from "../errors.js";
+import { parseEventLine } from "./protocol.js";
+import type { PythonEnv } from "./python.js";
+
+export interface EngineRun {
+  /** Sends a control line to the engine. */
+  send(control: Control): void;
+  /** Resolves when the engine has exited. */
+  done: Promise<EngineResult>;
+}
+
+export interface EngineResult {
+  exitCode: number;
+  /** The engine's own `error` event, when it wrote one. */
+  error: EventOf<"error"> | null;
+  /** The `done` event, when it finished or stopped cleanly. */
+  finished: EventOf<"done"> | null;
+  /** The last lines the engine wrote to stderr (its traceback when it crashed). */
+  stderrTail: string[];
+  /** True when a stop was requested (Ctrl-C or `send({type: "stop"})`). */
+  stopRequested: boolean;
+}
+
+export interface SpawnOptions {
+  py: PythonEnv;
+  command: string;
+  planPath: string;
+  onEvent: (event: Event) => void;
+  /** stderr of the engine is appended here in full. */
+  logFile?: string;
+  /** Aborting sends `stop`; a second abort (or no exit within `killAfterMs`) kills the engine. */
+  signal?: AbortSignal;
+  killAfterMs?: number;
+  extraEnv?: NodeJS.ProcessEnv;
+}
+
+const TAIL_LINES = 40;
+
+export function spawnEngine(opts: SpawnOptions): EngineRun {
+  const child = spawn(opts.py.python, ["-m", "lorakit_engine", opts.command, "--plan", opts.planPath], {
+    env: { ...opts.py.env, ...opts.extraEnv },
+    stdio: ["pipe", "pipe", "pipe"],
+  });
+  const log = opts.logFile ? createWriteStream(opts.logFile, { flags: "a" }) : null;
+  const tail: string[] = [];
+  let error: EventOf<"error"> | null = null;
+  let finished: EventOf<"done"> | null = null;
+  let stopRequested = false;
+  let killTimer: NodeJS.Timeout | undefined;
+
+  const send = (control: Control) => {
+    if (child.stdin.writable) child.stdin.write(`${JSON.stringify(control)}\n`);
+  };
+  child.stdin.on("error", () => {}); // the engine may exit before reading everything
+
+  const onAbort = () => {
+    if (stopRequested) {
+      child.kill("SIGKILL");
+      return;
+    }
+    stopRequested = true;
+    send({ type: "stop" });
+    killTimer = setTimeout(() => child.kill("SIGTERM"), opts.killAfterMs ?? 120_000);
+  };
+  opts.signal?.addEventListener("abort", onAbort);
+
+  createInterface({ input: child.stdout }).on("line", (line) => {
+    const event = parseEventLine(line);
+    if (!event) {
+      // Stray prints from libraries: keep them in the log, out of the event stream.
+      log?.write(`[stdout] ${line}\n`);
+      return;
+    }
+    if (event.type === "error") error = event;
+    if (event.type === "done") finished = event;
+    opts.onEvent(event);
+  });
+  createInterface({ input: child.stderr }).on("line", (line) => {
+    log?.write(`${line}\n`);
+    tail.push(line);
+    if (tail.length > TAIL_LINES) tail.shift();
+  });
+
+  const done = new Promise<EngineResult>((resolve) => {
+    let spawnError: Error | null = null;
+    child.on("error", (e) => {
+      spawnError = e;
+    });
+    child.on("close", (code, sig) => {
+      if (killTimer) clearTimeout(killTimer);
+      opts.signal?.removeEventListener("abort", onAbort);
+      log?.end();
+      if (spawnError) tail.push(`could not start ${opts.py.python}: ${(spawnError as Error).message}`);
+      resolve({
+        exitCode: code ?? (sig ? 128 + 9 : 1),
+        error,
+        finished,
+        stderrTail: tail,
+        stopRequested,
+      });
+    });
+  });
+  return { send, done };
+}
+
+/** The user-facing error for an engine that did not finish. */
+export function engineFailure(result: EngineResult, logFile?: string): LorakitError {
+  const tail = result.stderrTail.slice(-15).join("\n");
+  const where = logFile ? { file: logFile } : undefined;
+  if (result.error) {
+    const trace = result.error.traceback
+      ? `\n${result.error.traceback.trimEnd().split("\n").slice(-8).join("\n")}`
+      : "";
+    return new LorakitError(result.error.code, `${result.error.message}${trace}`, {
+      where,
+      hint: result.error.hint,
+    });
+  }
+  return new LorakitError(
+    "ENGINE_CRASHED",
+    `the engine exited with code ${result.exitCode}${tail ? `:\n${tail}` : ""}`,
+    {
+      where,
+      hint: "the run is marked failed and its checkpoints are kept: fix the cause above, then `lorakit train <config> --resume`",
+    },
+  );
+}
