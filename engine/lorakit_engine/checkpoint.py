@@ -105,7 +105,7 @@ def save(run_dir, step: int, model, optimizer, scheduler, scaler, state: dict, k
     tmp = base / f".tmp-step-{step}"
     final = base / f"step-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
+    model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     if scaler is not None:
@@ -132,7 +132,8 @@ def read_state(path: Path) -> dict:
 
 
 def load(path: Path, model, optimizer, scheduler, scaler) -> dict:
-    """Restore adapter weights, optimizer, scheduler, scaler and RNG from checkpoint `path`; return its state."""
+    """Restore adapter weights, optimizer, scheduler, scaler and RNG from checkpoint `path`; return its state
+    (step, epoch, micro_batch, tokens_seen, …)."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     state = read_state(path)
@@ -142,8 +143,9 @@ def load(path: Path, model, optimizer, scheduler, scaler) -> dict:
         missing, extra = sorted(expected - set(weights)), sorted(set(weights) - expected)
         raise EngineError(
             "CHECKPOINT_MISMATCH",
-            f"checkpoint {path} does not fit this model's adapter: missing {missing[:5]}, unexpected {extra[:5]}",
-            "Resume with the same model and lora settings, or start a new run (resume: false) in a new run_dir.",
+            f"checkpoint {path} does not fit this model's adapter: "
+            f"missing {missing[:5]}, unexpected {extra[:5]}",
+            "Resume with the same model and lora settings, or start a new run in a new run_dir.",
         )
     set_peft_model_state_dict(model, weights)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))

@@ -47,7 +47,11 @@ def read_lines(stream: IO[str], controls: Controls, emit: Emit) -> None:
             continue
         problems = schema_errors("control", msg)
         if problems:
-            log(emit, f"ignored an unknown control line {line[:200]!r} (expected stop, save or sample)", "warning")
+            log(
+                emit,
+                f"ignored an unknown control line {line[:200]!r} (expected stop, save or sample)",
+                "warning",
+            )
             continue
         controls.put(msg["type"])
 
@@ -68,7 +72,11 @@ def install_sigint(controls: Controls, emit: Emit) -> None:
         hits.append(1)
         if len(hits) > 1:
             os._exit(130)
-        log(emit, "interrupted: saving a checkpoint and stopping (press Ctrl-C again to quit at once)", "warning")
+        log(
+            emit,
+            "interrupted: saving a checkpoint and stopping (press Ctrl-C again to quit at once)",
+            "warning",
+        )
         controls.put("stop")
 
     signal.signal(signal.SIGINT, handler)

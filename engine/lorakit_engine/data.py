@@ -80,14 +80,16 @@ class Prepared:
         if len(self) != samples or self.n_tokens != tokens:
             raise _bad(
                 self.dir,
-                f"the plan says {samples} samples / {tokens} tokens, the files hold {len(self)} / {self.n_tokens}",
+                f"the plan says {samples} samples / {tokens} tokens, "
+                f"the files hold {len(self)} / {self.n_tokens}",
             )
         if vocab_rows is not None and self.n_tokens:
             top = self.max_id()
             if top >= vocab_rows:
                 raise EngineError(
                     "DATA_VOCAB_MISMATCH",
-                    f"prepared data {self.dir} holds token id {top}, the model's embedding has {vocab_rows} rows",
+                    f"prepared data {self.dir} holds token id {top}, "
+                    f"the model's embedding has {vocab_rows} rows",
                     "Prepare the data with the tokenizer that belongs to this model.",
                 )
 
@@ -108,7 +110,9 @@ class Batch:
         return int(self.attention_mask.sum())
 
     def to(self, device) -> Batch:
-        return Batch(*(t.to(device, non_blocking=True) for t in (self.input_ids, self.attention_mask, self.labels)))
+        return Batch(
+            *(t.to(device, non_blocking=True) for t in (self.input_ids, self.attention_mask, self.labels))
+        )
 
 
 def collate(data: Prepared, indices: list[int], pad_id: int) -> Batch:

@@ -37,7 +37,12 @@ def _cut(row: list[int], stop_ids: set[int]) -> tuple[list[int], bool]:
 
 @torch.no_grad()
 def greedy(
-    model, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int], pad_id: int, batch_size: int = 8
+    model,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    stop_ids: list[int],
+    pad_id: int,
+    batch_size: int = 8,
 ) -> list[tuple[list[int], bool]]:
     """(new ids without the stop token, stopped) per prompt."""
     net = _unwrap(model)
@@ -94,6 +99,10 @@ def emit_samples(model, plan: dict, phase: str, emit: Emit) -> None:
     if not items:
         return
     s = plan["samples"]
-    results = greedy(model, [it["prompt_ids"] for it in items], s["max_new_tokens"], s["stop_ids"], plan["data"]["pad_id"])
+    results = greedy(
+        model, [it["prompt_ids"] for it in items], s["max_new_tokens"], s["stop_ids"], plan["data"]["pad_id"]
+    )
     for item, (ids, stopped) in zip(items, results, strict=True):
-        emit({"type": "sample", "phase": phase, "index": item["index"], "output_ids": ids, "stopped": stopped})
+        emit(
+            {"type": "sample", "phase": phase, "index": item["index"], "output_ids": ids, "stopped": stopped}
+        )

@@ -69,17 +69,26 @@ def schema_errors(name: str, value: Any) -> list[str]:
 
 
 def _describe(err) -> list[str]:
-    # oneOf/anyOf errors hide the useful one in their context; report the deepest ones instead.
+    # anyOf/oneOf errors hide the useful ones in their context: report the errors of the alternatives that
+    # fit the value's kind (an object where object-or-null is allowed; the event whose `type` matches).
     if err.context:
-        deepest = max(len(e.absolute_path) for e in err.context)
-        if deepest > len(err.absolute_path):
-            return [d for e in err.context if len(e.absolute_path) == deepest for d in _describe(e)]
-    where = ".".join(str(p) for p in err.absolute_path) or "(plan)"
+        depth = len(err.absolute_path)
+        branches: dict[int, list] = {}
+        for e in err.context:
+            branches.setdefault(e.relative_schema_path[0], []).append(e)
+
+        def other_kind(e) -> bool:
+            return (e.validator == "type" and len(e.absolute_path) == depth) or (
+                e.validator == "const" and len(e.absolute_path) == depth + 1 and e.absolute_path[-1] == "type"
+            )
+
+        fitting = [errs for errs in branches.values() if not any(other_kind(e) for e in errs)]
+        if fitting:
+            return [d for errs in fitting for e in errs for d in _describe(e)]
+    where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
     if err.validator == "additionalProperties":
         extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
         return [f"{where}: unknown key {', '.join(repr(k) for k in extra)}"]
-    if err.validator == "required":
-        return [f"{where}: {err.message}"]
     return [f"{where}: {err.message}"]
 
 
@@ -180,8 +189,8 @@ _HINTS = {
     "CUDA_OOM": "Lower train.batch_size (raise grad_accum to keep the effective batch), shorten max_length, "
     "or turn on gradient_checkpointing.",
     "MODEL_LOAD_FAILED": "Point model at a complete local checkpoint folder (config.json and its weights).",
-    "ENGINE_CRASH": "This is a bug or an environment problem: rerun with resume: true to continue from the last "
-    "checkpoint, and report the traceback if it happens again.",
+    "ENGINE_CRASH": "This is a bug or an environment problem: rerun with resume: true to continue from the "
+    "last checkpoint, and report the traceback if it happens again.",
 }
 
 
@@ -190,6 +199,9 @@ def error_event(exc: BaseException) -> dict[str, Any]:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     if isinstance(exc, EngineError):
         code, message, hint = exc.code, exc.message, exc.hint
+    elif isinstance(exc, KeyboardInterrupt):  # before the SIGINT handler was in place
+        code, message = "INTERRUPTED", "interrupted before training started"
+        hint = "Run it again; once training runs, Ctrl-C saves a checkpoint first."
     elif type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc):
         code, message, hint = (
             "CUDA_OOM",

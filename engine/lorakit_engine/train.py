@@ -28,7 +28,7 @@ from . import checkpoint as ckpt
 from .control import Controls
 from .data import IGNORE, Batch, Batches, Prepared, collate, in_order
 from .generate import emit_samples
-from .protocol import EngineError, Emit, finding, finite, log
+from .protocol import Emit, EngineError, finding, finite, log
 
 _B_ZERO_RMS = 1e-8  # a LoRA B whose entries average below this never moved away from its zero init
 _RELOAD_TOL = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
@@ -58,7 +58,7 @@ def resolve_device(plan: dict) -> torch.device:
             "NO_CUDA",
             "train.device is cuda but torch sees no CUDA device "
             f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})",
-            "Install a CUDA build of torch and check the driver with nvidia-smi, or set train.device to auto.",
+            "Install a CUDA build of torch and check the driver with nvidia-smi, or set train.device: auto.",
         )
     return torch.device("cuda" if want != "cpu" and torch.cuda.is_available() else "cpu")
 
@@ -133,7 +133,7 @@ def attach_lora(base, plan: dict, emit: Emit):
             "LORA_TARGETS_NOT_FOUND",
             f"no module of this {plan['model']['model_type']} model is named {', '.join(targets)}; "
             f"its linear modules are: {', '.join(linear_module_names(base))}",
-            "Set lora.targets to some of the linear module names listed (or leave it out for the family's set).",
+            "Set lora.targets to some of the linear module names listed (or leave it out: the family's set).",
         )
     unmatched = [t for t, n in matched.items() if n == 0]
     if unmatched:
@@ -263,7 +263,8 @@ def report_norms(norms: dict[str, Any], emit: Emit) -> None:
             emit,
             "ADAPTER_NEVER_LEARNED",
             "warning",
-            f"LoRA B stayed at zero in {len(dead)} of {len(norms['per_layer'])} layers: the adapter changes nothing there",
+            f"LoRA B stayed at zero in {len(dead)} of {len(norms['per_layer'])} layers: "
+            "the adapter changes nothing there",
             {"layers": dead[:64], "b_rms_threshold": _B_ZERO_RMS},
             "Raise train.lr or train for more steps, and check that the adapter parameters are trainable.",
         )
@@ -273,7 +274,7 @@ def write_adapter(model, plan: dict) -> Path:
     run_dir = Path(plan["run_dir"])
     final, tmp = run_dir / "adapter", run_dir / ".tmp-adapter"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
+    model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
     for name, text in plan["adapter_extras"].items():
         (tmp / name).write_text(text, encoding="utf-8")
     shutil.rmtree(final, ignore_errors=True)
@@ -308,6 +309,7 @@ def reload_check(model, adapter_dir: Path, plan: dict, batch: Batch, dtype, devi
     del reloaded
     diff = float((got - expected).abs().max()) if got.shape == expected.shape else math.inf
     tol = _RELOAD_TOL[dtype]
+    log(emit, f"adapter reload check: max |logit difference| {diff:.3g} (tolerance {tol:g})", "debug")
     if not diff <= tol:
         finding(
             emit,
@@ -382,7 +384,11 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
         else:
-            log(emit, f"{plan['model']['model_type']} does not support gradient checkpointing; it stays off", "warning")
+            log(
+                emit,
+                f"{plan['model']['model_type']} does not support gradient checkpointing; it stays off",
+                "warning",
+            )
     optimizer = make_optimizer(model, plan, device)
     scheduler = make_scheduler(optimizer, plan)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
@@ -390,7 +396,12 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
     step, epoch, mb, tokens_seen = 0, 0, 0, 0
     if data["resume_from"] is not None:
         state = ckpt.load(data["resume_from"], model, optimizer, scheduler, scaler)
-        step, epoch, mb, tokens_seen = state["step"], state["epoch"], state["micro_batch"], state["tokens_seen"]
+        step, epoch, mb, tokens_seen = (
+            state["step"],
+            state["epoch"],
+            state["micro_batch"],
+            state["tokens_seen"],
+        )
         log(emit, f"resumed from {data['resume_from'].name}: step {step}, epoch {epoch}, micro-batch {mb}")
 
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -445,7 +456,7 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
             if command == "save":
                 save()
             elif command == "sample":
-                emit_samples(model, plan, "after", emit)
+                emit_samples(model, plan, "during", emit)
             elif command == "stop":
                 stopped = True
         if stopped:
@@ -476,7 +487,7 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
                 "error",
                 f"the loss or gradient norm became non-finite at step {step + 1}; training stopped",
                 {"step": step + 1, "loss": str(loss), "grad_norm": str(grad_norm), "lr": lr},
-                "Lower train.lr (or raise warmup), prefer bf16 over fp16, and resume from the last checkpoint.",
+                "Lower train.lr or warm up longer (bf16, not fp16), then resume from the last checkpoint.",
             )
             raise EngineError(
                 "TRAIN_NONFINITE_LOSS",

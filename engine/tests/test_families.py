@@ -24,7 +24,7 @@ from lorakit_engine.models import (
     supported_model_types,
 )
 
-FOLDERS = {"chatglm": "chatglm3-safetensors-sharded", **{f: f"tiny-{f}" for f in TRANSFORMERS_FAMILIES}}
+FOLDERS = {"chatglm": "chatglm3-safetensors-sharded", **{f: f"family-{f}" for f in TRANSFORMERS_FAMILIES}}
 
 
 @pytest.mark.parametrize("family", list(FOLDERS))
@@ -94,7 +94,7 @@ def test_unknown_model_type_is_named_with_the_supported_list(tmp_path):
 
 
 def test_missing_shard_is_reported_for_transformers_families_too(fixtures_dir, tmp_path):
-    src = fixtures_dir / "models" / "tiny-qwen2"
+    src = fixtures_dir / "models" / "family-qwen2"
     (tmp_path / "config.json").write_bytes((src / "config.json").read_bytes())
     index = {"metadata": {}, "weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors"}}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))

@@ -154,7 +154,7 @@ export function parseConfigText(
       doc.errors.map(
         (e) =>
           new LorakitError("CONFIG_BAD_YAML", e.message.split("\n")[0] ?? e.message, {
-            where: { file, line: e.linePos?.[0]?.line },
+            where: { file, line: lineCounter.linePos(e.pos[0]).line },
             hint: "fix the YAML syntax (indentation, a missing ':' or an unclosed quote)",
           }),
       ),

@@ -211,7 +211,7 @@ export const Event = z.discriminatedUnion("type", [
   }),
   z.strictObject({
     type: z.literal("sample"),
-    phase: z.enum(["before", "after"]),
+    phase: z.enum(["before", "during", "after"]), // during: asked for by the `sample` control
     index: z.number().int(),
     output_ids: z.array(nonNegInt),
     stopped: z.boolean(), // ended on a stop token rather than max_new_tokens

@@ -45,7 +45,7 @@ export function engineEnv(python: string, env: NodeJS.ProcessEnv): NodeJS.Proces
 const REQUIRED_MODULES = ["torch", "transformers", "peft", "safetensors", "jsonschema"];
 
 function checkModules(python: string, modules: string[]): string | null {
-  const code = `import importlib,sys\nmissing=[m for m in ${JSON.stringify(modules)} if importlib.util.find_spec(m) is None]\nprint(",".join(missing))`;
+  const code = `import importlib.util\nmissing=[m for m in ${JSON.stringify(modules)} if importlib.util.find_spec(m) is None]\nprint(",".join(missing))`;
   const r = spawnSync(python, ["-c", code], { encoding: "utf8" });
   if (r.error || r.status !== 0) return `cannot run ${python}: ${r.error?.message ?? r.stderr.trim()}`;
   const missing = r.stdout.trim();

@@ -80,7 +80,12 @@ export function spawnEngine(opts: SpawnOptions): EngineRun {
     }
     if (event.type === "error") error = event;
     if (event.type === "done") finished = event;
-    opts.onEvent(event);
+    try {
+      opts.onEvent(event);
+    } catch (e) {
+      // A bug in a consumer must not kill the supervisor (and with it the run's records).
+      log?.write(`[lorakit] event handler failed on ${event.type}: ${(e as Error).stack ?? e}\n`);
+    }
   });
   createInterface({ input: child.stderr }).on("line", (line) => {
     log?.write(`${line}\n`);

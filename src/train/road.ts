@@ -70,6 +70,22 @@ export interface RoadResult {
   runId: number;
 }
 
+/** Decodes generated ids; ids the tokenizer does not know (a model's padded vocabulary) show as ⟨id N⟩. */
+export function decodeGenerated(tokenizer: Tokenizer, ids: readonly number[]): string {
+  const known = (id: number) => id >= 0 && id < tokenizer.vocabSize && tokenizer.idToToken(id) !== undefined;
+  let text = "";
+  let run: number[] = [];
+  for (const id of ids) {
+    if (known(id)) {
+      run.push(id);
+      continue;
+    }
+    text += tokenizer.decode(run, { skipSpecial: true }) + `⟨id ${id}⟩`;
+    run = [];
+  }
+  return text + tokenizer.decode(run, { skipSpecial: true });
+}
+
 export function totalSteps(samples: number, batch: number, accum: number, epochs: number, maxSteps?: number): number {
   const microPerEpoch = Math.ceil(samples / batch);
   const stepsPerEpoch = Math.ceil(microPerEpoch / accum);
@@ -195,7 +211,7 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
       store.record(run.id, event);
       if (event.type === "sample") {
         const item = heldOut.get(event.index);
-        const output = tokenizer.decode(event.output_ids, { skipSpecial: true });
+        const output = decodeGenerated(tokenizer, event.output_ids);
         const row = {
           phase: event.phase,
           idx: event.index,
@@ -205,7 +221,7 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
           stopped: event.stopped ? 1 : 0,
         };
         store.addSample(run.id, row);
-        outputs[event.phase].push(row);
+        if (event.phase !== "during") outputs[event.phase].push(row);
       }
       opts.onEvent?.(event);
     },

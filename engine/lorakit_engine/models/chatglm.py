@@ -27,12 +27,24 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from ..kernels.attention import PackedAttention, make_packed_attention, packed_attention
+from ..kernels.elementwise import op
+from ..kernels.loss import linear_cross_entropy, shift_labels
+from ..kernels.options import FastOptions
+from ..kernels.packing import positions_from_cu_seqlens
 from .checkpoint import CheckpointError, find_weights, load_weights, read_config
 
 INV_FREQ = "transformer.rotary_pos_emb.inv_freq"  # saved by the official code, recomputed here
 _REQUIRED = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "kv_channels")
 
 KVCache = tuple[tuple[torch.Tensor, torch.Tensor], ...]  # per layer (key, value): [batch, groups, time, d]
+
+
+@dataclass
+class ChatGLMOutput(CausalLMOutputWithPast):
+    """CausalLMOutputWithPast plus `n_tokens`: the trained tokens the loss covers (0-d tensor)."""
+
+    n_tokens: torch.Tensor | None = None
 
 
 @dataclass
@@ -154,20 +166,19 @@ def _reject_unsupported(raw: dict[str, Any], path: Path | str | None) -> None:
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float):
+    def __init__(self, size: int, eps: float, fast: FastOptions | None = None):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
+        self.fast = fast or FastOptions()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (self.weight.float() * x32).to(x.dtype)
+        return op("rms_norm", self.fast.compile and x.is_cuda)(x, self.weight, self.eps)
 
 
-def _norm(config: ChatGLMConfig) -> nn.Module:
+def _norm(config: ChatGLMConfig, fast: FastOptions | None = None) -> nn.Module:
     if config.rmsnorm:
-        return RMSNorm(config.hidden_size, config.layernorm_epsilon)
+        return RMSNorm(config.hidden_size, config.layernorm_epsilon, fast)
     return nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
 
 
@@ -190,17 +201,18 @@ class RotaryEmbedding(nn.Module):
         return cos[:, None], sin[:, None]  # broadcast over heads
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs (2i, 2i+1) of the first 2·cos.shape[-1] dims of x [batch, heads, time, d]."""
-    rot = cos.shape[-1] * 2
-    x0, x1 = x[..., :rot].unflatten(-1, (-1, 2)).unbind(-1)
-    rotated = torch.stack((x0 * cos - x1 * sin, x1 * cos + x0 * sin), dim=-1).flatten(-2)
-    return torch.cat((rotated.to(x.dtype), x[..., rot:]), dim=-1)
+def apply_rotary(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, compiled: bool = False
+) -> torch.Tensor:
+    """Rotate adjacent pairs (2i, 2i+1) of the first 2·cos.shape[-1] dims of x [batch, heads, time, d]
+    (any layout that cos and sin broadcast to)."""
+    return op("rotary", compiled and x.is_cuda)(x, cos, sin)
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, config: ChatGLMConfig):
+    def __init__(self, config: ChatGLMConfig, fast: FastOptions | None = None):
         super().__init__()
+        self.fast = fast or FastOptions()
         self.heads = config.num_attention_heads
         self.groups = config.num_key_value_heads
         self.head_dim = config.kv_channels
@@ -213,7 +225,7 @@ class SelfAttention(nn.Module):
         )
         self.dense = nn.Linear(q, config.hidden_size, bias=config.add_bias_linear)
 
-    def forward(self, x, cos, sin, mask, is_causal, past):
+    def forward(self, x, cos, sin, mask, is_causal, past, packed: PackedAttention | None = None):
         b, t, _ = x.shape
         qkv = self.query_key_value(x)
         if self.multi_query:
@@ -223,49 +235,77 @@ class SelfAttention(nn.Module):
             v = v.view(b, t, self.groups, self.head_dim)
         else:  # ChatGLM2-style full attention keeps [q_h | k_h | v_h] together per head
             q, k, v = qkv.view(b, t, self.heads, 3 * self.head_dim).split(self.head_dim, dim=-1)
+        compiled = self.fast.compile
+        if packed is not None:  # one row [1, T]; time-major [T, heads, d] as varlen kernels want, no copies
+            cos, sin = cos.transpose(1, 2), sin.transpose(1, 2)  # [1, T, 1, rot/2]
+            q, k = apply_rotary(q, cos, sin, compiled), apply_rotary(k, cos, sin, compiled)
+            out = packed_attention(q[0], k[0], v[0], packed)
+            return self.dense(out.reshape(b, t, -1)), None
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = apply_rotary(q, cos, sin, compiled), apply_rotary(k, cos, sin, compiled)
         if past is not None:
             k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)
         present = (k, v)
         rep = self.heads // self.groups
-        if rep > 1:  # head h reads group h // rep
+        gqa = rep > 1 and mask is None  # kernels share a group among its heads; a mask rules out flash
+        if rep > 1 and not gqa:  # head h reads group h // rep
             k = k[:, :, None].expand(-1, -1, rep, -1, -1).flatten(1, 2)
             v = v[:, :, None].expand(-1, -1, rep, -1, -1).flatten(1, 2)
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal,
+            enable_gqa=gqa,
         )
         return self.dense(out.transpose(1, 2).flatten(2)), present
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ChatGLMConfig):
+    def __init__(self, config: ChatGLMConfig, fast: FastOptions | None = None):
         super().__init__()
         h, f = config.hidden_size, config.ffn_hidden_size
+        self.fast = fast or FastOptions()
         self.dense_h_to_4h = nn.Linear(h, 2 * f, bias=config.add_bias_linear)
         self.dense_4h_to_h = nn.Linear(f, h, bias=config.add_bias_linear)
 
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense_4h_to_h(op("swiglu", self.fast.compile and x.is_cuda)(self.dense_h_to_4h(x)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = self.dense_h_to_4h(x).chunk(2, dim=-1)
-        return self.dense_4h_to_h(F.silu(a) * b)
+        chunk = self.fast.mlp_chunk_tokens
+        if not chunk or not (self.training and torch.is_grad_enabled()) or x.shape[:-1].numel() <= chunk:
+            return self._mlp(x)
+        # Low memory: the 2·ffn-wide intermediate exists for `chunk` tokens at a time, in backward too.
+        flat = x.reshape(-1, x.shape[-1])
+        parts = [
+            checkpoint(self._mlp, flat[i : i + chunk], use_reentrant=False)
+            for i in range(0, flat.shape[0], chunk)
+        ]
+        return torch.cat(parts).view(*x.shape[:-1], -1)
 
 
 class GLMBlock(nn.Module):
-    def __init__(self, config: ChatGLMConfig):
+    def __init__(self, config: ChatGLMConfig, fast: FastOptions | None = None):
         super().__init__()
         self.residual_from_norm = config.apply_residual_connection_post_layernorm
         self.hidden_dropout = config.hidden_dropout
-        self.input_layernorm = _norm(config)
-        self.self_attention = SelfAttention(config)
-        self.post_attention_layernorm = _norm(config)
-        self.mlp = MLP(config)
+        self.input_layernorm = _norm(config, fast)
+        self.self_attention = SelfAttention(config, fast)
+        self.post_attention_layernorm = _norm(config, fast)
+        self.mlp = MLP(config, fast)
 
-    def forward(self, x, cos, sin, mask, is_causal, past=None):
+    def _dropout(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(x, self.hidden_dropout, True) if self.hidden_dropout and self.training else x
+
+    def forward(self, x, cos, sin, mask, is_causal, past=None, packed=None):
         h = self.input_layernorm(x)
-        attn, present = self.self_attention(h, cos, sin, mask, is_causal, past)
-        x = (h if self.residual_from_norm else x) + F.dropout(attn, self.hidden_dropout, self.training)
+        attn, present = self.self_attention(h, cos, sin, mask, is_causal, past, packed)
+        x = (h if self.residual_from_norm else x) + self._dropout(attn)
         h = self.post_attention_layernorm(x)
-        x = (h if self.residual_from_norm else x) + F.dropout(self.mlp(h), self.hidden_dropout, self.training)
+        x = (h if self.residual_from_norm else x) + self._dropout(self.mlp(h))
         return x, present
 
 
@@ -279,24 +319,24 @@ class Embedding(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self, config: ChatGLMConfig):
+    def __init__(self, config: ChatGLMConfig, fast: FastOptions | None = None):
         super().__init__()
-        self.layers = nn.ModuleList(GLMBlock(config) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(GLMBlock(config, fast) for _ in range(config.num_layers))
         if config.post_layer_norm:
-            self.final_layernorm = _norm(config)
+            self.final_layernorm = _norm(config, fast)
         self.gradient_checkpointing = False
         self.checkpoint_kwargs: dict[str, Any] = {"use_reentrant": False}
 
-    def forward(self, x, cos, sin, mask, is_causal, past: KVCache | None):
+    def forward(self, x, cos, sin, mask, is_causal, past: KVCache | None, packed=None):
         presents = []
         for i, layer in enumerate(self.layers):
             layer_past = past[i] if past is not None else None
             if self.gradient_checkpointing and self.training:
                 x, present = checkpoint(
-                    layer, x, cos, sin, mask, is_causal, layer_past, **self.checkpoint_kwargs
+                    layer, x, cos, sin, mask, is_causal, layer_past, packed, **self.checkpoint_kwargs
                 )
             else:
-                x, present = layer(x, cos, sin, mask, is_causal, layer_past)
+                x, present = layer(x, cos, sin, mask, is_causal, layer_past, packed)
             presents.append(present)
         if hasattr(self, "final_layernorm"):
             x = self.final_layernorm(x)
@@ -306,11 +346,11 @@ class Encoder(nn.Module):
 class ChatGLMModel(nn.Module):
     """`transformer.*` of the checkpoint; `output_layer` lives here as in the official layout."""
 
-    def __init__(self, config: ChatGLMConfig):
+    def __init__(self, config: ChatGLMConfig, fast: FastOptions | None = None):
         super().__init__()
         self.embedding = Embedding(config)
         self.rotary_pos_emb = RotaryEmbedding(config.kv_channels // 2, 10000.0 * config.rope_ratio)
-        self.encoder = Encoder(config)
+        self.encoder = Encoder(config, fast)
         self.output_layer = nn.Linear(config.hidden_size, config.padded_vocab_size, bias=False)
 
 
@@ -325,7 +365,8 @@ class ChatGLMForConditionalGeneration(nn.Module):
     def __init__(self, config: ChatGLMConfig):
         super().__init__()
         self.config = config
-        self.transformer = ChatGLMModel(config)
+        self.fast = FastOptions()  # switches shared by every layer: kernels.configure_fast_path
+        self.transformer = ChatGLMModel(config, self.fast)
         self.name_or_path = ""  # peft records it as base_model_name_or_path
 
     @classmethod
@@ -356,30 +397,75 @@ class ChatGLMForConditionalGeneration(nn.Module):
         logits_to_keep: int = 0,
         return_dict: bool | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
+        loss_reduction: str = "mean",
+        return_logits: bool | None = None,
         **kwargs: Any,
-    ) -> CausalLMOutputWithPast | tuple:
+    ) -> ChatGLMOutput | tuple:
         """`labels` line up with `input_ids` (shifted here, -100 ignored); `attention_mask` is 1 for real
         tokens, 0 for padding, and spans the cache plus the new tokens. Positions default to
-        past_len, past_len+1, …; pass `position_ids` for anything else (left padding)."""
+        past_len, past_len+1, …; pass `position_ids` for anything else (left padding).
+
+        Packed rows (kernels.pack_batch): input [1, T] holding several samples with boundaries `cu_seqlens`
+        (int32 [n + 1]); each sample attends only to itself and positions restart per sample unless
+        `position_ids` says otherwise. No attention_mask and no cache with them.
+
+        Loss: `loss_reduction` "mean" (over trained tokens, or the sum over `num_items_in_batch` when given)
+        or "sum"; `n_tokens` counts the trained tokens. Logits are returned unless `return_logits` is False,
+        or it is None and there are labels with gradients on: then the output projection and cross-entropy
+        run fused in chunks (kernels.linear_cross_entropy) and no logits tensor is ever made."""
         unknown = [k for k, v in kwargs.items() if v is not None and v is not False]
         if unknown:  # peft passes output_attentions=None etc.; anything real would be silently wrong
             raise TypeError(f"ChatGLM forward got unsupported arguments: {', '.join(unknown)}")
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if loss_reduction not in ("mean", "sum"):
+            raise ValueError(f"loss_reduction {loss_reduction!r}; expected 'mean' or 'sum'")
         x = self.transformer.embedding(input_ids) if inputs_embeds is None else inputs_embeds
         b, t = x.shape[:2]
         past_len = past_key_values[0][0].shape[2] if past_key_values else 0
-        if position_ids is None:
-            position_ids = torch.arange(past_len, past_len + t, device=x.device).expand(b, t)
+        packed = None
+        if cu_seqlens is not None:
+            if b != 1 or past_len or attention_mask is not None or use_cache:
+                raise ValueError("packed rows (cu_seqlens) take one row [1, T], no attention_mask, no cache")
+            if position_ids is None:
+                position_ids = positions_from_cu_seqlens(cu_seqlens, t)
+            packed = make_packed_attention(cu_seqlens, max_seqlen, t, self.fast.attention)
+            mask, is_causal = None, False
+        else:
+            if position_ids is None:
+                position_ids = torch.arange(past_len, past_len + t, device=x.device).expand(b, t)
+            mask, is_causal = _attention_mask(attention_mask, t, past_len, x.device)
         cos, sin = self.transformer.rotary_pos_emb(position_ids, x.dtype)
-        mask, is_causal = _attention_mask(attention_mask, t, past_len, x.device)
-        hidden, presents = self.transformer.encoder(x, cos, sin, mask, is_causal, past_key_values or None)
-        if logits_to_keep and labels is None:
-            hidden = hidden[:, -logits_to_keep:]
-        logits = self.transformer.output_layer(hidden)
-        loss = causal_lm_loss(logits, labels, num_items_in_batch) if labels is not None else None
-        out = CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=presents if use_cache else None
+        hidden, presents = self.transformer.encoder(
+            x, cos, sin, mask, is_causal, past_key_values or None, packed
+        )
+        head = self.transformer.output_layer
+        if return_logits is None:
+            return_logits = labels is None or not torch.is_grad_enabled()
+        if not return_logits and labels is not None and type(head) is nn.Linear and head.bias is None:
+            logits = None
+            loss, n_tokens = linear_cross_entropy(
+                hidden, head.weight, shift_labels(labels), chunk_rows=self.fast.loss_chunk_rows
+            )
+            loss = _reduce(loss, n_tokens, loss_reduction, num_items_in_batch)
+        else:
+            if logits_to_keep and labels is None:
+                hidden = hidden[:, -logits_to_keep:]
+            logits = head(hidden)
+            loss = n_tokens = None
+            if labels is not None:
+                loss = causal_lm_loss(logits, labels, reduction="sum")
+                n_tokens = (labels[:, 1:] != -100).sum()
+                loss = _reduce(loss, n_tokens, loss_reduction, num_items_in_batch)
+            if not return_logits:
+                logits = None
+        out = ChatGLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=presents if use_cache else None,
+            n_tokens=n_tokens,
         )
         return out if return_dict is not False else out.to_tuple()
 
@@ -519,13 +605,30 @@ def _attention_mask(
     return allowed.expand(attention_mask.shape[0] if attention_mask is not None else 1, 1, t, total), False
 
 
+def _reduce(
+    loss_sum: torch.Tensor,
+    n_tokens: torch.Tensor,
+    reduction: str,
+    num_items_in_batch: int | torch.Tensor | None,
+) -> torch.Tensor:
+    if reduction == "sum":
+        return loss_sum
+    return loss_sum / (num_items_in_batch if num_items_in_batch is not None else n_tokens)
+
+
 def causal_lm_loss(
-    logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """Next-token cross entropy in float32: logits at i predict labels at i + 1; -100 is ignored. The mean
-    is over trained tokens, or a sum over `num_items_in_batch` when a trainer accumulates gradients."""
+    is over trained tokens, or a sum over `num_items_in_batch` when a trainer accumulates gradients;
+    `reduction="sum"` gives the plain sum."""
     logits = logits[:, :-1].float().flatten(0, 1)
     targets = labels[:, 1:].to(logits.device).flatten()
+    if reduction == "sum":
+        return F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
     if num_items_in_batch is None:
         return F.cross_entropy(logits, targets, ignore_index=-100)
     return F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum") / num_items_in_batch

@@ -1,0 +1,674 @@
+"""lorakit engine vs HF Trainer + peft, side by side in one process on one GPU.
+
+Both train LoRA on the same ChatGLM3-6B-shaped random bf16 weights (transformers' GlmForCausalLM is built
+and initialised once, seed 0; lorakit's native ChatGLM3 model shares the very same tensors, q|k|v rows
+concatenated into query_key_value), on the same synthetic chat samples in the same order.
+
+    python3 bench/bench.py                       # every variant, 28 layers (about 4 minutes of GPU)
+    python3 bench/bench.py --micro               # attention backends, compiled elementwise ops, GEMM ceiling
+    python3 bench/bench.py --layers 2 --steps-scale 0.5 --variants hf_recipe,lk_recipe   # a smoke run
+
+Variants (`--variants`, comma separated):
+    hf_recipe         HF Trainer, Self-LLM recipe: q/k/v r8 α32 dropout 0.1, batch 4 × accumulation 2,
+                      pad to longest, gradient checkpointing (20 steps; its losses are the parity reference)
+    lk_recipe         lorakit on exactly hf_recipe's 8 samples per step, packed into one row, no checkpointing
+    hf_tuned          HF Trainer, 16 × 1, no checkpointing
+    lk_packed         lorakit, padding-free rows of ≤16,384 tokens, no checkpointing, compiled elementwise ops
+                      (followed by a torch.profiler capture of two steps)
+    lk_packed_eager   the same without torch.compile
+    lk_packed_flex    the same with FlexAttention instead of varlen flash attention
+    hf_8k             HF Trainer, one 8,192-token sample × accumulation 2, checkpointing
+    lk_lowmem         lorakit, one 8,192-token sample per step, low-memory checkpointing
+    hf_alllinear16    HF Trainer, every linear layer r16 α64, 16 × 1, no checkpointing
+    lk_alllinear16    lorakit, every linear layer r16 α64, rows of ≤12,288 tokens, no checkpointing
+
+Tokens/s counts real tokens only (padding excluded); MFU = 4·N·tokens/s / peak with N = 5.98e9 (forward
+2N + activation gradients 2N; recompute from checkpointing is not counted as useful work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "engine"))
+
+N_PARAMS = 5.98e9  # ChatGLM3-6B matmul parameters incl. the output layer (PERFORMANCE.md)
+PEAK_H100 = 989e12  # H100 SXM dense bf16, PERFORMANCE.md's MFU reference
+PEAK_H200 = 989e12  # H200 SXM: the same Hopper chip and clocks, dense bf16 ≈ 989 TFLOP/s (device docs, H200.md)
+ALL = (
+    "hf_recipe",
+    "lk_recipe",
+    "hf_tuned",
+    "lk_packed",
+    "lk_packed_eager",
+    "lk_packed_flex",
+    "hf_8k",
+    "lk_lowmem",
+    "hf_alllinear16",
+    "lk_alllinear16",
+)
+GLM_QKV = ["q_proj", "k_proj", "v_proj"]
+GLM_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"]
+LK_QKV = ["query_key_value"]
+LK_ALL = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+# -- data: the baseline's generator, same seed ---------------------------------------------------------------
+
+
+def make_samples(n: int, seed: int = 0, maxlen: int = 512, fixed: bool = False) -> list[dict]:
+    """prompt 16-128 tokens (no loss), response lognormal(4.2, 0.6), total ≤ maxlen; or (fixed) exactly
+    maxlen tokens, half prompt half response. Identical to hf_peft_baseline.py's sample() after seed 0."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        if fixed:
+            p = maxlen // 2
+            r = maxlen - p
+        else:
+            p = rng.randint(16, 128)
+            r = min(int(rng.lognormvariate(4.2, 0.6)), maxlen - p)
+        ids = [rng.randint(10, 64000) for _ in range(p + r)]
+        out.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * p + ids[p:]})
+    return out
+
+
+# -- models ------------------------------------------------------------------------------------------------
+
+
+def build_glm(layers: int):
+    from transformers import GlmConfig, GlmForCausalLM
+
+    torch.manual_seed(0)
+    cfg = GlmConfig(
+        vocab_size=65024,
+        hidden_size=4096,
+        intermediate_size=13696,
+        num_hidden_layers=layers,
+        num_attention_heads=32,
+        num_key_value_heads=2,
+        head_dim=128,
+        partial_rotary_factor=0.5,
+        attention_bias=True,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=8192,
+        pad_token_id=0,
+        eos_token_id=2,
+    )
+    cfg._attn_implementation = "sdpa"
+    with torch.device("cuda"):
+        model = GlmForCausalLM(cfg).to(torch.bfloat16)
+    # q | k | v rows become one tensor; GLM keeps views into it, so both models share every weight
+    for layer in model.model.layers:
+        attn = layer.self_attn
+        for kind in ("weight", "bias"):
+            parts = [getattr(getattr(attn, p), kind) for p in GLM_QKV]
+            fused = torch.cat([p.detach() for p in parts])
+            sizes = [p.shape[0] for p in parts]
+            for name, view in zip(GLM_QKV, fused.split(sizes), strict=True):
+                setattr(getattr(attn, name), kind, torch.nn.Parameter(view, requires_grad=False))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def native_from_glm(glm):
+    """lorakit's native ChatGLM3 model on the GLM's tensors (no copies)."""
+    from lorakit_engine.models.chatglm import ChatGLMConfig, ChatGLMForConditionalGeneration
+
+    layers = len(glm.model.layers)
+    with torch.device("meta"):
+        model = ChatGLMForConditionalGeneration(ChatGLMConfig(num_layers=layers))
+    sd = {
+        "transformer.embedding.word_embeddings.weight": glm.model.embed_tokens.weight,
+        "transformer.encoder.final_layernorm.weight": glm.model.norm.weight,
+        "transformer.output_layer.weight": glm.lm_head.weight,
+    }
+    for n, layer in enumerate(glm.model.layers):
+        p, a = f"transformer.encoder.layers.{n}.", layer.self_attn
+        q = a.q_proj.weight
+        rows = sum(getattr(a, x).weight.shape[0] for x in GLM_QKV)
+        sd[p + "self_attention.query_key_value.weight"] = q.as_strided((rows, q.shape[1]), q.stride())
+        qb = a.q_proj.bias
+        sd[p + "self_attention.query_key_value.bias"] = qb.as_strided((rows,), qb.stride())
+        sd[p + "self_attention.dense.weight"] = a.o_proj.weight
+        sd[p + "mlp.dense_h_to_4h.weight"] = layer.mlp.gate_up_proj.weight
+        sd[p + "mlp.dense_4h_to_h.weight"] = layer.mlp.down_proj.weight
+        sd[p + "input_layernorm.weight"] = layer.input_layernorm.weight
+        sd[p + "post_attention_layernorm.weight"] = layer.post_attention_layernorm.weight
+    model.load_state_dict({k: v.detach() for k, v in sd.items()}, strict=True, assign=True)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    assert not any(p.is_meta for p in model.parameters())
+    return model
+
+
+# -- measuring ---------------------------------------------------------------------------------------------
+
+
+def summarise(name, tok_per_step, pad_per_step, times, warm, losses, extra=None):
+    st = times[warm:] if len(times) > warm else times
+    sec = sum(st) / len(st)
+    tok_s = tok_per_step / sec
+    res = {
+        "variant": name,
+        "step_s": round(sec, 4),
+        "timed_steps": len(st),
+        "real_tok_per_step": round(tok_per_step, 1),
+        "real_tok_s": round(tok_s),
+        "pad_efficiency": round(tok_per_step / pad_per_step, 3),
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "mfu_h200": round(4 * N_PARAMS * tok_s / PEAK_H200, 4),
+        "mfu_h100ref": round(4 * N_PARAMS * tok_s / PEAK_H100, 4),
+        "losses": [round(x, 5) for x in losses],
+    }
+    res.update(extra or {})
+    return res
+
+
+def fresh_memory():
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+
+
+# -- the baseline: HF Trainer + peft, the recipe of hf_peft_baseline.py --------------------------------------
+
+
+def run_hf(glm, data, name, bs, ga, steps, ckpt, targets, r, warm=5):
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    fresh_memory()
+    torch.manual_seed(0)
+    glm.enable_input_require_grads()
+    model = get_peft_model(
+        glm, LoraConfig(task_type="CAUSAL_LM", target_modules=targets, r=r, lora_alpha=4 * r, lora_dropout=0.1)
+    )
+    tokens = {"n": 0, "pad": 0}
+    micro_losses: list[torch.Tensor] = []
+
+    class Ds(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(data)
+
+        def __getitem__(self, i):
+            return data[i]
+
+    class Timer(TrainerCallback):
+        def __init__(self):
+            self.t, self.last = [], None
+
+        def on_step_end(self, args, state, control, **kw):
+            torch.cuda.synchronize()
+            now = time.perf_counter()
+            if self.last is not None:
+                self.t.append(now - self.last)
+            self.last = now
+
+    class SeqTrainer(Trainer):
+        def _get_train_sampler(self, *args, **kwargs):  # data in index order, as lorakit reads it
+            return torch.utils.data.SequentialSampler(data)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            micro_losses.append((loss[0] if return_outputs else loss).detach())
+            return loss
+
+    def collate(batch):
+        m = max(len(b["input_ids"]) for b in batch)
+        out = {
+            k: torch.tensor([b[k] + ([0] if k != "labels" else [-100]) * (m - len(b[k])) for b in batch])
+            for k in batch[0]
+        }
+        tokens["n"] += sum(len(b["input_ids"]) for b in batch)
+        tokens["pad"] += m * len(batch)
+        return out
+
+    args = TrainingArguments(
+        output_dir="/tmp/bench-hf",
+        per_device_train_batch_size=bs,
+        gradient_accumulation_steps=ga,
+        max_steps=steps,
+        learning_rate=1e-4,
+        logging_steps=10,
+        save_strategy="no",
+        report_to=[],
+        bf16=True,
+        gradient_checkpointing=ckpt,
+        dataloader_num_workers=0,
+        seed=0,
+        disable_tqdm=True,
+    )
+    timer = Timer()
+    trainer = SeqTrainer(model=model, args=args, train_dataset=Ds(), data_collator=collate, callbacks=[timer])
+    fresh_memory()
+    trainer.train()
+    # each micro-batch's loss is its token sum over the window's trained tokens: the window loss is their sum
+    vals = [float(x) for x in micro_losses]
+    losses = [sum(vals[i : i + ga]) for i in range(0, len(vals), ga)]
+    res = summarise(
+        name,
+        tokens["n"] / steps,
+        tokens["pad"] / steps,
+        timer.t,
+        warm,
+        losses,
+        {"bs": bs, "ga": ga, "ckpt": ckpt, "r": r, "targets": "qkv" if targets == GLM_QKV else "all"},
+    )
+    model.unload()
+    glm.gradient_checkpointing_disable()
+    glm.disable_input_require_grads()
+    del trainer, model
+    fresh_memory()
+    return res
+
+
+# -- lorakit's engine path -----------------------------------------------------------------------------------
+
+
+def run_lk(
+    glm,
+    windows,
+    name,
+    targets,
+    r,
+    checkpointing="none",
+    compile=True,
+    attention="auto",
+    warm=3,
+    profile_steps=0,
+    out_dir=None,
+):
+    """windows: per optimizer step, a list of micro-batches, each a list of samples packed into one row."""
+    from peft import LoraConfig, get_peft_model
+
+    from lorakit_engine.kernels import configure_fast_path, pack_batch
+
+    fresh_memory()
+    torch.manual_seed(0)
+    model = get_peft_model(
+        native_from_glm(glm),
+        LoraConfig(task_type="CAUSAL_LM", target_modules=targets, r=r, lora_alpha=4 * r, lora_dropout=0.1),
+    )
+    configure_fast_path(model, compile=compile, checkpointing=checkpointing, attention=attention)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert all(p.dtype == torch.float32 for p in params)
+    steps = len(windows)
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, fused=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps))
+
+    def step(window):
+        packs = [pack_batch(m) for m in window]
+        n_window = sum(p.n_tokens for p in packs)
+        total = torch.zeros((), device="cuda")
+        for p in packs:
+            out = model(**p.to("cuda").model_inputs(), loss_reduction="sum")
+            (out.loss / n_window).backward()
+            total += out.loss.detach()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        return total / n_window, sum(p.n_real for p in packs), sum(p.input_ids.numel() for p in packs)
+
+    fresh_memory()
+    times, losses, real, computed = [], [], 0, 0
+    torch.cuda.synchronize()
+    last = time.perf_counter()
+    for window in windows:
+        loss, n_real, n_comp = step(window)
+        torch.cuda.synchronize()
+        now = time.perf_counter()
+        times.append(now - last)
+        last = now
+        losses.append(loss)
+        real += n_real
+        computed += n_comp
+    losses = [float(x) for x in losses]
+    res = summarise(
+        name,
+        real / steps,
+        computed / steps,
+        times,
+        warm,
+        losses,
+        {
+            "checkpointing": checkpointing,
+            "compile": compile,
+            "attention": attention,
+            "r": r,
+            "targets": "qkv" if targets == LK_QKV else "all",
+            "first_step_s": round(times[0], 2),
+        },
+    )
+    if profile_steps:
+        res["profile"] = profile(lambda: [step(w) for w in windows[:profile_steps]], real / steps, out_dir)
+    del model, opt
+    fresh_memory()
+    return res
+
+
+def category(name: str) -> str:
+    n = name.lower()
+    if "flash" in n or "fmha" in n or "attn" in n:
+        return "attention"
+    if any(k in n for k in ("gemm", "nvjet", "cutlass", "xmma", "cublas", "sm90_", "matmul")):
+        return "gemm"
+    if n.startswith("triton"):
+        return "triton (compiled elementwise)"
+    if "memcpy" in n or "memset" in n:
+        return "copy/memset"
+    return "other elementwise/reduce"
+
+
+def profile(fn, tok_per_step, out_dir):
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof_ctx
+
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with prof_ctx(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        steps = len(fn())
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    kernels: dict[str, float] = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            kernels[e.name] = kernels.get(e.name, 0.0) + e.time_range.elapsed_us() / 1e3
+    busy = sum(kernels.values())
+    cats: dict[str, float] = {}
+    for k, ms in kernels.items():
+        cats[category(k)] = cats.get(category(k), 0.0) + ms
+    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:15]
+    gemm_ms = cats.get("gemm", 0.0) / steps
+    useful = 4 * N_PARAMS * tok_per_step  # FLOPs per step, nearly all in GEMMs (attention is small here)
+    res = {
+        "steps": steps,
+        "wall_ms_per_step_profiled": round(wall * 1e3 / steps, 1),
+        "gpu_busy_ms_per_step": round(busy / steps, 1),
+        "categories_ms_per_step": {k: round(v / steps, 1) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
+        "gemm_tflops_on_4N": round(useful / (gemm_ms / 1e3) / 1e12, 1) if gemm_ms else None,
+        "top_kernels_ms_per_step": [[k[:110], round(v / steps, 2), category(k)] for k, v in top],
+    }
+    if out_dir:
+        table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40)
+        (Path(out_dir) / "profile_lk_packed.txt").write_text(table)
+    return res
+
+
+# -- micro-benchmarks ------------------------------------------------------------------------------------------
+
+
+def bench_ms(fn, warmup=3, reps=10):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(reps):
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def micro(out_dir):
+    import inspect
+
+    from lorakit_engine.kernels import attention as A
+    from lorakit_engine.kernels import elementwise as E
+
+    res: dict = {}
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    ms = bench_ms(lambda: a @ b)
+    res["gemm_8192_tflops"] = round(2 * 8192**3 / ms / 1e9, 1)
+    del a, b
+    found = A._varlen()
+    res["varlen"] = None if found is None else str(inspect.signature(found[0]))
+    # one 16k-token row of chat samples
+    lengths = [len(s["input_ids"]) for s in make_samples(400, seed=1)]
+    cu, total = [0], 0
+    for n in lengths:
+        if total + n > 16384:
+            break
+        total += n
+        cu.append(total)
+    cu_t = torch.tensor(cu, dtype=torch.int32, device="cuda")
+    m = max(b - a for a, b in zip(cu, cu[1:], strict=False))
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(total, 32, 128, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+    k = torch.randn(total, 2, 128, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+    v = torch.randn(total, 2, 128, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+    dout = torch.randn(total, 32, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    # reference on the first three samples: SDPA per sample with expanded groups, float32
+    outs = {}
+    for backend in ("varlen", "flex"):
+        try:
+            ctx = A.make_packed_attention(cu_t, m, total, backend)
+            out = A.packed_attention(q, k, v, ctx)
+            outs[backend] = out.detach()
+
+            def fb(ctx=ctx):
+                o = A.packed_attention(q, k, v, ctx)
+                torch.autograd.grad(o, (q, k, v), dout)
+
+            res[f"attn_{backend}_fwd_bwd_ms"] = round(bench_ms(fb), 3)
+            res[f"attn_{backend}_fwd_ms"] = round(bench_ms(lambda ctx=ctx: A.packed_attention(q, k, v, ctx)), 3)
+            res[f"attn_{backend}_mask_build_ms"] = round(
+                bench_ms(lambda: A.make_packed_attention(cu_t, m, total, backend)), 3
+            )
+        except Exception as e:  # report, keep going
+            res[f"attn_{backend}_error"] = f"{type(e).__name__}: {e}"[:300]
+    errs = {}
+    for backend, out in outs.items():
+        num = den = 0.0
+        for s, e in zip(cu[:4], cu[1:4], strict=False):
+            qs, ks, vs = (x[s:e].float().transpose(0, 1) for x in (q, k, v))
+            ks, vs = ks.repeat_interleave(16, 0), vs.repeat_interleave(16, 0)
+            ref = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=True).transpose(0, 1)
+            num += float((out[s:e].float() - ref).norm() ** 2)
+            den += float(ref.norm() ** 2)
+        errs[backend] = math.sqrt(num / den)
+    res["attn_rel_err_vs_fp32_sdpa"] = {k: f"{v:.2e}" for k, v in errs.items()}
+    # compiled elementwise ops: same function, fewer passes
+    x = torch.randn(16384, 4096, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = torch.rand(4096, device="cuda", dtype=torch.bfloat16) + 0.5
+    h = torch.randn(16384, 27392, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    qq = torch.randn(1, 16384, 32, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    pos = torch.arange(16384, device="cuda")[None]
+    from lorakit_engine.models.chatglm import RotaryEmbedding
+
+    cos, sin = RotaryEmbedding(64, 10000.0)(pos, torch.bfloat16)
+    cos, sin = cos.transpose(1, 2), sin.transpose(1, 2)
+    cases = {
+        "rms_norm": (lambda f: f(x, w, 1e-5), x),
+        "rotary": (lambda f: f(qq, cos, sin), qq),
+        "swiglu": (lambda f: f(h), h),
+    }
+    for name, (call, inp) in cases.items():
+        eager, comp = E.op(name, False), E.op(name, True)
+        ye, yc = call(eager), call(comp)
+        gy = torch.randn_like(ye)
+        ge, gc_ = torch.autograd.grad(ye, inp, gy)[0], torch.autograd.grad(yc, inp, gy)[0]
+        rel = float((yc.float() - ye.float()).norm() / ye.float().norm())
+        relg = float((gc_.float() - ge.float()).norm() / ge.float().norm())
+
+        def fb(f):
+            y = call(f)
+            torch.autograd.grad(y, inp, gy)
+
+        res[f"{name}_eager_ms"] = round(bench_ms(lambda eager=eager: fb(eager)), 3)
+        res[f"{name}_compiled_ms"] = round(bench_ms(lambda comp=comp: fb(comp)), 3)
+        res[f"{name}_rel_err"] = f"{rel:.1e}/{relg:.1e}"
+    return res
+
+
+# -- main ------------------------------------------------------------------------------------------------------
+
+
+def windows_of(data, per_window, micro_per_window, steps, start=0):
+    out, i = [], start
+    for _ in range(steps):
+        w = data[i : i + per_window]
+        out.append([w[j : j + per_window // micro_per_window] for j in range(0, per_window, per_window // micro_per_window)])
+        i += per_window
+    return out
+
+
+def packed_windows(data, budget, steps, start=0):
+    from lorakit_engine.kernels import plan_packs
+
+    packs = plan_packs([len(s["input_ids"]) for s in data[start:]], budget)[:steps]
+    return [[[data[start + i] for i in p]] for p in packs]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--variants", default=",".join(ALL))
+    ap.add_argument("--layers", type=int, default=28)
+    ap.add_argument("--steps-scale", type=float, default=1.0)
+    ap.add_argument("--budget", type=int, default=16384)
+    ap.add_argument("--micro", action="store_true")
+    ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/bench-out"))
+    args = ap.parse_args()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "layers": args.layers,
+        "command": " ".join(sys.argv),
+    }
+    import peft
+    import transformers
+
+    results["transformers"], results["peft"] = transformers.__version__, peft.__version__
+    log("device", results["device"], "torch", torch.__version__, "transformers", transformers.__version__)
+
+    def save():
+        (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+
+    if args.micro:
+        t0 = time.perf_counter()
+        results["micro"] = micro(out_dir)
+        log("MICRO", json.dumps(results["micro"]), f"({time.perf_counter() - t0:.0f} s)")
+        save()
+
+    variants = [v for v in args.variants.split(",") if v]
+    if not variants:
+        return
+    S = lambda n: max(4, int(round(n * args.steps_scale)))  # noqa: E731
+    t0 = time.perf_counter()
+    glm = build_glm(args.layers)
+    log(f"GLM init {time.perf_counter() - t0:.1f} s; {torch.cuda.memory_allocated() / 2**30:.2f} GiB")
+    data = make_samples(4000)
+    data8k = make_samples(64, seed=1, maxlen=8192, fixed=True)
+    recipe_steps = S(20)
+    runs = {
+        "hf_recipe": lambda: run_hf(glm, data, "hf_recipe", 4, 2, recipe_steps, True, GLM_QKV, 8),
+        "lk_recipe": lambda: run_lk(glm, windows_of(data, 8, 1, recipe_steps), "lk_recipe", LK_QKV, 8),
+        "hf_tuned": lambda: run_hf(glm, data, "hf_tuned", 16, 1, S(14), False, GLM_QKV, 8),
+        "lk_packed": lambda: run_lk(
+            glm,
+            packed_windows(data, args.budget, S(12)),
+            "lk_packed",
+            LK_QKV,
+            8,
+            profile_steps=2,
+            out_dir=out_dir,
+        ),
+        "lk_packed_eager": lambda: run_lk(
+            glm, packed_windows(data, args.budget, S(8)), "lk_packed_eager", LK_QKV, 8, compile=False
+        ),
+        "lk_packed_flex": lambda: run_lk(
+            glm, packed_windows(data, args.budget, S(8)), "lk_packed_flex", LK_QKV, 8, attention="flex"
+        ),
+        "hf_8k": lambda: run_hf(glm, data8k, "hf_8k", 1, 2, S(8), True, GLM_QKV, 8, warm=3),
+        "lk_lowmem": lambda: run_lk(
+            glm, [[[s]] for s in data8k[: S(8)]], "lk_lowmem", LK_QKV, 8, checkpointing="low_memory"
+        ),
+        "hf_alllinear16": lambda: run_hf(glm, data, "hf_alllinear16", 16, 1, S(12), False, GLM_ALL, 16),
+        "lk_alllinear16": lambda: run_lk(
+            glm, packed_windows(data, 12288, S(10)), "lk_alllinear16", LK_ALL, 16
+        ),
+    }
+    results["runs"] = {}
+    for v in variants:
+        t1 = time.perf_counter()
+        try:
+            res = runs[v]()
+        except torch.OutOfMemoryError as e:
+            res = {"variant": v, "error": f"OOM: {str(e)[:200]}"}
+        except Exception as e:  # keep the other variants' numbers
+            import traceback
+
+            traceback.print_exc()
+            res = {"variant": v, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+        res["wall_s"] = round(time.perf_counter() - t1, 1)
+        results["runs"][v] = res
+        log("RESULT", json.dumps(res))
+        save()
+        fresh_memory()
+    report(results)
+    save()
+
+
+def report(results):
+    runs = results["runs"]
+    ref = runs.get("hf_recipe", {}).get("real_tok_s")
+    tuned = runs.get("hf_tuned", {}).get("real_tok_s")
+    lines = [
+        f"card: {results['device']}  torch {results['torch']}  layers {results['layers']}",
+        f"{'variant':16} {'tok/s':>7} {'MFU':>6} {'pad_eff':>7} {'GiB':>6} {'x recipe':>8} {'x tuned':>7}",
+    ]
+    for v, r in runs.items():
+        if "error" in r:
+            lines.append(f"{v:16} ERROR {r['error'][:90]}")
+            continue
+        x1 = f"{r['real_tok_s'] / ref:.2f}" if ref else "-"
+        x2 = f"{r['real_tok_s'] / tuned:.2f}" if tuned else "-"
+        lines.append(
+            f"{v:16} {r['real_tok_s']:7d} {100 * r['mfu_h200']:5.1f}% {r['pad_efficiency']:7.2f} "
+            f"{r['peak_mem_gib']:6.2f} {x1:>8} {x2:>7}"
+        )
+    a, b = runs.get("hf_recipe", {}).get("losses"), runs.get("lk_recipe", {}).get("losses")
+    if a and b:
+        dev = max(abs(x - y) / abs(x) for x, y in zip(a, b, strict=False))
+        lines.append(f"loss parity hf_recipe vs lk_recipe, {min(len(a), len(b))} steps: max rel diff {dev:.2e}")
+        lines.append("  hf " + " ".join(f"{x:.4f}" for x in a))
+        lines.append("  lk " + " ".join(f"{x:.4f}" for x in b))
+        results["loss_parity_max_rel"] = dev
+    prof = runs.get("lk_packed", {}).get("profile")
+    if prof:
+        lines.append("lk_packed profile ms/step: " + json.dumps(prof["categories_ms_per_step"]))
+        lines.append(f"  GEMM rate on 4N FLOPs: {prof['gemm_tflops_on_4N']} TFLOP/s")
+        for name, ms, cat in prof["top_kernels_ms_per_step"][:8]:
+            lines.append(f"  {ms:8.2f} ms  {cat:12.12} {name[:80]}")
+    text = "\n".join(lines)
+    results["table"] = text
+    print(text, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""`python -m lorakit_engine train --plan plan.json` (or `validate`): the engine as a child process.
+
+stdout carries only JSON-lines events (protocol/event.schema.json); everything else, including whatever the
+libraries print, goes to stderr. Control lines come in on stdin. Any failure is one `error` event and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+from typing import IO
+
+from .protocol import EngineError, EventWriter, error_event, log, read_plan
+
+_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+class _Args(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise EngineError(
+            "USAGE",
+            f"{message}\n{self.format_usage()}",
+            "Run `python -m lorakit_engine train --plan plan.json` (or `validate`).",
+        )
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = _Args(prog="python -m lorakit_engine", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name, text in (("train", "train as the plan says"), ("validate", "check the plan and its files")):
+        p = sub.add_parser(name, help=text)
+        p.error = ap.error  # the same error path for subcommands
+        p.add_argument("--plan", required=True, help="plan.json written by lorakit")
+    return ap
+
+
+def claim_stdout() -> IO[str]:
+    """Keep the real stdout for events and point fd 1 (and sys.stdout) at stderr, so that stray prints from
+    any library, Python or C, cannot corrupt the event stream."""
+    events = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+    sys.stdout.flush()
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return events
+
+
+def main(argv: list[str] | None = None, stdin: IO[str] | None = None, stdout: IO[str] | None = None) -> int:
+    for k, v in _OFFLINE.items():
+        os.environ.setdefault(k, v)
+    emit = EventWriter(stdout if stdout is not None else claim_stdout())
+    try:
+        args = _parser().parse_args(argv)
+        plan = read_plan(args.plan)
+        from .control import Controls, install_sigint, start_reader
+        from .train import preflight, run
+
+        if args.command == "validate":
+            preflight(plan)
+            log(emit, f"plan {args.plan} is valid")
+            return 0
+        controls = Controls()
+        start_reader(controls, emit, stdin)
+        if threading.current_thread() is threading.main_thread():
+            install_sigint(controls, emit)
+        run(plan, emit, controls)
+        return 0
+    except BaseException as e:  # noqa: BLE001 — every failure becomes one error event
+        if isinstance(e, SystemExit) and e.code in (0, None):
+            return 0
+        emit(error_event(e))
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,46 @@
+"""The model's elementwise pieces (RMSNorm, rotary, SwiGLU), eager or fused by torch.compile.
+
+Eager, each is several kernels and keeps float32 intermediates for backward; compiled (Inductor, dynamic
+shapes), each is one kernel forward and one backward and saves only its inputs. Same function either way.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Variance in float32, x · rsqrt(var + eps) · weight, cast back (ChatGLM's RMSNorm)."""
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return (weight.float() * x32).to(x.dtype)
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs (2i, 2i+1) of the first 2·cos.shape[-1] dims of x; cos/sin broadcast to x."""
+    rot = cos.shape[-1] * 2
+    x0, x1 = x[..., :rot].unflatten(-1, (-1, 2)).unbind(-1)
+    rotated = torch.stack((x0 * cos - x1 * sin, x1 * cos + x0 * sin), dim=-1).flatten(-2)
+    return torch.cat((rotated.to(x.dtype), x[..., rot:]), dim=-1)
+
+
+def swiglu(h: torch.Tensor) -> torch.Tensor:
+    """silu(a) · b for the halves a | b of the last dim."""
+    a, b = h.chunk(2, dim=-1)
+    return F.silu(a) * b
+
+
+_EAGER: dict[str, Callable[..., torch.Tensor]] = {"rms_norm": rms_norm, "rotary": rotary, "swiglu": swiglu}
+
+
+@functools.cache
+def _compiled(name: str) -> Callable[..., torch.Tensor]:
+    return torch.compile(_EAGER[name], dynamic=True, fullgraph=True)
+
+
+def op(name: str, compiled: bool) -> Callable[..., torch.Tensor]:
+    return _compiled(name) if compiled else _EAGER[name]

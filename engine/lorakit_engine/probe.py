@@ -1,0 +1,312 @@
+"""`python -m lorakit_engine.probe [--output-dir DIR]`: what this machine offers for training, as one
+JSON object on stdout. The doctor (src/doctor/env.ts) turns it into findings.
+
+NVML (the driver's management library, loaded with ctypes) and torch.cuda are asked separately, so that
+the doctor can say which layer fails: the driver, the torch build, or the devices made visible. Every
+query sits in its own try/except and reports the exception text instead of stopping the probe.
+`LORAKIT_NVML_LIB` overrides the library path (tests point it at a missing file or at a small library
+that returns an error code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+NVML_DEFAULT = "libnvidia-ml.so.1"
+# nvml.h return codes the doctor explains; others are reported by number and nvmlErrorString.
+NVML_ERRORS = {
+    1: "NVML_ERROR_UNINITIALIZED",
+    2: "NVML_ERROR_INVALID_ARGUMENT",
+    3: "NVML_ERROR_NOT_SUPPORTED",
+    4: "NVML_ERROR_NO_PERMISSION",
+    6: "NVML_ERROR_NOT_FOUND",
+    9: "NVML_ERROR_DRIVER_NOT_LOADED",
+    12: "NVML_ERROR_LIBRARY_NOT_FOUND",
+    13: "NVML_ERROR_FUNCTION_NOT_FOUND",
+    15: "NVML_ERROR_GPU_IS_LOST",
+    17: "NVML_ERROR_OPERATING_SYSTEM",
+    18: "NVML_ERROR_LIB_RM_VERSION_MISMATCH",
+    999: "NVML_ERROR_UNKNOWN",
+}
+BENCH_SECONDS = 0.3  # CPU matmul timing budget when no GPU is usable
+
+
+class _Memory(ctypes.Structure):
+    _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
+
+
+def _err(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}".strip()
+
+
+class NvmlError(Exception):
+    def __init__(self, fn: str, code: int, text: str):
+        super().__init__(f"{fn} returned {code} ({NVML_ERRORS.get(code, 'unknown code')}): {text}")
+        self.code = code
+
+
+def probe_nvml() -> dict[str, Any]:
+    """The driver's view, without torch: library load, init, driver version, devices and their memory."""
+    lib_path = os.environ.get("LORAKIT_NVML_LIB") or NVML_DEFAULT
+    out: dict[str, Any] = {
+        "lib": lib_path,
+        "loaded": False,
+        "load_error": None,
+        "init": False,
+        "init_error": None,
+        "init_code": None,
+        "driver_version": None,
+        "cuda_driver_version": None,
+        "device_count": None,
+        "devices": [],
+        "errors": {},
+    }
+    try:
+        lib = ctypes.CDLL(lib_path)
+    except OSError as e:
+        out["load_error"] = _err(e)
+        return out
+    out["loaded"] = True
+
+    def text_of(code: int) -> str:
+        try:
+            fn = lib.nvmlErrorString
+            fn.restype = ctypes.c_char_p
+            raw = fn(ctypes.c_int(code))
+            return raw.decode(errors="replace") if raw else ""
+        except AttributeError:
+            return ""
+
+    def call(name: str, *args) -> None:
+        try:
+            fn = getattr(lib, name)
+        except AttributeError as e:
+            raise NvmlError(name, 13, "the library has no such function") from e
+        code = int(fn(*args))
+        if code != 0:
+            raise NvmlError(name, code, text_of(code))
+
+    try:
+        call("nvmlInit_v2")
+    except NvmlError as e:
+        out["init_error"] = str(e)
+        out["init_code"] = e.code
+        return out
+    out["init"] = True
+    try:
+        buf = ctypes.create_string_buffer(96)
+        try:
+            call("nvmlSystemGetDriverVersion", buf, ctypes.c_uint(96))
+            out["driver_version"] = buf.value.decode(errors="replace")
+        except NvmlError as e:
+            out["errors"]["driver_version"] = str(e)
+        try:
+            v = ctypes.c_int(0)
+            call("nvmlSystemGetCudaDriverVersion_v2", ctypes.byref(v))
+            out["cuda_driver_version"] = f"{v.value // 1000}.{(v.value % 1000) // 10}"
+        except NvmlError as e:
+            out["errors"]["cuda_driver_version"] = str(e)
+        count = ctypes.c_uint(0)
+        try:
+            call("nvmlDeviceGetCount_v2", ctypes.byref(count))
+            out["device_count"] = count.value
+        except NvmlError as e:
+            out["errors"]["device_count"] = str(e)
+            return out
+        for i in range(count.value):
+            dev: dict[str, Any] = {"index": i, "errors": {}}
+            handle = ctypes.c_void_p()
+            try:
+                call("nvmlDeviceGetHandleByIndex_v2", ctypes.c_uint(i), ctypes.byref(handle))
+            except NvmlError as e:
+                dev["errors"]["handle"] = str(e)
+                out["devices"].append(dev)
+                continue
+            for key, fn in (("name", "nvmlDeviceGetName"), ("uuid", "nvmlDeviceGetUUID")):
+                try:
+                    buf = ctypes.create_string_buffer(96)
+                    call(fn, handle, buf, ctypes.c_uint(96))
+                    dev[key] = buf.value.decode(errors="replace")
+                except NvmlError as e:
+                    dev["errors"][key] = str(e)
+            try:
+                mem = _Memory()
+                call("nvmlDeviceGetMemoryInfo", handle, ctypes.byref(mem))
+                dev["memory_total"], dev["memory_free"] = int(mem.total), int(mem.free)
+            except NvmlError as e:
+                dev["errors"]["memory"] = str(e)
+            try:
+                current, pending = ctypes.c_uint(0), ctypes.c_uint(0)
+                call("nvmlDeviceGetMigMode", handle, ctypes.byref(current), ctypes.byref(pending))
+                dev["mig_mode"] = bool(current.value)
+            except NvmlError as e:
+                dev["mig_mode"] = None
+                if e.code != 3:  # NOT_SUPPORTED: a GPU without MIG
+                    dev["errors"]["mig_mode"] = str(e)
+            out["devices"].append(dev)
+    finally:
+        try:
+            call("nvmlShutdown")
+        except NvmlError:
+            pass
+    return out
+
+
+def probe_torch() -> tuple[dict[str, Any], dict[str, Any]]:
+    """torch's build, and what torch.cuda sees; each query alone in its try/except."""
+    build: dict[str, Any] = {"version": None, "cuda_compiled": None, "hip": None, "import_error": None}
+    cuda: dict[str, Any] = {
+        "is_available": None,
+        "device_count": None,
+        "devices": [],
+        "errors": {},
+    }
+    try:
+        import torch
+    except Exception as e:  # noqa: BLE001 — a broken torch install is a finding, not a crash
+        build["import_error"] = _err(e)
+        return build, cuda
+    build["version"] = torch.__version__
+    build["cuda_compiled"] = getattr(torch.version, "cuda", None)
+    build["hip"] = getattr(torch.version, "hip", None)
+    try:
+        cuda["is_available"] = bool(torch.cuda.is_available())
+    except Exception as e:  # noqa: BLE001
+        cuda["errors"]["is_available"] = _err(e)
+    try:
+        cuda["device_count"] = int(torch.cuda.device_count())
+    except Exception as e:  # noqa: BLE001
+        cuda["errors"]["device_count"] = _err(e)
+    if cuda["is_available"]:
+        try:
+            torch.cuda.init()
+        except Exception as e:  # noqa: BLE001
+            cuda["errors"]["init"] = _err(e)
+    for i in range(cuda["device_count"] or 0):
+        dev: dict[str, Any] = {"index": i, "errors": {}}
+        queries = (
+            ("name", lambda i=i: torch.cuda.get_device_name(i)),
+            ("capability", lambda i=i: list(torch.cuda.get_device_capability(i))),
+            ("bf16", lambda i=i: _bf16(torch, i)),
+            ("mem_get_info", lambda i=i: list(torch.cuda.mem_get_info(i))),
+        )
+        for key, q in queries:
+            try:
+                dev[key] = q()
+            except Exception as e:  # noqa: BLE001
+                dev["errors"][key] = _err(e)
+        if isinstance(dev.get("mem_get_info"), list):
+            dev["memory_free"], dev["memory_total"] = dev.pop("mem_get_info")
+        cuda["devices"].append(dev)
+    return build, cuda
+
+
+def _bf16(torch, index: int) -> bool:
+    with torch.cuda.device(index):
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+
+
+def bench_cpu(seconds: float = BENCH_SECONDS) -> dict[str, Any]:
+    """fp32 matmul rate on this CPU (GFLOP/s), timed for about `seconds` after one warm-up."""
+    try:
+        import torch
+    except Exception as e:  # noqa: BLE001
+        return {"error": _err(e)}
+    n = 512
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    runs, start = 0, time.perf_counter()
+    while True:
+        torch.mm(a, b)
+        runs += 1
+        took = time.perf_counter() - start
+        if took >= seconds or runs >= 2000:
+            break
+    return {
+        "matmul_gflops": 2 * n**3 * runs / took / 1e9,
+        "size": n,
+        "runs": runs,
+        "seconds": took,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def probe_disk(output_dir: str) -> dict[str, Any]:
+    """Free space where the runs go (the nearest existing folder up from it)."""
+    path = Path(output_dir).resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    out: dict[str, Any] = {"path": str(Path(output_dir).resolve()), "measured_at": str(path)}
+    try:
+        usage = shutil.disk_usage(path)
+        out["free_bytes"], out["total_bytes"] = int(usage.free), int(usage.total)
+    except OSError as e:
+        out["error"] = _err(e)
+    return out
+
+
+def probe_memory() -> dict[str, Any]:
+    """System memory from /proc/meminfo (Linux); empty elsewhere."""
+    out: dict[str, Any] = {}
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("MemTotal", "MemAvailable"):
+                out["total" if key == "MemTotal" else "available"] = int(rest.split()[0]) * 1024
+    except OSError as e:
+        out["error"] = _err(e)
+    return out
+
+
+def probe(output_dir: str = ".", bench: bool = True) -> dict[str, Any]:
+    nvml = probe_nvml()
+    build, cuda = probe_torch()
+    affinity = None
+    if hasattr(os, "sched_getaffinity"):
+        try:
+            affinity = len(os.sched_getaffinity(0))
+        except OSError:
+            affinity = None
+    cpu: dict[str, Any] = {"count": os.cpu_count(), "usable": affinity, "machine": platform.machine()}
+    if bench and not cuda["is_available"]:
+        cpu["bench"] = bench_cpu()
+    return {
+        "version": 1,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": build,
+        "nvml": nvml,
+        "cuda": cuda,
+        "env": {
+            k: os.environ.get(k)
+            for k in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "LORAKIT_NVML_LIB")
+        },
+        "disk": probe_disk(output_dir),
+        "memory": probe_memory(),
+        "cpu": cpu,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lorakit_engine.probe", description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--output-dir", default=".", help="where runs will be written (free disk is measured there)"
+    )
+    ap.add_argument("--no-bench", action="store_true", help="skip the CPU matmul timing")
+    args = ap.parse_args(argv)
+    result = probe(args.output_dir, bench=not args.no_bench)
+    sys.stdout.write(json.dumps(result, ensure_ascii=False, allow_nan=False) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

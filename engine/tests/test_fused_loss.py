@@ -1,0 +1,113 @@
+"""The chunked output projection + cross-entropy: the same summed loss and the same gradients as logits
+followed by F.cross_entropy (float32, 1e-5), for the kernel alone and inside the model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+
+from lorakit_engine.kernels import configure_fast_path, linear_cross_entropy, shift_labels
+from lorakit_engine.models import load_model
+
+ATOL = 1e-5
+SUM_RTOL = 1e-6  # summed losses (~100s) are compared to float32 rounding of the sum
+
+
+def plain(hidden, weight, targets):
+    logits = (hidden @ weight.t()).float()
+    return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=-100, reduction="sum")
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 5, 4096])
+def test_matches_plain_cross_entropy_and_gradients(chunk_rows):
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(3, 9, 16, generator=gen, requires_grad=True)
+    weight = torch.randn(50, 16, generator=gen, requires_grad=True)
+    targets = torch.randint(0, 50, (3, 9), generator=gen)
+    targets[0, :4] = -100
+    targets[2, -1] = -100
+    loss, n = linear_cross_entropy(hidden, weight, targets, chunk_rows=chunk_rows)
+    assert int(n) == 22 and loss.dtype == torch.float32 and loss.item() > 10
+    (2.5 * loss).backward()  # an upstream scale reaches both gradients
+    gh, gw = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    ref = plain(hidden, weight, targets)
+    (2.5 * ref).backward()
+    torch.testing.assert_close(loss, ref, atol=ATOL, rtol=SUM_RTOL)
+    torch.testing.assert_close(gh, hidden.grad, atol=ATOL, rtol=0)
+    torch.testing.assert_close(gw, weight.grad, atol=ATOL, rtol=0)
+    assert gh[0, :4].eq(0).all()  # ignored rows get no gradient
+
+
+def test_frozen_weight_and_no_grad():
+    gen = torch.Generator().manual_seed(1)
+    hidden = torch.randn(7, 8, generator=gen, requires_grad=True)
+    weight = torch.randn(30, 8, generator=gen)
+    targets = torch.randint(0, 30, (7,), generator=gen)
+    loss, _ = linear_cross_entropy(hidden, weight, targets, chunk_rows=3)
+    loss.backward()
+    assert weight.grad is None and hidden.grad is not None
+    with torch.no_grad():
+        again, _ = linear_cross_entropy(hidden, weight, targets, chunk_rows=2)
+    torch.testing.assert_close(again, loss.detach(), atol=ATOL, rtol=0)
+    nothing, n = linear_cross_entropy(hidden, weight, torch.full((7,), -100))
+    assert nothing.item() == 0 and int(n) == 0
+
+
+def test_bfloat16_follows_the_plain_path():
+    gen = torch.Generator().manual_seed(2)
+    hidden = torch.randn(33, 64, generator=gen).bfloat16().requires_grad_()
+    weight = (torch.randn(200, 64, generator=gen) * 0.1).bfloat16()
+    targets = torch.randint(0, 200, (33,), generator=gen)
+    loss, _ = linear_cross_entropy(hidden, weight, targets, chunk_rows=8)
+    loss.backward()
+    gh = hidden.grad.clone()
+    hidden.grad = None
+    ref = plain(hidden, weight, targets)
+    ref.backward()
+    assert gh.dtype == torch.bfloat16
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(gh.float(), hidden.grad.float(), rtol=2e-2, atol=2e-3)
+
+
+def test_shift_labels():
+    assert shift_labels(torch.tensor([[1, 2, 3]])).tolist() == [[2, 3, -100]]
+
+
+def test_model_fused_loss_equals_logits_path(fixtures_dir):
+    model = load_model(fixtures_dir / "models" / "chatglm3-single")
+    model = get_peft_model(model, LoraConfig(target_modules=["query_key_value"], r=4, lora_dropout=0.0))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    model.train()
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(3, model.config.padded_vocab_size, (2, 11), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :3] = -100
+    configure_fast_path(model, loss_chunk_rows=4)
+    results = []
+    for fused in (True, False):
+        model.zero_grad(set_to_none=True)
+        out = model(
+            input_ids=ids, attention_mask=mask, labels=labels, loss_reduction="sum", return_logits=not fused
+        )
+        assert (out.logits is None) == fused
+        out.loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        results.append((out.loss.detach(), int(out.n_tokens), grads))
+    (fused_loss, fused_n, fused_grads), (ref_loss, ref_n, ref_grads) = results
+    assert fused_n == ref_n == 13
+    torch.testing.assert_close(fused_loss, ref_loss, atol=ATOL, rtol=SUM_RTOL)
+    for a, b in zip(fused_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+
+    mean = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    torch.testing.assert_close(mean, fused_loss / 13, atol=ATOL, rtol=0)
+    over = model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=26).loss
+    torch.testing.assert_close(over, fused_loss / 26, atol=ATOL, rtol=0)

@@ -1,0 +1,546 @@
+// Sample formats, normalized to one Conversation shape: alpaca (`instruction`/`input`/`output`, the
+// Self-LLM huanhuan.json shape), OpenAI `messages`, ShareGPT `conversations` of `{from, value}`, and
+// ChatGLM3's `conversations` of `{role, content, loss?}` with tools. `auto` detects each record's
+// format from its keys; one file must keep to one format. Every problem names file:line, the key
+// path and the nearest valid key or value.
+
+import type { DATA_FORMATS } from "../config/schema.js";
+import { LorakitError, nearest } from "../errors.js";
+import { errorFromList, type Origin, type RawRecord } from "./read.js";
+
+export type Role = "system" | "user" | "assistant" | "observation" | "tool";
+export const ROLES: readonly Role[] = ["system", "user", "assistant", "observation", "tool"];
+
+export interface Message {
+  role: Role;
+  content: string;
+  /** Train on this message (assistant messages only; default true). */
+  loss?: boolean;
+  /** ChatGLM3 metadata after the role token (a tool call's function name). */
+  metadata?: string;
+}
+
+export interface Conversation {
+  messages: Message[];
+  /** Tool definitions offered to the model (rendered into the system turn by templates that know tools). */
+  tools?: unknown;
+  origin: Origin;
+}
+
+export type DataFormat = (typeof DATA_FORMATS)[number];
+export type FormatName = Exclude<DataFormat, "auto">;
+
+const FORMAT_KEYS: Record<FormatName, string[]> = {
+  alpaca: ["instruction", "input", "output", "system", "history"],
+  messages: ["messages", "tools"],
+  sharegpt: ["conversations", "system", "tools"],
+  conversations: ["conversations", "tools"],
+};
+const ALL_KEYS = [...new Set(Object.values(FORMAT_KEYS).flat())];
+/** Keys with a meaning somewhere in a record: never suggested as a typo of another key. */
+const KNOWN_KEYS = new Set([
+  ...ALL_KEYS,
+  ...["role", "content", "loss", "metadata", "from", "value", "name", "parameters", "observation", "tool_calls"],
+]);
+
+const SHAREGPT_ROLES: Record<string, Role> = {
+  human: "user",
+  user: "user",
+  gpt: "assistant",
+  assistant: "assistant",
+  system: "system",
+  function_call: "assistant",
+  observation: "observation",
+  tool: "observation",
+};
+
+/** ChatGLM3's default system prompt when a sample offers tools without a system message. */
+export const CHATGLM3_TOOLS_SYSTEM =
+  "Answer the following questions as best as you can. You have access to the following tools:";
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+
+function typeName(v: unknown): string {
+  if (v === null) return "null";
+  if (Array.isArray(v)) return "an array";
+  return typeof v === "object" ? "an object" : `a ${typeof v}`;
+}
+
+/** The format a record's keys say it is in, or undefined. */
+export function detectFormat(value: unknown): FormatName | undefined {
+  if (!isObject(value)) return undefined;
+  if (Array.isArray(value.messages)) return "messages";
+  if (Array.isArray(value.conversations)) {
+    const first = value.conversations.find(isObject);
+    if (first && ("from" in first || "value" in first)) return "sharegpt";
+    return "conversations";
+  }
+  if ("instruction" in value || "output" in value) return "alpaca";
+  return undefined;
+}
+
+/** Python's repr for the JSON values of a tool call's parameters (ChatGLM3 writes `tool_call(k=repr(v))`). */
+function pyRepr(v: unknown): string {
+  if (v === null || v === undefined) return "None";
+  if (v === true) return "True";
+  if (v === false) return "False";
+  if (typeof v === "number") return String(v);
+  if (typeof v === "string") {
+    const q = v.includes("'") && !v.includes('"') ? '"' : "'";
+    const body = v
+      .replace(/\\/g, "\\\\")
+      .replace(/\n/g, "\\n")
+      .replace(/\r/g, "\\r")
+      .replace(/\t/g, "\\t")
+      .replace(q === "'" ? /'/g : /"/g, `\\${q}`);
+    return `${q}${body}${q}`;
+  }
+  if (Array.isArray(v)) return `[${v.map(pyRepr).join(", ")}]`;
+  if (isObject(v))
+    return `{${Object.entries(v)
+      .map(([k, x]) => `${pyRepr(k)}: ${pyRepr(x)}`)
+      .join(", ")}}`;
+  return String(v);
+}
+
+/** Python's `json.dumps(v, ensure_ascii=False)`: separators ", " and ": " (ChatGLM3 dumps observations so). */
+export function pyJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(pyJson).join(", ")}]`;
+  if (isObject(v))
+    return `{${Object.entries(v)
+      .map(([k, x]) => `${JSON.stringify(k)}: ${pyJson(x)}`)
+      .join(", ")}}`;
+  return JSON.stringify(v ?? null);
+}
+
+/** Collects the problems of one record. */
+class Check {
+  readonly errors: LorakitError[] = [];
+  /** The key path each message came from (for errors found after normalizing). */
+  readonly keyOf = new Map<Message, string>();
+  constructor(
+    readonly origin: Origin,
+    readonly record: Record<string, unknown>,
+  ) {}
+
+  fail(code: string, key: string | undefined, message: string, hint: string): void {
+    this.errors.push(new LorakitError(code, message, { where: { ...this.origin, key }, hint }));
+  }
+
+  missing(key: string, where: Record<string, unknown>, path: string, fmt: string): void {
+    const guess = Object.keys(where).find((k) => !KNOWN_KEYS.has(k) && nearest(k, [key]) === key);
+    const full = path ? `${path}.${key}` : key;
+    this.fail(
+      "DATA_MISSING_FIELD",
+      full,
+      `${fmt} sample lacks \`${full}\``,
+      guess !== undefined
+        ? `Found \`${guess}\` — did you mean \`${key}\`? Rename the key.`
+        : `Add \`${key}\` (keys found: ${Object.keys(where).join(", ") || "none"}).`,
+    );
+  }
+
+  /** A string field; `required` reports absence, otherwise undefined/null pass as undefined. */
+  str(where: Record<string, unknown>, key: string, path: string, fmt: string, required: boolean): string | undefined {
+    const v = where[key];
+    if (v === undefined || (v === null && !required)) {
+      if (required) this.missing(key, where, path, fmt);
+      return undefined;
+    }
+    if (typeof v !== "string") {
+      const full = path ? `${path}.${key}` : key;
+      this.fail(
+        "DATA_BAD_TYPE",
+        full,
+        `\`${full}\` must be a string, found ${typeName(v)}`,
+        "Write the value as a JSON string.",
+      );
+      return undefined;
+    }
+    return v;
+  }
+
+  role(value: unknown, key: string, allowed: Record<string, Role>): Role | undefined {
+    if (typeof value !== "string") {
+      if (value === undefined)
+        this.fail(
+          "DATA_MISSING_FIELD",
+          key,
+          `\`${key}\` is missing`,
+          `Give each turn a role: one of ${Object.keys(allowed).join(", ")}.`,
+        );
+      else
+        this.fail(
+          "DATA_BAD_TYPE",
+          key,
+          `\`${key}\` must be a string, found ${typeName(value)}`,
+          `Use one of ${Object.keys(allowed).join(", ")}.`,
+        );
+      return undefined;
+    }
+    const role = allowed[value];
+    if (role) return role;
+    const guess = nearest(value, Object.keys(allowed));
+    this.fail(
+      "DATA_BAD_ROLE",
+      key,
+      `unknown role "${value}" at \`${key}\``,
+      `${guess ? `Did you mean "${guess}"? ` : ""}Roles allowed here: ${Object.keys(allowed).join(", ")}.`,
+    );
+    return undefined;
+  }
+
+  list(key: string, fmt: string): unknown[] | undefined {
+    const v = this.record[key];
+    if (v === undefined) {
+      this.missing(key, this.record, "", fmt);
+      return undefined;
+    }
+    if (!Array.isArray(v)) {
+      this.fail(
+        "DATA_BAD_TYPE",
+        key,
+        `\`${key}\` must be a list of turns, found ${typeName(v)}`,
+        "Write the turns as a JSON array.",
+      );
+      return undefined;
+    }
+    if (v.length === 0)
+      this.fail(
+        "DATA_NO_ASSISTANT",
+        key,
+        `\`${key}\` is empty`,
+        "Give the sample at least a user turn and an assistant answer.",
+      );
+    return v;
+  }
+
+  turn(v: unknown, key: string): Record<string, unknown> | undefined {
+    if (isObject(v)) return v;
+    this.fail(
+      "DATA_BAD_TYPE",
+      key,
+      `\`${key}\` must be an object, found ${typeName(v)}`,
+      "Each turn is an object with a role and its content.",
+    );
+    return undefined;
+  }
+
+  loss(turn: Record<string, unknown>, key: string): boolean | undefined {
+    const v = turn.loss;
+    if (v === undefined || v === null) return undefined;
+    if (typeof v === "boolean") return v;
+    this.fail(
+      "DATA_BAD_TYPE",
+      `${key}.loss`,
+      `\`${key}.loss\` must be true or false, found ${typeName(v)}`,
+      "Use a JSON boolean.",
+    );
+    return undefined;
+  }
+}
+
+const OPENAI_ROLES: Record<string, Role> = {
+  system: "system",
+  user: "user",
+  assistant: "assistant",
+  tool: "tool",
+  observation: "observation",
+};
+const GLM_ROLES: Record<string, Role> = { ...OPENAI_ROLES };
+
+function alpaca(c: Check, system: string | undefined): Message[] {
+  const r = c.record;
+  const messages: Message[] = [];
+  const instruction = c.str(r, "instruction", "", "alpaca", true);
+  const input = c.str(r, "input", "", "alpaca", false);
+  const output = c.str(r, "output", "", "alpaca", true);
+  const sys = c.str(r, "system", "", "alpaca", false) ?? system;
+  if (sys) messages.push({ role: "system", content: sys });
+  const history = r.history;
+  if (history !== undefined && history !== null) {
+    if (!Array.isArray(history)) {
+      c.fail(
+        "DATA_BAD_TYPE",
+        "history",
+        `\`history\` must be a list of [question, answer] pairs, found ${typeName(history)}`,
+        'Write it as [["q", "a"], ...].',
+      );
+    } else {
+      history.forEach((pair, i) => {
+        if (!Array.isArray(pair) || pair.length !== 2 || typeof pair[0] !== "string" || typeof pair[1] !== "string") {
+          c.fail(
+            "DATA_BAD_TYPE",
+            `history[${i}]`,
+            `\`history[${i}]\` must be a [question, answer] pair of strings`,
+            'Write it as ["question", "answer"].',
+          );
+          return;
+        }
+        const a: Message = { role: "assistant", content: pair[1] };
+        c.keyOf.set(a, `history[${i}][1]`);
+        messages.push({ role: "user", content: pair[0] }, a);
+      });
+    }
+  }
+  if (instruction !== undefined && output !== undefined) {
+    const user = [instruction, input ?? ""].filter((s) => s.length > 0).join("\n");
+    if (!user.trim())
+      c.fail(
+        "DATA_EMPTY_PROMPT",
+        "instruction",
+        "`instruction` and `input` are both empty",
+        "Give the sample a question or task in `instruction`.",
+      );
+    const a: Message = { role: "assistant", content: output };
+    c.keyOf.set(a, "output");
+    messages.push({ role: "user", content: user }, a);
+  }
+  return messages;
+}
+
+function toolsOf(c: Check, v: unknown, key: string): unknown {
+  if (typeof v !== "string") return v;
+  try {
+    return JSON.parse(v);
+  } catch {
+    c.fail(
+      "DATA_BAD_TYPE",
+      key,
+      `\`${key}\` is a string that is not JSON`,
+      "Give the tools as a JSON list (or a string holding one).",
+    );
+    return undefined;
+  }
+}
+
+function openai(c: Check): Message[] {
+  const turns = c.list("messages", "messages") ?? [];
+  const out: Message[] = [];
+  turns.forEach((t, i) => {
+    const key = `messages[${i}]`;
+    const turn = c.turn(t, key);
+    if (!turn) return;
+    const role = c.role(turn.role, `${key}.role`, OPENAI_ROLES);
+    if (turn.tool_calls !== undefined && turn.tool_calls !== null) {
+      c.fail(
+        "DATA_UNSUPPORTED",
+        `${key}.tool_calls`,
+        "OpenAI `tool_calls` are not supported yet",
+        "Write tool calls as ChatGLM3 `conversations` (an assistant turn with `metadata` = the tool name, then an `observation` turn).",
+      );
+      return;
+    }
+    const content = c.str(turn, "content", key, "messages", true);
+    const loss = c.loss(turn, key);
+    if (!role || content === undefined) return;
+    const m: Message = { role, content, ...(loss !== undefined ? { loss } : {}) };
+    c.keyOf.set(m, `${key}.content`);
+    out.push(m);
+  });
+  return out;
+}
+
+function sharegpt(c: Check, system: string | undefined): Message[] {
+  const turns = c.list("conversations", "sharegpt") ?? [];
+  const out: Message[] = [];
+  const sys = c.str(c.record, "system", "", "sharegpt", false) ?? system;
+  if (sys && !turns.some((t) => isObject(t) && t.from === "system")) out.push({ role: "system", content: sys });
+  turns.forEach((t, i) => {
+    const key = `conversations[${i}]`;
+    const turn = c.turn(t, key);
+    if (!turn) return;
+    const role = c.role(turn.from, `${key}.from`, SHAREGPT_ROLES);
+    const content = c.str(turn, "value", key, "sharegpt", true);
+    if (!role || content === undefined) return;
+    const m: Message = { role, content };
+    c.keyOf.set(m, `${key}.value`);
+    out.push(m);
+  });
+  return out;
+}
+
+function chatglm3(c: Check): { messages: Message[]; tools?: unknown } {
+  const turns = c.list("conversations", "conversations") ?? [];
+  const out: Message[] = [];
+  let tools: unknown = c.record.tools === undefined ? undefined : toolsOf(c, c.record.tools, "tools");
+  turns.forEach((t, i) => {
+    const key = `conversations[${i}]`;
+    const turn = c.turn(t, key);
+    if (!turn) return;
+    const role = c.role(turn.role, `${key}.role`, GLM_ROLES);
+    if (!role) return;
+    const loss = c.loss(turn, key);
+    if (role === "tool" && "name" in turn) {
+      // The first finetune_demo's form: one `tool` turn = the call (assistant + metadata) and its observation.
+      const name = c.str(turn, "name", key, "conversations", true);
+      const params = turn.parameters;
+      if (!isObject(params)) {
+        c.fail(
+          "DATA_BAD_TYPE",
+          `${key}.parameters`,
+          `\`${key}.parameters\` must be an object of arguments, found ${typeName(params)}`,
+          'Write the arguments as {"name": value}.',
+        );
+        return;
+      }
+      const args = Object.entries(params)
+        .map(([k, v]) => `${k}=${pyRepr(v)}`)
+        .join(", ");
+      const obs = turn.observation;
+      if (name === undefined) return;
+      const call: Message = { role: "assistant", content: `\`\`\`python\ntool_call(${args})\n\`\`\``, metadata: name };
+      if (loss !== undefined) call.loss = loss;
+      c.keyOf.set(call, `${key}.parameters`);
+      out.push(call);
+      out.push({ role: "observation", content: typeof obs === "string" ? obs : pyJson(obs) });
+      return;
+    }
+    const content = c.str(turn, "content", key, "conversations", true);
+    const metadata = c.str(turn, "metadata", key, "conversations", false);
+    if (role === "system" && turn.tools !== undefined) tools = toolsOf(c, turn.tools, `${key}.tools`);
+    if (content === undefined) return;
+    const m: Message = { role, content };
+    if (loss !== undefined) m.loss = loss;
+    if (metadata) m.metadata = metadata;
+    c.keyOf.set(m, `${key}.content`);
+    out.push(m);
+  });
+  return { messages: out, ...(tools !== undefined ? { tools } : {}) };
+}
+
+/** The one Conversation a record holds (its problems pushed onto `errors`). */
+function normalizeOne(c: Check, format: FormatName, system: string | undefined): Conversation | undefined {
+  let messages: Message[];
+  let tools: unknown;
+  switch (format) {
+    case "alpaca":
+      messages = alpaca(c, system);
+      break;
+    case "messages":
+      messages = openai(c);
+      if (c.record.tools !== undefined) tools = toolsOf(c, c.record.tools, "tools");
+      break;
+    case "sharegpt":
+      messages = sharegpt(c, system);
+      if (c.record.tools !== undefined) tools = toolsOf(c, c.record.tools, "tools");
+      break;
+    case "conversations":
+      ({ messages, tools } = chatglm3(c));
+      break;
+  }
+  if (format !== "alpaca" && format !== "sharegpt" && system && !messages.some((m) => m.role === "system"))
+    messages.unshift({ role: "system", content: system });
+  if (c.errors.length > 0) return undefined;
+  const listKey = format === "alpaca" ? "output" : format === "messages" ? "messages" : "conversations";
+  for (const m of messages) {
+    if (m.role === "assistant" && m.loss !== false && !m.content.trim()) {
+      c.fail(
+        "DATA_EMPTY_RESPONSE",
+        c.keyOf.get(m),
+        "the assistant's answer is empty",
+        "Write the answer the model should learn, or remove the sample (an empty answer teaches the model to say nothing).",
+      );
+    }
+  }
+  if (!messages.some((m) => m.role === "assistant" && m.loss !== false)) {
+    c.fail(
+      "DATA_NO_ASSISTANT",
+      listKey,
+      "the sample has no assistant turn to learn from",
+      "Add an assistant answer (or remove `loss: false` from one).",
+    );
+  }
+  if (c.errors.length > 0) return undefined;
+  return { messages, ...(tools !== undefined ? { tools } : {}), origin: c.origin };
+}
+
+export interface NormalizeOptions {
+  format?: DataFormat;
+  /** Default system prompt for samples that carry none. */
+  system?: string;
+}
+
+export interface Normalized {
+  conversations: Conversation[];
+  /** Detected (or given) format per file. */
+  formats: Record<string, FormatName>;
+}
+
+/** Normalize raw records; throws one LorakitError listing every problem found. */
+export function normalizeRecords(records: readonly RawRecord[], opts: NormalizeOptions = {}): Normalized {
+  const given = opts.format ?? "auto";
+  const formats: Record<string, FormatName> = {};
+  const first: Record<string, number> = {};
+  const conversations: Conversation[] = [];
+  const errors: LorakitError[] = [];
+  for (const rec of records) {
+    const { file, line } = rec.origin;
+    if (!isObject(rec.value)) {
+      errors.push(
+        new LorakitError("DATA_BAD_RECORD", `a sample must be a JSON object, found ${typeName(rec.value)}`, {
+          where: rec.origin,
+          hint: 'Write each sample as an object, e.g. {"instruction": …, "input": "", "output": …}.',
+        }),
+      );
+      continue;
+    }
+    let format: FormatName;
+    if (given === "auto") {
+      const found = detectFormat(rec.value);
+      if (!found) {
+        const keys = Object.keys(rec.value);
+        const guesses = keys.map((k) => [k, nearest(k, ALL_KEYS)] as const).filter(([k, g]) => g && g !== k);
+        errors.push(
+          new LorakitError(
+            "DATA_UNKNOWN_FORMAT",
+            `cannot tell the sample's format from its keys (${keys.join(", ") || "none"})`,
+            {
+              where: rec.origin,
+              hint: guesses.length
+                ? `Did you mean ${guesses.map(([k, g]) => `\`${g}\` for \`${k}\``).join(", ")}?`
+                : "Use alpaca (instruction/input/output), messages, sharegpt or ChatGLM3 conversations; or set data.format.",
+            },
+          ),
+        );
+        continue;
+      }
+      format = found;
+      const had = formats[file];
+      if (had && had !== format) {
+        errors.push(
+          new LorakitError(
+            "DATA_MIXED_FORMATS",
+            `this sample is in ${format} format, but the file's first sample (line ${first[file]}) is ${had}`,
+            {
+              where: { file, line },
+              hint: "Keep one format per file: convert this sample, or move it to its own file.",
+            },
+          ),
+        );
+        continue;
+      }
+      if (!had) {
+        formats[file] = format;
+        first[file] = line;
+      }
+    } else {
+      format = given;
+      formats[file] ??= format;
+    }
+    const check = new Check(rec.origin, rec.value);
+    const conv = normalizeOne(check, format, opts.system);
+    if (conv) conversations.push(conv);
+    errors.push(...check.errors);
+  }
+  if (errors.length > 0) throw errorFromList(errors);
+  return { conversations, formats };
+}
+
+/** A stable text for a conversation's content (duplicates, split overlap): roles, contents, tools. */
+export function conversationKey(conv: Conversation): string {
+  return JSON.stringify([
+    conv.messages.map((m) => [m.role, m.content.trim(), m.metadata ?? "", m.loss ?? null]),
+    conv.tools ?? null,
+  ]);
+}

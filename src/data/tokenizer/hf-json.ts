@@ -1,0 +1,164 @@
+// A Hugging Face `tokenizer.json` (BPE byte-level like Qwen/SmolLM/Llama-3, or Metaspace/byte-fallback like
+// Llama-2), run by @huggingface/tokenizers, which matches the Rust `tokenizers` library on our golden corpus.
+// The library always splits text on every added token; to keep special-token spellings ordinary text
+// (the Rust library's `encode_special_tokens`), a second instance is built without the special ones.
+import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
+import { LorakitError } from "../../errors.js";
+import { checkIds, resolveNamedId } from "./special-ids.js";
+import type { DecodeOptions, EncodeOptions, Tokenizer, TokenNames } from "./types.js";
+
+export interface AddedTokenJson {
+  id: number;
+  content: string;
+  special?: boolean;
+  [key: string]: unknown;
+}
+
+export interface TokenizerJson {
+  added_tokens?: AddedTokenJson[];
+  model: { type?: string; vocab?: unknown; unk_token?: string | null; [key: string]: unknown };
+  [key: string]: unknown;
+}
+
+export class HfJsonTokenizer implements Tokenizer {
+  readonly kind = "tokenizer.json" as const;
+  readonly vocabSize: number;
+  readonly specialTokens: ReadonlyMap<string, number>;
+  readonly bosId?: number;
+  readonly eosId?: number;
+  readonly padId?: number;
+  readonly unkId?: number;
+  private readonly full: HfTokenizer;
+  private plainTokenizer: HfTokenizer | undefined;
+  private readonly json: TokenizerJson;
+
+  constructor(
+    json: TokenizerJson,
+    readonly hash: string,
+    names: TokenNames,
+    file: string,
+  ) {
+    if (!json || typeof json !== "object" || !json.model || typeof json.model !== "object") {
+      throw new LorakitError("TOKENIZER_BAD_JSON", `${file} has no "model" section`, {
+        where: { file },
+        hint: "check that the file is a Hugging Face tokenizer.json (a Git LFS pointer is not)",
+      });
+    }
+    // Optional sections default to null, as the Rust library reads them.
+    this.json = json = { normalizer: null, pre_tokenizer: null, post_processor: null, decoder: null, ...json };
+    json.added_tokens ??= [];
+    try {
+      // Only the tokenizer.json decides how text is tokenized; tokenizer_config.json flags the library
+      // would honour (remove_space, lowercasing, extra specials) are transformers' slow-tokenizer habits.
+      this.full = new HfTokenizer(json, {});
+      patchDecoder(this.full.decoder);
+    } catch (err) {
+      throw new LorakitError("TOKENIZER_UNSUPPORTED", `${file}: ${(err as Error).message}`, {
+        where: { file },
+        hint: "this tokenizer.json uses a component @huggingface/tokenizers cannot run",
+      });
+    }
+    const special = new Map<string, number>();
+    let max = -1;
+    for (const t of json.added_tokens) {
+      if (t.special) special.set(t.content, t.id);
+      max = Math.max(max, t.id);
+    }
+    const vocab = json.model.vocab;
+    if (Array.isArray(vocab)) max = Math.max(max, vocab.length - 1);
+    else if (vocab && typeof vocab === "object") {
+      for (const id of Object.values(vocab as Record<string, number>)) if (id > max) max = id;
+    }
+    this.vocabSize = max + 1;
+    this.specialTokens = special;
+    const modelUnk = typeof json.model.unk_token === "string" ? json.model.unk_token : undefined;
+    const id = (key: keyof TokenNames, fallback?: string) =>
+      resolveNamedId(names[key] === undefined ? fallback : names[key], (t) => this.tokenToId(t));
+    this.bosId = id("bos");
+    this.eosId = id("eos");
+    this.padId = id("pad");
+    this.unkId = id("unk", modelUnk);
+  }
+
+  /** The instance that treats special-token spellings as ordinary text (built on first use; encode only). */
+  private get plain(): HfTokenizer {
+    if (!this.plainTokenizer) {
+      const added = this.json.added_tokens ?? [];
+      this.plainTokenizer =
+        this.specialTokens.size === 0
+          ? this.full
+          : new HfTokenizer({ ...this.json, added_tokens: added.filter((t) => !t.special) }, {});
+    }
+    return this.plainTokenizer;
+  }
+
+  encode(text: string, opts: EncodeOptions = {}): number[] {
+    if (text.length === 0) return [];
+    const tok = opts.parseSpecial ? this.full : this.plain;
+    return tok.encode(text, { add_special_tokens: false }).ids;
+  }
+
+  decode(ids: readonly number[], opts: DecodeOptions = {}): string {
+    checkIds(ids, (id) => this.idToToken(id) !== undefined);
+    if (ids.length === 0) return "";
+    return this.full.decode([...ids], {
+      skip_special_tokens: opts.skipSpecial ?? false,
+      clean_up_tokenization_spaces: false,
+    });
+  }
+
+  pieces(ids: readonly number[]): string[] {
+    checkIds(ids, (id) => this.idToToken(id) !== undefined);
+    return ids.map((id) => this.idToToken(id) as string);
+  }
+
+  tokenToId(token: string): number | undefined {
+    return this.full.token_to_id(token);
+  }
+
+  idToToken(id: number): string | undefined {
+    return this.full.id_to_token(id);
+  }
+}
+
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+/** Rust's ByteFallback decoder: a run of <0xNN> tokens that is not valid UTF-8 becomes one U+FFFD per byte
+ * (the library substitutes per malformed subsequence instead). */
+function byteFallbackChain(tokens: string[]): string[] {
+  const out: string[] = [];
+  let run: number[] = [];
+  const flush = () => {
+    if (run.length === 0) return;
+    try {
+      out.push(strictUtf8.decode(Uint8Array.from(run)));
+    } catch {
+      for (let i = 0; i < run.length; i++) out.push("\uFFFD");
+    }
+    run = [];
+  };
+  for (const token of tokens) {
+    const byte = /^<0x[0-9A-Fa-f]{2}>$/.test(token) ? Number.parseInt(token.slice(3, 5), 16) : -1;
+    if (byte >= 0) run.push(byte);
+    else {
+      flush();
+      out.push(token);
+    }
+  }
+  flush();
+  return out;
+}
+
+/** The library's decoder objects, as far as we touch them (its Decoder class and `decode_chain`). */
+interface DecoderLike {
+  config?: { type?: string };
+  decode_chain: (tokens: string[]) => string[];
+  decoders?: unknown;
+}
+
+function patchDecoder(decoder: unknown): void {
+  if (!decoder || (typeof decoder !== "object" && typeof decoder !== "function")) return;
+  const d = decoder as DecoderLike;
+  if (d.config?.type === "ByteFallback") d.decode_chain = byteFallbackChain;
+  if (Array.isArray(d.decoders)) for (const inner of d.decoders) patchDecoder(inner);
+}

@@ -1,0 +1,225 @@
+// SentencePiece's normalizer, byte for byte: the precompiled charsmap (a darts-clone double-array trie of
+// byte prefixes → replacement strings; empty for `identity`), user-defined pieces passed through untouched,
+// extra-whitespace removal, the dummy prefix and the escape of " " as "▁". Works on UTF-8 bytes like the
+// C++ library so that malformed input and longest-prefix rules come out the same.
+import { LorakitError } from "../../errors.js";
+import type { NormalizerSpec } from "./protobuf.js";
+
+const SPACE_SYMBOL = new Uint8Array([0xe2, 0x96, 0x81]); // U+2581 ▁
+const REPLACEMENT = new Uint8Array([0xef, 0xbf, 0xbd]); // U+FFFD
+const SPACE = new Uint8Array([0x20]);
+
+/** Length of one well-formed UTF-8 character at `pos`, or 0 when malformed (SentencePiece's DecodeUTF8 rules). */
+export function utf8CharLen(b: Uint8Array, pos: number, end = b.length): number {
+  const c0 = b[pos] as number;
+  const n = end - pos;
+  const trail = (i: number) => ((b[pos + i] as number) & 0xc0) === 0x80;
+  const valid = (cp: number) => cp < 0xd800 || (cp >= 0xe000 && cp <= 0x10ffff);
+  if (c0 < 0x80) return 1;
+  if (n >= 2 && (c0 & 0xe0) === 0xc0) {
+    const cp = ((c0 & 0x1f) << 6) | ((b[pos + 1] as number) & 0x3f);
+    return trail(1) && cp >= 0x80 && valid(cp) ? 2 : 0;
+  }
+  if (n >= 3 && (c0 & 0xf0) === 0xe0) {
+    const cp = ((c0 & 0x0f) << 12) | (((b[pos + 1] as number) & 0x3f) << 6) | ((b[pos + 2] as number) & 0x3f);
+    return trail(1) && trail(2) && cp >= 0x800 && valid(cp) ? 3 : 0;
+  }
+  if (n >= 4 && (c0 & 0xf8) === 0xf0) {
+    const cp =
+      ((c0 & 0x07) << 18) |
+      (((b[pos + 1] as number) & 0x3f) << 12) |
+      (((b[pos + 2] as number) & 0x3f) << 6) |
+      ((b[pos + 3] as number) & 0x3f);
+    return trail(1) && trail(2) && trail(3) && cp >= 0x10000 && valid(cp) ? 4 : 0;
+  }
+  return 0;
+}
+
+/** A byte trie over user-defined pieces: longest match wins. */
+class PrefixMatcher {
+  private readonly root = new Map<number, TrieNode>();
+  readonly empty: boolean;
+
+  constructor(words: readonly string[]) {
+    const enc = new TextEncoder();
+    for (const w of words) {
+      let level = this.root;
+      let node: TrieNode | undefined;
+      for (const byte of enc.encode(w)) {
+        node = level.get(byte);
+        if (!node) {
+          node = { end: false, next: new Map() };
+          level.set(byte, node);
+        }
+        level = node.next;
+      }
+      if (node) node.end = true;
+    }
+    this.empty = this.root.size === 0;
+  }
+
+  /** Length in bytes of the longest piece starting at `pos`, 0 when none. */
+  match(b: Uint8Array, pos: number, end: number): number {
+    let level = this.root;
+    let best = 0;
+    for (let i = pos; i < end; i++) {
+      const node = level.get(b[i] as number);
+      if (!node) break;
+      if (node.end) best = i + 1 - pos;
+      level = node.next;
+    }
+    return best;
+  }
+}
+
+interface TrieNode {
+  end: boolean;
+  next: Map<number, TrieNode>;
+}
+
+/** The precompiled charsmap: `<trie size u32 LE><double array units><NUL-terminated replacements>`. */
+class CharsMap {
+  private readonly units: Uint32Array;
+  private readonly normalized: Uint8Array;
+
+  constructor(blob: Uint8Array, file: string) {
+    const view = new DataView(blob.buffer, blob.byteOffset, blob.byteLength);
+    if (blob.length <= 4) throw badCharsmap(file, "blob is too short");
+    const trieSize = view.getUint32(0, true);
+    if (trieSize >= blob.length || trieSize % 4 !== 0) throw badCharsmap(file, "trie size exceeds the blob");
+    this.units = new Uint32Array(trieSize / 4);
+    for (let i = 0; i < this.units.length; i++) this.units[i] = view.getUint32(4 + i * 4, true);
+    this.normalized = blob.subarray(4 + trieSize);
+  }
+
+  /** darts-clone commonPrefixSearch, keeping the longest hit: [replacement, consumed bytes] or undefined. */
+  longest(b: Uint8Array, pos: number, end: number): [Uint8Array, number] | undefined {
+    const units = this.units;
+    let nodePos = 0;
+    let unit = units[0] as number;
+    nodePos ^= offset(unit);
+    let bestLen = 0;
+    let bestValue = 0;
+    for (let i = pos; i < end; i++) {
+      const c = b[i] as number;
+      nodePos ^= c;
+      if (nodePos < 0 || nodePos >= units.length) break;
+      unit = units[nodePos] as number;
+      if ((unit & 0x800000ff) >>> 0 !== c) break; // label
+      nodePos ^= offset(unit);
+      if ((unit >>> 8) & 1) {
+        // has_leaf: the value lives in the unit at nodePos
+        bestLen = i + 1 - pos;
+        bestValue = (units[nodePos] as number) & 0x7fffffff;
+      }
+    }
+    if (bestLen === 0) return undefined;
+    let stop = bestValue;
+    while (stop < this.normalized.length && this.normalized[stop] !== 0) stop++;
+    return [this.normalized.subarray(bestValue, stop), bestLen];
+  }
+}
+
+function offset(unit: number): number {
+  return ((unit >>> 10) << ((unit & (1 << 9)) >>> 6)) >>> 0;
+}
+
+function badCharsmap(file: string, why: string): LorakitError {
+  return new LorakitError("TOKENIZER_BAD_MODEL", `${file}: the normalizer's precompiled charsmap is broken (${why})`, {
+    where: { file },
+    hint: "re-export the tokenizer or provide tokenizer.json",
+  });
+}
+
+class ByteBuilder {
+  buf = new Uint8Array(256);
+  length = 0;
+
+  push(bytes: Uint8Array, from = 0, to = bytes.length): void {
+    const n = to - from;
+    if (this.length + n > this.buf.length) {
+      const next = new Uint8Array(Math.max(this.buf.length * 2, this.length + n));
+      next.set(this.buf.subarray(0, this.length));
+      this.buf = next;
+    }
+    this.buf.set(bytes.subarray(from, to), this.length);
+    this.length += n;
+  }
+
+  endsWith(tail: Uint8Array): boolean {
+    if (this.length < tail.length) return false;
+    for (let i = 0; i < tail.length; i++) if (this.buf[this.length - tail.length + i] !== tail[i]) return false;
+    return true;
+  }
+}
+
+export class SentencePieceNormalizer {
+  private readonly charsmap: CharsMap | undefined;
+  private readonly matcher: PrefixMatcher;
+  private readonly encoder = new TextEncoder();
+  private readonly decoder = new TextDecoder();
+
+  constructor(
+    private readonly spec: NormalizerSpec,
+    userDefined: readonly string[],
+    file: string,
+  ) {
+    this.charsmap = spec.precompiledCharsmap.length > 0 ? new CharsMap(spec.precompiledCharsmap, file) : undefined;
+    this.matcher = new PrefixMatcher(userDefined);
+  }
+
+  /** One normalization step at `pos`: [output bytes, input bytes consumed]. */
+  private prefix(b: Uint8Array, pos: number, end: number): [Uint8Array, number] {
+    if (!this.matcher.empty) {
+      const n = this.matcher.match(b, pos, end);
+      if (n > 0) return [b.subarray(pos, pos + n), n];
+    }
+    const hit = this.charsmap?.longest(b, pos, end);
+    if (hit) return hit;
+    const n = utf8CharLen(b, pos, end);
+    return n === 0 ? [REPLACEMENT, 1] : [b.subarray(pos, pos + n), n];
+  }
+
+  normalize(text: string): string {
+    if (text.length === 0) return "";
+    const spec = this.spec;
+    const b = this.encoder.encode(text);
+    const end = b.length;
+    let pos = 0;
+    if (spec.removeExtraWhitespaces) {
+      while (pos < end) {
+        const [out, n] = this.prefix(b, pos, end);
+        if (!(out.length === 1 && out[0] === 0x20)) break;
+        pos += n;
+      }
+    }
+    if (pos === end) return "";
+    const out = new ByteBuilder();
+    const ws = spec.escapeWhitespaces ? SPACE_SYMBOL : SPACE;
+    if (spec.addDummyPrefix) out.push(ws);
+    let isPrevSpace = spec.removeExtraWhitespaces;
+    while (pos < end) {
+      const [sp, n] = this.prefix(b, pos, end);
+      let i = 0;
+      if (isPrevSpace) while (i < sp.length && sp[i] === 0x20) i++;
+      if (i < sp.length) {
+        let run = i;
+        for (let j = i; j < sp.length; j++) {
+          if (spec.escapeWhitespaces && sp[j] === 0x20) {
+            out.push(sp, run, j);
+            out.push(SPACE_SYMBOL);
+            run = j + 1;
+          }
+        }
+        out.push(sp, run, sp.length);
+        isPrevSpace = sp[sp.length - 1] === 0x20;
+      }
+      pos += n;
+      if (!spec.removeExtraWhitespaces) isPrevSpace = false;
+    }
+    if (spec.removeExtraWhitespaces) {
+      while (out.endsWith(ws)) out.length -= ws.length;
+    }
+    return this.decoder.decode(out.buf.subarray(0, out.length));
+  }
+}

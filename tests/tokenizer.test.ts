@@ -1,0 +1,257 @@
+// Tokenizers against the reference libraries: every text of the golden corpus, encoded by the fixture
+// tokenizers with sentencepiece / Rust tokenizers (engine/tests/fixtures/tokenizers.py → expected.json),
+// must give the same ids, pieces and decoded text here; plus special-token handling, round trips and errors.
+import { createHash } from "node:crypto";
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { beforeAll, describe, expect, it } from "vitest";
+import { CHATGLM3_SPECIALS, loadTokenizer, type Tokenizer } from "../src/data/tokenizer.js";
+import { LorakitError } from "../src/errors.js";
+
+const ROOT = path.resolve(import.meta.dirname, "..");
+const FIXTURES = path.join(ROOT, "tests", ".fixtures", "tokenizers");
+const CORPUS = path.join(ROOT, "tests", "fixtures", "tokenizer-corpus.json");
+
+interface Case {
+  text: string;
+  ids: number[];
+  pieces: string[];
+  decoded: string;
+  ids_special: number[];
+  decoded_special?: string;
+  decoded_special_skip?: string;
+}
+
+interface Expected {
+  kind: "sentencepiece" | "tokenizer.json";
+  sha256: string;
+  vocab_size: number;
+  sp_size?: number;
+  special_tokens: Record<string, number>;
+  bos_id?: number;
+  eos_id?: number;
+  unk_id?: number;
+  cases: Case[];
+  /** Seeded random strings (fuzz_texts in the builder). */
+  fuzz_cases: Case[];
+  decode_cases: Array<{ ids: number[]; decoded: string; decoded_skip: string }>;
+}
+
+const expected = JSON.parse(readFileSync(path.join(FIXTURES, "expected.json"), "utf8")) as {
+  corpus_sha256: string;
+  tokenizers: Record<string, Expected>;
+};
+const NAMES = ["spm-chatglm3", "spm-nfkc", "bpe-bytelevel", "bpe-metaspace"] as const;
+
+it("expected.json was built from the current corpus", () => {
+  const sha = createHash("sha256").update(readFileSync(CORPUS)).digest("hex");
+  // A stale fixture folder: run `python engine/tests/fixtures/build_all.py --out tests/.fixtures --force`.
+  expect(expected.corpus_sha256).toBe(sha);
+  const texts = (JSON.parse(readFileSync(CORPUS, "utf8")) as { texts: string[] }).texts;
+  expect(texts.length).toBeGreaterThanOrEqual(60);
+});
+
+describe.each(NAMES)("%s", (name) => {
+  const exp = expected.tokenizers[name] as Expected;
+  const all = [...exp.cases, ...exp.fuzz_cases];
+  let tok: Tokenizer;
+  beforeAll(async () => {
+    tok = await loadTokenizer(path.join(FIXTURES, name));
+  });
+
+  it("has the reference vocabulary, special tokens and kind", () => {
+    expect(tok.kind).toBe(exp.kind);
+    expect(tok.vocabSize).toBe(exp.vocab_size);
+    expect(Object.fromEntries(tok.specialTokens)).toEqual(exp.special_tokens);
+    for (const [t, id] of Object.entries(exp.special_tokens)) {
+      expect(tok.tokenToId(t)).toBe(id);
+      expect(tok.idToToken(id)).toBe(t);
+    }
+    expect(tok.hash).toMatch(/^[0-9a-f]{64}$/);
+  });
+
+  it("encodes every corpus (and fuzz) text to the reference ids and pieces", () => {
+    const bad: string[] = [];
+    for (const c of all) {
+      const ids = tok.encode(c.text);
+      if (JSON.stringify(ids) !== JSON.stringify(c.ids)) bad.push(`${JSON.stringify(c.text)}: ${ids} ≠ ${c.ids}`);
+      else expect(tok.pieces(ids)).toEqual(c.pieces);
+    }
+    expect(bad).toEqual([]);
+  });
+
+  it("decodes to the reference text; round-trips where the reference does", () => {
+    for (const c of all) {
+      expect(tok.decode(c.ids), JSON.stringify(c.text)).toBe(c.decoded);
+      if (c.decoded === c.text) expect(tok.decode(tok.encode(c.text))).toBe(c.text);
+    }
+  });
+
+  it("with parseSpecial, maps special spellings to their ids like the reference", () => {
+    const bad: string[] = [];
+    for (const c of all) {
+      const ids = tok.encode(c.text, { parseSpecial: true });
+      if (JSON.stringify(ids) !== JSON.stringify(c.ids_special))
+        bad.push(`${JSON.stringify(c.text)}: ${ids} ≠ ${c.ids_special}`);
+      if (c.decoded_special !== undefined) expect(tok.decode(c.ids_special)).toBe(c.decoded_special);
+      if (c.decoded_special_skip !== undefined) {
+        expect(tok.decode(c.ids_special, { skipSpecial: true })).toBe(c.decoded_special_skip);
+      }
+    }
+    expect(bad).toEqual([]);
+  });
+
+  it("never produces a special id from text without parseSpecial", () => {
+    const special = new Set(tok.specialTokens.values());
+    for (const c of all) {
+      for (const t of tok.specialTokens.keys()) {
+        if (!c.text.includes(t)) continue;
+        expect(tok.encode(c.text).filter((id) => special.has(id))).toEqual([]);
+      }
+    }
+  });
+
+  it("decodes arbitrary id sequences (broken UTF-8, specials) like the reference", () => {
+    for (const d of exp.decode_cases) {
+      expect(tok.decode(d.ids), JSON.stringify(d.ids)).toBe(d.decoded);
+      expect(tok.decode(d.ids, { skipSpecial: true }), JSON.stringify(d.ids)).toBe(d.decoded_skip);
+    }
+  });
+
+  it("rejects ids outside the vocabulary", () => {
+    expect(() => tok.decode([tok.vocabSize])).toThrow(LorakitError);
+    expect(() => tok.pieces([-1])).toThrow(/not in the vocabulary/);
+  });
+});
+
+describe("ChatGLM3 scheme (spm-chatglm3)", () => {
+  const exp = expected.tokenizers["spm-chatglm3"] as Expected;
+  let tok: Tokenizer;
+  beforeAll(async () => {
+    tok = await loadTokenizer(path.join(FIXTURES, "spm-chatglm3"));
+  });
+
+  it("appends the nine special tokens after the SentencePiece vocabulary", () => {
+    const n = exp.sp_size as number;
+    CHATGLM3_SPECIALS.forEach((t, i) => {
+      expect(tok.tokenToId(t)).toBe(n + i);
+    });
+    expect(tok.vocabSize).toBe(n + 9);
+    expect(tok.kind).toBe("sentencepiece");
+  });
+
+  it("reads unk/bos/eos from the model and pad from tokenizer_config.json", () => {
+    expect(tok.unkId).toBe(0);
+    expect(tok.bosId).toBe(1);
+    expect(tok.eosId).toBe(2);
+    expect(tok.padId).toBe(0); // pad_token "<unk>", as ChatGLM3's config says
+  });
+
+  it("keeps typed role markers ordinary without parseSpecial, maps them with it", () => {
+    const user = tok.tokenToId("<|user|>") as number;
+    const plain = tok.encode("<|user|>\n 你好");
+    expect(plain).not.toContain(user);
+    expect(tok.decode(plain)).toBe("<|user|>\n 你好");
+    const parsed = tok.encode("[gMASK]sop<|user|>\n 你好", { parseSpecial: true });
+    expect(parsed.slice(0, 3)).toEqual([tok.tokenToId("[gMASK]"), tok.tokenToId("sop"), user]);
+    expect(parsed.slice(3)).toEqual(tok.encode("\n 你好"));
+  });
+
+  it("decodes special ids as their spellings, each text run on its own, or skips them", () => {
+    const ids = [tok.tokenToId("[gMASK]"), tok.tokenToId("sop"), tok.tokenToId("<|user|>"), ...tok.encode("hi")];
+    expect(tok.decode(ids as number[])).toBe("[gMASK]sop<|user|>hi");
+    expect(tok.decode(ids as number[], { skipSpecial: true })).toBe("hi");
+    expect(tok.pieces(ids.slice(0, 3) as number[])).toEqual(["[gMASK]", "sop", "<|user|>"]);
+  });
+});
+
+describe("loadTokenizer", () => {
+  const tmp = mkdtempSync(path.join(os.tmpdir(), "lorakit-tok-"));
+
+  it("names what the folder holds when there is no tokenizer", async () => {
+    const dir = path.join(tmp, "empty-ish");
+    mkdirSync(dir);
+    writeFileSync(path.join(dir, "config.json"), "{}");
+    writeFileSync(path.join(dir, "model.safetensors"), "");
+    const err = await loadTokenizer(dir).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(LorakitError);
+    expect((err as LorakitError).code).toBe("TOKENIZER_NOT_FOUND");
+    expect((err as LorakitError).message).toContain("it holds: config.json, model.safetensors");
+  });
+
+  it("reports a missing folder and a broken tokenizer.json", async () => {
+    await expect(loadTokenizer(path.join(tmp, "nope"))).rejects.toMatchObject({ code: "TOKENIZER_NOT_FOUND" });
+    const dir = path.join(tmp, "lfs");
+    mkdirSync(dir);
+    writeFileSync(path.join(dir, "tokenizer.json"), "version https://git-lfs.github.com/spec/v1\n");
+    await expect(loadTokenizer(dir)).rejects.toMatchObject({ code: "TOKENIZER_BAD_JSON" });
+  });
+
+  it("refuses a tokenizer.model that is not SentencePiece (GLM-4's tiktoken file)", async () => {
+    const dir = path.join(tmp, "tiktoken");
+    mkdirSync(dir);
+    writeFileSync(path.join(dir, "tokenizer.model"), "IQ== 0\nIg== 1\nIw== 2\n");
+    await expect(loadTokenizer(dir)).rejects.toMatchObject({ code: "TOKENIZER_BAD_MODEL" });
+  });
+
+  it("refuses a Unigram SentencePiece model clearly", async () => {
+    const dir = path.join(tmp, "unigram");
+    mkdirSync(dir);
+    const str = (field: number, s: string) => [(field << 3) | 2, s.length, ...Buffer.from(s)];
+    const piece = [...str(1, "<unk>"), (3 << 3) | 0, 2]; // piece "<unk>", type UNKNOWN
+    const trainer = [(3 << 3) | 0, 1]; // model_type UNIGRAM
+    const proto = [(1 << 3) | 2, piece.length, ...piece, (2 << 3) | 2, trainer.length, ...trainer];
+    writeFileSync(path.join(dir, "tokenizer.model"), Uint8Array.from(proto));
+    await expect(loadTokenizer(dir)).rejects.toMatchObject({
+      code: "TOKENIZER_UNSUPPORTED",
+      message: expect.stringContaining("UNIGRAM is not supported"),
+    });
+  });
+
+  it("prefers tokenizer.json and hashes the files it reads", async () => {
+    const dir = path.join(tmp, "both");
+    mkdirSync(dir);
+    const json = readFileSync(path.join(FIXTURES, "bpe-bytelevel", "tokenizer.json"));
+    writeFileSync(path.join(dir, "tokenizer.json"), json);
+    writeFileSync(
+      path.join(dir, "tokenizer.model"),
+      readFileSync(path.join(FIXTURES, "spm-chatglm3", "tokenizer.model")),
+    );
+    const tok = await loadTokenizer(dir);
+    expect(tok.kind).toBe("tokenizer.json");
+    const h = createHash("sha256").update(`tokenizer.json\n${json.length}\n`).update(json).digest("hex");
+    expect(tok.hash).toBe(h);
+    expect(tok.eosId).toBeUndefined(); // no tokenizer_config.json: no names
+  });
+
+  it("reads eos/pad names from tokenizer_config.json (ChatML fixture)", async () => {
+    const tok = await loadTokenizer(path.join(FIXTURES, "bpe-bytelevel"));
+    expect(tok.eosId).toBe(tok.tokenToId("<|im_end|>"));
+    expect(tok.padId).toBe(tok.tokenToId("<|endoftext|>"));
+    expect(tok.bosId).toBeUndefined();
+    const llama = await loadTokenizer(path.join(FIXTURES, "bpe-metaspace"));
+    expect([llama.bosId, llama.eosId, llama.unkId, llama.padId]).toEqual([1, 2, 0, undefined]);
+  });
+});
+
+describe("speed", () => {
+  it("tokenizes 4k samples of ~300 characters quickly", async () => {
+    const texts = expected.tokenizers["spm-chatglm3"]?.cases.map((c) => c.text) ?? [];
+    const samples: string[] = [];
+    for (let r = 0; r < 4000; r++) {
+      let s = "";
+      for (let k = r; s.length < 300; k = (k * 31 + 7) % 997) s += texts[k % texts.length];
+      samples.push(s.slice(0, 300) + r);
+    }
+    for (const name of ["spm-chatglm3", "bpe-bytelevel"]) {
+      const tok = await loadTokenizer(path.join(FIXTURES, name));
+      const t0 = performance.now();
+      let n = 0;
+      for (const s of samples) n += tok.encode(s).length;
+      const ms = performance.now() - t0;
+      console.log(`${name}: 4000 × 300 chars in ${ms.toFixed(0)} ms (${n} tokens)`);
+      expect(ms).toBeLessThan(10_000); // generous: the test machine is shared; typical is well under 2 s
+    }
+  });
+});

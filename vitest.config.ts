@@ -1,0 +1,13 @@
+import { defineConfig } from "vitest/config";
+
+export default defineConfig({
+  test: {
+    include: ["tests/**/*.test.ts"],
+    globalSetup: ["tests/setup/global.ts"],
+    testTimeout: 120_000,
+    hookTimeout: 600_000,
+    // Engine tests spawn Python processes; two cores do not gain from more than two workers.
+    maxWorkers: 2,
+    minWorkers: 1,
+  },
+});
