@@ -45,7 +45,9 @@ sys.path.insert(0, str(ROOT / "engine"))
 
 N_PARAMS = 5.98e9  # ChatGLM3-6B matmul parameters incl. the output layer (PERFORMANCE.md)
 PEAK_H100 = 989e12  # H100 SXM dense bf16, PERFORMANCE.md's MFU reference
-PEAK_H200 = 989e12  # H200 SXM: the same Hopper chip and clocks, dense bf16 ≈ 989 TFLOP/s (device docs, H200.md)
+PEAK_H200 = (
+    989e12  # H200 SXM: the same Hopper chip and clocks, dense bf16 ≈ 989 TFLOP/s (device docs, H200.md)
+)
 ALL = (
     "hf_recipe",
     "lk_recipe",
@@ -91,18 +93,39 @@ def make_samples(n: int, seed: int = 0, maxlen: int = 512, fixed: bool = False) 
 # -- models ------------------------------------------------------------------------------------------------
 
 
-def build_glm(layers: int):
+SHAPE_6B = {"vocab": 65024, "hidden": 4096, "ffn": 13696, "heads": 32, "groups": 2, "head_dim": 128}
+SHAPE_TINY = {
+    "vocab": 1024,
+    "hidden": 128,
+    "ffn": 192,
+    "heads": 4,
+    "groups": 2,
+    "head_dim": 32,
+}  # CPU dry run
+DEV = "cuda"
+
+
+def sync():
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_gib() -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if DEV == "cuda" else 0.0
+
+
+def build_glm(layers: int, shape: dict):
     from transformers import GlmConfig, GlmForCausalLM
 
     torch.manual_seed(0)
     cfg = GlmConfig(
-        vocab_size=65024,
-        hidden_size=4096,
-        intermediate_size=13696,
+        vocab_size=shape["vocab"],
+        hidden_size=shape["hidden"],
+        intermediate_size=shape["ffn"],
         num_hidden_layers=layers,
-        num_attention_heads=32,
-        num_key_value_heads=2,
-        head_dim=128,
+        num_attention_heads=shape["heads"],
+        num_key_value_heads=shape["groups"],
+        head_dim=shape["head_dim"],
         partial_rotary_factor=0.5,
         attention_bias=True,
         rms_norm_eps=1e-5,
@@ -111,17 +134,21 @@ def build_glm(layers: int):
         eos_token_id=2,
     )
     cfg._attn_implementation = "sdpa"
-    with torch.device("cuda"):
+    with torch.device(DEV):
         model = GlmForCausalLM(cfg).to(torch.bfloat16)
     # q | k | v rows become one tensor; GLM keeps views into it, so both models share every weight
+    model.lk_qkv = []
     for layer in model.model.layers:
         attn = layer.self_attn
+        fused_pair = []
         for kind in ("weight", "bias"):
             parts = [getattr(getattr(attn, p), kind) for p in GLM_QKV]
             fused = torch.cat([p.detach() for p in parts])
             sizes = [p.shape[0] for p in parts]
             for name, view in zip(GLM_QKV, fused.split(sizes), strict=True):
                 setattr(getattr(attn, name), kind, torch.nn.Parameter(view, requires_grad=False))
+            fused_pair.append(fused)
+        model.lk_qkv.append(fused_pair)
     for p in model.parameters():
         p.requires_grad_(False)
     return model
@@ -131,9 +158,18 @@ def native_from_glm(glm):
     """lorakit's native ChatGLM3 model on the GLM's tensors (no copies)."""
     from lorakit_engine.models.chatglm import ChatGLMConfig, ChatGLMForConditionalGeneration
 
-    layers = len(glm.model.layers)
+    c = glm.config
+    config = ChatGLMConfig(
+        num_layers=c.num_hidden_layers,
+        hidden_size=c.hidden_size,
+        ffn_hidden_size=c.intermediate_size,
+        num_attention_heads=c.num_attention_heads,
+        kv_channels=c.head_dim,
+        multi_query_group_num=c.num_key_value_heads,
+        padded_vocab_size=c.vocab_size,
+    )
     with torch.device("meta"):
-        model = ChatGLMForConditionalGeneration(ChatGLMConfig(num_layers=layers))
+        model = ChatGLMForConditionalGeneration(config)
     sd = {
         "transformer.embedding.word_embeddings.weight": glm.model.embed_tokens.weight,
         "transformer.encoder.final_layernorm.weight": glm.model.norm.weight,
@@ -141,11 +177,9 @@ def native_from_glm(glm):
     }
     for n, layer in enumerate(glm.model.layers):
         p, a = f"transformer.encoder.layers.{n}.", layer.self_attn
-        q = a.q_proj.weight
-        rows = sum(getattr(a, x).weight.shape[0] for x in GLM_QKV)
-        sd[p + "self_attention.query_key_value.weight"] = q.as_strided((rows, q.shape[1]), q.stride())
-        qb = a.q_proj.bias
-        sd[p + "self_attention.query_key_value.bias"] = qb.as_strided((rows,), qb.stride())
+        sd[p + "self_attention.query_key_value.weight"], sd[p + "self_attention.query_key_value.bias"] = (
+            glm.lk_qkv[n]
+        )
         sd[p + "self_attention.dense.weight"] = a.o_proj.weight
         sd[p + "mlp.dense_h_to_4h.weight"] = layer.mlp.gate_up_proj.weight
         sd[p + "mlp.dense_4h_to_h.weight"] = layer.mlp.down_proj.weight
@@ -172,7 +206,7 @@ def summarise(name, tok_per_step, pad_per_step, times, warm, losses, extra=None)
         "real_tok_per_step": round(tok_per_step, 1),
         "real_tok_s": round(tok_s),
         "pad_efficiency": round(tok_per_step / pad_per_step, 3),
-        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "peak_mem_gib": round(peak_gib(), 2),
         "mfu_h200": round(4 * N_PARAMS * tok_s / PEAK_H200, 4),
         "mfu_h100ref": round(4 * N_PARAMS * tok_s / PEAK_H100, 4),
         "losses": [round(x, 5) for x in losses],
@@ -183,9 +217,10 @@ def summarise(name, tok_per_step, pad_per_step, times, warm, losses, extra=None)
 
 def fresh_memory():
     gc.collect()
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
 
 # -- the baseline: HF Trainer + peft, the recipe of hf_peft_baseline.py --------------------------------------
@@ -199,7 +234,8 @@ def run_hf(glm, data, name, bs, ga, steps, ckpt, targets, r, warm=5):
     torch.manual_seed(0)
     glm.enable_input_require_grads()
     model = get_peft_model(
-        glm, LoraConfig(task_type="CAUSAL_LM", target_modules=targets, r=r, lora_alpha=4 * r, lora_dropout=0.1)
+        glm,
+        LoraConfig(task_type="CAUSAL_LM", target_modules=targets, r=r, lora_alpha=4 * r, lora_dropout=0.1),
     )
     tokens = {"n": 0, "pad": 0}
     micro_losses: list[torch.Tensor] = []
@@ -216,7 +252,7 @@ def run_hf(glm, data, name, bs, ga, steps, ckpt, targets, r, warm=5):
             self.t, self.last = [], None
 
         def on_step_end(self, args, state, control, **kw):
-            torch.cuda.synchronize()
+            sync()
             now = time.perf_counter()
             if self.last is not None:
                 self.t.append(now - self.last)
@@ -251,6 +287,7 @@ def run_hf(glm, data, name, bs, ga, steps, ckpt, targets, r, warm=5):
         save_strategy="no",
         report_to=[],
         bf16=True,
+        use_cpu=DEV == "cpu",
         gradient_checkpointing=ckpt,
         dataloader_num_workers=0,
         seed=0,
@@ -297,9 +334,8 @@ def run_lk(
     out_dir=None,
 ):
     """windows: per optimizer step, a list of micro-batches, each a list of samples packed into one row."""
-    from peft import LoraConfig, get_peft_model
-
     from lorakit_engine.kernels import configure_fast_path, pack_batch
+    from peft import LoraConfig, get_peft_model
 
     fresh_memory()
     torch.manual_seed(0)
@@ -312,15 +348,15 @@ def run_lk(
     params = [p for p in model.parameters() if p.requires_grad]
     assert all(p.dtype == torch.float32 for p in params)
     steps = len(windows)
-    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, fused=True)
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, fused=DEV == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps))
 
     def step(window):
         packs = [pack_batch(m) for m in window]
         n_window = sum(p.n_tokens for p in packs)
-        total = torch.zeros((), device="cuda")
+        total = torch.zeros((), device=DEV)
         for p in packs:
-            out = model(**p.to("cuda").model_inputs(), loss_reduction="sum")
+            out = model(**p.to(DEV).model_inputs(), loss_reduction="sum")
             (out.loss / n_window).backward()
             total += out.loss.detach()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -331,11 +367,11 @@ def run_lk(
 
     fresh_memory()
     times, losses, real, computed = [], [], 0, 0
-    torch.cuda.synchronize()
+    sync()
     last = time.perf_counter()
     for window in windows:
         loss, n_real, n_comp = step(window)
-        torch.cuda.synchronize()
+        sync()
         now = time.perf_counter()
         times.append(now - last)
         last = now
@@ -359,9 +395,10 @@ def run_lk(
             "first_step_s": round(times[0], 2),
         },
     )
-    if profile_steps:
+    if profile_steps and DEV == "cuda":
         res["profile"] = profile(lambda: [step(w) for w in windows[:profile_steps]], real / steps, out_dir)
-    del model, opt
+    model.base_model.model.transformer = None  # drop the activations' owners before the next variant
+    opt.state.clear()
     fresh_memory()
     return res
 
@@ -404,17 +441,22 @@ def profile(fn, tok_per_step, out_dir):
         "steps": steps,
         "wall_ms_per_step_profiled": round(wall * 1e3 / steps, 1),
         "gpu_busy_ms_per_step": round(busy / steps, 1),
-        "categories_ms_per_step": {k: round(v / steps, 1) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
+        "categories_ms_per_step": {
+            k: round(v / steps, 1) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])
+        },
         "gemm_tflops_on_4N": round(useful / (gemm_ms / 1e3) / 1e12, 1) if gemm_ms else None,
         "top_kernels_ms_per_step": [[k[:110], round(v / steps, 2), category(k)] for k, v in top],
     }
     if out_dir:
-        table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40)
+        try:
+            table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40)
+        except Exception:  # the sort key's name moved between torch versions
+            table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=40)
         (Path(out_dir) / "profile_lk_packed.txt").write_text(table)
     return res
 
 
-# -- micro-benchmarks ------------------------------------------------------------------------------------------
+# -- micro-benchmarks ----------------------------------------------------------------------------------------
 
 
 def bench_ms(fn, warmup=3, reps=10):
@@ -443,7 +485,6 @@ def micro(out_dir):
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     ms = bench_ms(lambda: a @ b)
     res["gemm_8192_tflops"] = round(2 * 8192**3 / ms / 1e9, 1)
-    del a, b
     found = A._varlen()
     res["varlen"] = None if found is None else str(inspect.signature(found[0]))
     # one 16k-token row of chat samples
@@ -474,9 +515,11 @@ def micro(out_dir):
                 torch.autograd.grad(o, (q, k, v), dout)
 
             res[f"attn_{backend}_fwd_bwd_ms"] = round(bench_ms(fb), 3)
-            res[f"attn_{backend}_fwd_ms"] = round(bench_ms(lambda ctx=ctx: A.packed_attention(q, k, v, ctx)), 3)
+            res[f"attn_{backend}_fwd_ms"] = round(
+                bench_ms(lambda ctx=ctx: A.packed_attention(q, k, v, ctx)), 3
+            )
             res[f"attn_{backend}_mask_build_ms"] = round(
-                bench_ms(lambda: A.make_packed_attention(cu_t, m, total, backend)), 3
+                bench_ms(lambda backend=backend: A.make_packed_attention(cu_t, m, total, backend)), 3
             )
         except Exception as e:  # report, keep going
             res[f"attn_{backend}_error"] = f"{type(e).__name__}: {e}"[:300]
@@ -514,7 +557,7 @@ def micro(out_dir):
         rel = float((yc.float() - ye.float()).norm() / ye.float().norm())
         relg = float((gc_.float() - ge.float()).norm() / ge.float().norm())
 
-        def fb(f):
+        def fb(f, call=call, inp=inp, gy=gy):
             y = call(f)
             torch.autograd.grad(y, inp, gy)
 
@@ -524,14 +567,19 @@ def micro(out_dir):
     return res
 
 
-# -- main ------------------------------------------------------------------------------------------------------
+# -- main ----------------------------------------------------------------------------------------------------
 
 
 def windows_of(data, per_window, micro_per_window, steps, start=0):
     out, i = [], start
     for _ in range(steps):
         w = data[i : i + per_window]
-        out.append([w[j : j + per_window // micro_per_window] for j in range(0, per_window, per_window // micro_per_window)])
+        out.append(
+            [
+                w[j : j + per_window // micro_per_window]
+                for j in range(0, per_window, per_window // micro_per_window)
+            ]
+        )
         i += per_window
     return out
 
@@ -550,12 +598,16 @@ def main():
     ap.add_argument("--steps-scale", type=float, default=1.0)
     ap.add_argument("--budget", type=int, default=16384)
     ap.add_argument("--micro", action="store_true")
+    ap.add_argument("--tiny", action="store_true", help="tiny model shape on the CPU: checks the script only")
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/bench-out"))
     args = ap.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    global DEV
+    DEV = "cpu" if args.tiny else "cuda"
+    shape = SHAPE_TINY if args.tiny else SHAPE_6B
     results: dict = {
-        "device": torch.cuda.get_device_name(),
+        "device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu (tiny shape: no timing meaning)",
         "torch": torch.__version__,
         "layers": args.layers,
         "command": " ".join(sys.argv),
@@ -580,10 +632,15 @@ def main():
         return
     S = lambda n: max(4, int(round(n * args.steps_scale)))  # noqa: E731
     t0 = time.perf_counter()
-    glm = build_glm(args.layers)
-    log(f"GLM init {time.perf_counter() - t0:.1f} s; {torch.cuda.memory_allocated() / 2**30:.2f} GiB")
+    glm = build_glm(args.layers, shape)
+    log(f"GLM init {time.perf_counter() - t0:.1f} s")
     data = make_samples(4000)
     data8k = make_samples(64, seed=1, maxlen=8192, fixed=True)
+    if args.tiny:  # ids into the tiny vocabulary, 8k samples cut to 512
+        for s in data + data8k:
+            for k in ("input_ids", "labels"):
+                s[k] = [x % shape["vocab"] if x >= 0 else x for x in s[k]]
+        data8k = [{k: v[:512] for k, v in s.items()} for s in data8k]
     recipe_steps = S(20)
     runs = {
         "hf_recipe": lambda: run_hf(glm, data, "hf_recipe", 4, 2, recipe_steps, True, GLM_QKV, 8),
@@ -655,7 +712,9 @@ def report(results):
     a, b = runs.get("hf_recipe", {}).get("losses"), runs.get("lk_recipe", {}).get("losses")
     if a and b:
         dev = max(abs(x - y) / abs(x) for x, y in zip(a, b, strict=False))
-        lines.append(f"loss parity hf_recipe vs lk_recipe, {min(len(a), len(b))} steps: max rel diff {dev:.2e}")
+        lines.append(
+            f"loss parity hf_recipe vs lk_recipe, {min(len(a), len(b))} steps: max rel diff {dev:.2e}"
+        )
         lines.append("  hf " + " ".join(f"{x:.4f}" for x in a))
         lines.append("  lk " + " ".join(f"{x:.4f}" for x in b))
         results["loss_parity_max_rel"] = dev

@@ -7,8 +7,11 @@ export type Command = { summary: string; usage: string; run: (argv: string[], io
 const COMMANDS: Record<string, () => Promise<Command>> = {
   train: async () => (await import("./train.js")).command,
   demo: async () => (await import("./demo.js")).command,
+  tokenize: async () => (await import("./tokenize.js")).command,
+  data: async () => (await import("./data.js")).command,
   protocol: async () => (await import("./protocol.js")).command,
   env: async () => (await import("./env.js")).command,
+  doctor: async () => (await import("./doctor.js")).command,
 };
 
 export const VERSION = "0.1.0";

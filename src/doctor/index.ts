@@ -1,0 +1,267 @@
+// The doctor's front door: `runPreflight` runs every check that can run before training — environment,
+// config, memory, data (hook), model — and returns all findings at once, as numbered steps.
+import { readFileSync } from "node:fs";
+import type { LoadedConfig } from "../config/load.js";
+import { ensurePython, type PythonEnv } from "../engine/python.js";
+import { LorakitError } from "../errors.js";
+import { type Family, familyFor, supportedModelTypes } from "../models/families.js";
+import { configFindings, type DatasetFacts, estimateDataset, plannedSteps } from "./config.js";
+import { envFindings, envSummary, type Hardware, hardwareOf, type Probe, resolvePrecision, runProbe } from "./env.js";
+import { countFindings, type Finding, findingsError, makeFinding, type Stage } from "./finding.js";
+import {
+  diskNeed,
+  estimateMemory,
+  fmtBytes,
+  loraParams,
+  type MemoryEstimate,
+  type MemoryInputs,
+  memoryFindings,
+  modelShape,
+} from "./memory.js";
+import { type InspectFacts, inspectModel, modelSummary, remoteCodeFindings, type TemplateSamples } from "./model.js";
+
+export type { Finding, Stage } from "./finding.js";
+export { findingsError, hasErrors, renderFindings, renderFindingsHtml, toJson } from "./finding.js";
+export { outputFindings } from "./outputs.js";
+
+/**
+ * TODO(lead): the data stage. Once src/data lands, pass the prepared data's stats and the function that
+ * turns them into DATA_* findings (codes in finding.ts), e.g.
+ *   data: { stats: { train: prepared.train.stats, eval: prepared.eval?.stats ?? null }, check: dataFindings }
+ */
+export interface DataHook<S = unknown> {
+  stats: S;
+  check: (stats: S) => Finding[] | Promise<Finding[]>;
+}
+
+export type StepName = "environment" | "config" | "memory" | "data" | "model";
+
+export interface StepResult {
+  n: number;
+  name: StepName;
+  status: "ok" | "warn" | "fail" | "skipped";
+  /** One line: what was checked and what it found. */
+  summary: string;
+  findings: Finding[];
+}
+
+export interface PreflightOptions {
+  loaded: LoadedConfig;
+  /** The engine's interpreter; made with ensurePython({env}) when absent. */
+  py?: PythonEnv;
+  /** Environment for the engine processes (CUDA_VISIBLE_DEVICES, LORAKIT_NVML_LIB, LORAKIT_PYTHON …). */
+  env?: NodeJS.ProcessEnv;
+  /** Exact counts from prepared data; estimated from the data files when absent. */
+  dataset?: DatasetFacts;
+  /** TODO(lead): data checks, once src/data lands. */
+  data?: DataHook;
+  /** TODO(lead): a few samples formatted with the run's template (and the same text plain), from src/data. */
+  templateSamples?: TemplateSamples;
+  /** Leave out the model inspection (it loads the checkpoint). */
+  skipModel?: boolean;
+  /** Called as each step finishes (the CLI prints it). */
+  onStep?: (step: StepResult) => void;
+  log?: (line: string) => void;
+}
+
+export interface PreflightResult {
+  findings: Finding[];
+  steps: StepResult[];
+  ok: boolean;
+  probe: Probe | null;
+  hardware: Hardware | null;
+  memory: MemoryEstimate | null;
+  dataset: DatasetFacts | null;
+  model: InspectFacts | null;
+}
+
+function status(findings: readonly Finding[]): StepResult["status"] {
+  const c = countFindings(findings);
+  return c.errors > 0 ? "fail" : c.warnings > 0 ? "warn" : "ok";
+}
+
+function readModelConfig(dir: string): { config: Record<string, unknown>; family: Family } | { error: Finding } {
+  let config: Record<string, unknown>;
+  try {
+    config = JSON.parse(readFileSync(`${dir}/config.json`, "utf8")) as Record<string, unknown>;
+  } catch (e) {
+    return { error: makeFinding("MODEL_LOAD_FAILED", { error: `cannot read ${dir}/config.json: ${(e as Error).message}` }) };
+  }
+  const family = familyFor(String(config.model_type ?? ""));
+  if (!family) {
+    return {
+      error: makeFinding(
+        "MODEL_LOAD_FAILED",
+        { error: `model_type '${String(config.model_type)}' is not supported`, supported: supportedModelTypes() },
+        { fix: `Use a checkpoint of a supported family: ${supportedModelTypes().join(", ")}.` },
+      ),
+    };
+  }
+  return { config, family };
+}
+
+/** Every check that can run before training, all findings at once. Never throws for what it finds. */
+export async function runPreflight(o: PreflightOptions): Promise<PreflightResult> {
+  const { loaded } = o;
+  const c = loaded.config;
+  const steps: StepResult[] = [];
+  const step = (name: StepName, summary: string, findings: Finding[], skipped = false) => {
+    const s: StepResult = { n: steps.length + 1, name, status: skipped ? "skipped" : status(findings), summary, findings };
+    steps.push(s);
+    o.onStep?.(s);
+  };
+
+  const model = readModelConfig(loaded.modelDir);
+  const family = "family" in model ? model.family : null;
+  const shape = "family" in model ? modelShape(model.config, model.family) : null;
+  const targets = c.lora.targets ?? family?.targets ?? [];
+
+  let dataset: DatasetFacts | null = o.dataset ?? null;
+  let dataError: string | undefined;
+  if (!dataset) {
+    try {
+      dataset = estimateDataset(loaded);
+    } catch (e) {
+      dataError = (e as Error).message;
+    }
+  }
+
+  // 1. environment
+  let py = o.py ?? null;
+  let probe: Probe | null = null;
+  const envOut: Finding[] = [];
+  if (!py) {
+    try {
+      py = await ensurePython({ env: o.env ?? process.env, log: o.log });
+    } catch (e) {
+      if (!(e instanceof LorakitError)) throw e;
+      envOut.push(makeFinding("ENV_PROBE_FAILED", { error: `${e.code}: ${e.message}` }, { fix: e.hint || undefined }));
+    }
+  }
+  if (py) {
+    const r = await runProbe(py, loaded.outputDir, { env: o.env });
+    probe = r.probe;
+    if (r.finding) envOut.push(r.finding);
+  }
+  const hardware = probe ? hardwareOf(probe, c.train.device) : null;
+  const precision = hardware ? resolvePrecision(c.train.precision, hardware) : c.train.precision === "auto" ? "fp32" : c.train.precision;
+  const lora = shape ? loraParams(shape, targets, c.lora.r) : 0;
+  if (probe) {
+    const steps = dataset ? plannedSteps(dataset.trainSamples, c.train) : null;
+    let cpuWork: Parameters<typeof envFindings>[1]["cpuWork"];
+    if (shape && dataset && steps !== null) {
+      const perSample = dataset.trainSamples > 0 ? dataset.trainTokens / dataset.trainSamples : 0;
+      const full = dataset.trainTokens * c.train.epochs;
+      const capped = Math.min(full, steps * c.train.batch_size * c.train.grad_accum * perSample);
+      cpuWork = {
+        tokens: Math.round(capped),
+        tokensBasis: `${dataset.trainTokens} train tokens × ${c.train.epochs} epochs${capped < full ? `, capped at max_steps ${c.train.max_steps}` : ""} (${dataset.source})`,
+        flopsPerToken: (c.train.gradient_checkpointing ? 6 : 4) * shape.matmulParams + 6 * lora,
+      };
+    }
+    envOut.push(
+      ...envFindings(probe, {
+        device: c.train.device,
+        precision: c.train.precision,
+        diskNeed: shape ? diskNeed(lora, c.train.keep_checkpoints, dataset?.trainTokens ?? 0) : undefined,
+        cpuWork,
+      }),
+    );
+  }
+  step("environment", probe && hardware ? envSummary(probe, hardware) : "the probe did not run", envOut);
+
+  // 2. config
+  const cfgOut = family ? configFindings({ loaded, family, data: dataset, dataError, hardware }) : [];
+  const lr = c.train.lr ?? family?.lr;
+  step(
+    "config",
+    `lr ${lr ?? "?"}${c.train.lr === undefined ? " (family default)" : ""}, LoRA r ${c.lora.r} alpha ${c.lora.alpha} on ${targets.join(", ") || "?"}, ${precision}${
+      dataset ? `, ${plannedSteps(dataset.trainSamples, c.train)} steps over ${dataset.trainSamples} samples (${dataset.source})` : ""
+    }`,
+    cfgOut,
+  );
+
+  // 3. memory
+  let memory: MemoryEstimate | null = null;
+  let memOut: Finding[] = [];
+  let memSummary = "skipped: the model's shape is unknown";
+  if (shape) {
+    const inputs: MemoryInputs = {
+      shape,
+      precision,
+      microBatch: c.train.batch_size,
+      seqLen: c.data.max_length,
+      checkpointing: c.train.gradient_checkpointing,
+      r: c.lora.r,
+      targets,
+      dropout: c.lora.dropout,
+      device: hardware?.device ?? "cpu",
+    };
+    memory = estimateMemory(inputs);
+    const free = hardware?.free ?? null;
+    if (free !== null && hardware) {
+      memOut = memoryFindings(memory, inputs, { free, deviceName: hardware.name, gradAccum: c.train.grad_accum });
+    }
+    memSummary = `peak ≈ ${fmtBytes(memory.need)} (weights ${fmtBytes(memory.weights)}, activations ${fmtBytes(memory.activations)}, logits ${fmtBytes(memory.logits)}) ${
+      free !== null ? `of ${fmtBytes(free)} free on ${hardware?.name}` : "(free memory unknown)"
+    }`;
+  }
+  step("memory", memSummary, memOut, !shape);
+
+  // 4. data
+  if (o.data) {
+    const dataOut = await o.data.check(o.data.stats);
+    step("data", `${dataOut.length} finding(s) from the prepared data`, dataOut);
+  } else {
+    step("data", "skipped: data checks connect here once src/data lands (TODO)", [], true);
+  }
+
+  // 5. model
+  let facts: InspectFacts | null = null;
+  const modelOut: Finding[] = [];
+  if (!("family" in model)) modelOut.push(model.error);
+  else modelOut.push(...remoteCodeFindings(model.config));
+  const tooBig = memory && hardware?.free != null && memory.weights > hardware.free;
+  if (o.skipModel || !py || !family || tooBig) {
+    const why = o.skipModel
+      ? "skipped (--skip-model)"
+      : !family
+        ? "skipped: the model cannot be read"
+        : tooBig
+          ? "skipped: the weights alone do not fit in free memory"
+          : "skipped: no engine environment";
+    step("model", why, modelOut, modelOut.length === 0);
+  } else {
+    const r = await inspectModel(py, {
+      modelDir: loaded.modelDir,
+      targets,
+      r: c.lora.r,
+      alpha: c.lora.alpha,
+      dropout: c.lora.dropout,
+      precision,
+      device: hardware?.device ?? "cpu",
+      samples: o.templateSamples,
+      env: o.env,
+    });
+    facts = r.facts;
+    modelOut.push(...r.findings);
+    step("model", facts ? modelSummary(facts) : "the inspection did not run", modelOut);
+  }
+
+  const findings = steps.flatMap((s) => s.findings);
+  return {
+    findings,
+    steps,
+    ok: countFindings(findings).errors === 0,
+    probe,
+    hardware,
+    memory,
+    dataset,
+    model: facts,
+  };
+}
+
+/** The road's stop: the error findings as one LorakitError, or null when none. */
+export function preflightError(result: PreflightResult): LorakitError | null {
+  return findingsError(result.findings);
+}
