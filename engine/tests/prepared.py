@@ -98,6 +98,7 @@ def make_plan(root: Path, model_dir: Path, train=None, eval=None, **over) -> dic
             "save_every": 0,
             "keep_checkpoints": 2,
             "device": "cpu",
+            "devices": 1,
         },
         "samples": {
             "items": [{"index": i, "prompt_ids": x[: _prompt_len(y)]} for i, (x, y) in enumerate(train[:2])],

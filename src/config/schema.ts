@@ -67,6 +67,8 @@ export const TrainConfig = z.strictObject({
   save_every: nonNegInt.default(0),
   keep_checkpoints: positiveInt.default(2),
   device: z.enum(["auto", "cpu", "cuda"]).default("auto"),
+  /** Processes (GPUs) to train on: more than 1 launches data-parallel training through torchrun. */
+  devices: positiveInt.default(1),
 });
 
 export const SamplesConfig = z.strictObject({
@@ -148,6 +150,7 @@ export const Plan = z.strictObject({
     save_every: nonNegInt,
     keep_checkpoints: positiveInt,
     device: z.enum(["auto", "cpu", "cuda"]),
+    devices: positiveInt,
   }),
   samples: z.strictObject({
     items: z.array(PlanSample),

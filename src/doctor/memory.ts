@@ -226,27 +226,30 @@ export interface Fit {
   need: number;
 }
 
-/**
- * The largest micro-batch (≤ the configured one) whose need fits in `free`, with the accumulation that keeps
- * the effective batch (micro-batch × accumulation) at least what it was; with checkpointing turned on when
- * nothing fits without it. Null when not even one sample fits.
- */
-export function fitMicroBatch(m: MemoryInputs, free: number, gradAccum: number): Fit | null {
+/** The largest micro-batch (≤ the configured one) whose need fits in `free`, at one checkpointing setting. */
+function largestFit(m: MemoryInputs, free: number, gradAccum: number, checkpointing: boolean): Fit | null {
   const effective = m.microBatch * gradAccum;
-  for (const checkpointing of m.checkpointing ? [true] : [false, true]) {
-    for (let b = m.microBatch; b >= 1; b--) {
-      const est = estimateMemory({ ...m, microBatch: b, checkpointing });
-      if (est.need <= free) {
-        return {
-          batch_size: b,
-          grad_accum: Math.ceil(effective / b),
-          gradient_checkpointing: checkpointing,
-          need: est.need,
-        };
-      }
+  for (let b = m.microBatch; b >= 1; b--) {
+    const est = estimateMemory({ ...m, microBatch: b, checkpointing });
+    if (est.need <= free) {
+      return { batch_size: b, grad_accum: Math.ceil(effective / b), gradient_checkpointing: checkpointing, need: est.need };
     }
   }
   return null;
+}
+
+/**
+ * The largest micro-batch (≤ the configured one) that fits in `free`, with the accumulation that keeps the
+ * effective batch (micro-batch × accumulation) at least what it was. Checkpointing is turned on when nothing
+ * fits without it, or when it allows a micro-batch more than twice as large (its recompute costs about a
+ * third more compute; tiny micro-batches cost more). Null when not even one sample fits.
+ */
+export function fitMicroBatch(m: MemoryInputs, free: number, gradAccum: number): Fit | null {
+  const ck = largestFit(m, free, gradAccum, true);
+  if (m.checkpointing) return ck;
+  const plain = largestFit(m, free, gradAccum, false);
+  if (plain && (!ck || plain.batch_size * 2 >= ck.batch_size)) return plain;
+  return ck;
 }
 
 function suggestionText(fit: Fit | null, m: MemoryInputs, gradAccum: number): string {

@@ -39,12 +39,21 @@ export interface SpawnOptions {
   signal?: AbortSignal;
   killAfterMs?: number;
   extraEnv?: NodeJS.ProcessEnv;
+  /** Processes to launch through torchrun (data parallel); 1 = a plain process. */
+  devices?: number;
+}
+
+/** The engine's command line: a plain module run, or torchrun with one process per device. */
+export function engineArgs(command: string, planPath: string, devices = 1): string[] {
+  const engine = ["-m", "lorakit_engine", command, "--plan", planPath];
+  if (devices <= 1) return engine;
+  return ["-m", "torch.distributed.run", "--standalone", `--nproc_per_node=${devices}`, ...engine];
 }
 
 const TAIL_LINES = 40;
 
 export function spawnEngine(opts: SpawnOptions): EngineRun {
-  const child = spawn(opts.py.python, ["-m", "lorakit_engine", opts.command, "--plan", opts.planPath], {
+  const child = spawn(opts.py.python, engineArgs(opts.command, opts.planPath, opts.devices), {
     env: { ...opts.py.env, ...opts.extraEnv },
     stdio: ["pipe", "pipe", "pipe"],
   });

@@ -149,6 +149,7 @@ export function buildPlan(
       save_every: c.train.save_every,
       keep_checkpoints: c.train.keep_checkpoints,
       device: c.train.device,
+      devices: c.train.devices,
     },
     samples: {
       items: prepared.heldOut.map((s) => ({ index: s.index, prompt_ids: s.promptIds })),
@@ -204,6 +205,7 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
     py,
     command: "train",
     planPath,
+    devices: plan.train.devices,
     logFile,
     signal: opts.signal,
     onEvent: (event) => {
