@@ -13,10 +13,12 @@ Variants (`--variants`, comma separated):
                       pad to longest, gradient checkpointing (20 steps; its losses are the parity reference)
     lk_recipe         lorakit on exactly hf_recipe's 8 samples per step, packed into one row, no checkpointing
     hf_tuned          HF Trainer, 16 × 1, no checkpointing
-    lk_packed         lorakit, padding-free rows of ≤16,384 tokens, no checkpointing, compiled elementwise ops
-                      (followed by a torch.profiler capture of two steps)
+    lk_packed         lorakit, padding-free rows of ≤16,384 tokens, no checkpointing, compiled elementwise,
+                      fused LoRA (followed by a torch.profiler capture of two steps)
     lk_packed_eager   the same without torch.compile
-    lk_packed_flex    the same with FlexAttention instead of varlen flash attention
+    lk_packed_peft    the same with peft's own LoRA forward instead of the fused one
+    lk_packed_flex    the same with FlexAttention instead of varlen flash attention (not in the default
+                      list: it recompiles for every new row length; --micro compares the two kernels)
     hf_8k             HF Trainer, one 8,192-token sample × accumulation 2, checkpointing
     lk_lowmem         lorakit, one 8,192-token sample per step, low-memory checkpointing
     hf_alllinear16    HF Trainer, every linear layer r16 α64, 16 × 1, no checkpointing
@@ -54,7 +56,7 @@ ALL = (
     "hf_tuned",
     "lk_packed",
     "lk_packed_eager",
-    "lk_packed_flex",
+    "lk_packed_peft",
     "hf_8k",
     "lk_lowmem",
     "hf_alllinear16",
@@ -329,6 +331,7 @@ def run_lk(
     checkpointing="none",
     compile=True,
     attention="auto",
+    fused_lora=True,
     warm=3,
     profile_steps=0,
     out_dir=None,
@@ -343,7 +346,9 @@ def run_lk(
         native_from_glm(glm),
         LoraConfig(task_type="CAUSAL_LM", target_modules=targets, r=r, lora_alpha=4 * r, lora_dropout=0.1),
     )
-    configure_fast_path(model, compile=compile, checkpointing=checkpointing, attention=attention)
+    configure_fast_path(
+        model, compile=compile, checkpointing=checkpointing, attention=attention, fused_lora=fused_lora
+    )
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     assert all(p.dtype == torch.float32 for p in params)
@@ -390,6 +395,7 @@ def run_lk(
             "checkpointing": checkpointing,
             "compile": compile,
             "attention": attention,
+            "fused_lora": fused_lora,
             "r": r,
             "targets": "qkv" if targets == LK_QKV else "all",
             "first_step_s": round(times[0], 2),
@@ -487,6 +493,7 @@ def micro(out_dir):
     res["gemm_8192_tflops"] = round(2 * 8192**3 / ms / 1e9, 1)
     found = A._varlen()
     res["varlen"] = None if found is None else str(inspect.signature(found[0]))
+    res["varlen_native_gqa"] = A.varlen_native_gqa() if found is not None else None
     # one 16k-token row of chat samples
     lengths = [len(s["input_ids"]) for s in make_samples(400, seed=1)]
     cu, total = [0], 0
@@ -640,7 +647,7 @@ def main():
         for s in data + data8k:
             for k in ("input_ids", "labels"):
                 s[k] = [x % shape["vocab"] if x >= 0 else x for x in s[k]]
-        data8k = [{k: v[:512] for k, v in s.items()} for s in data8k]
+        data8k = [{k: v[4096 - 256 : 4096 + 256] for k, v in s.items()} for s in data8k]
     recipe_steps = S(20)
     runs = {
         "hf_recipe": lambda: run_hf(glm, data, "hf_recipe", 4, 2, recipe_steps, True, GLM_QKV, 8),
@@ -657,6 +664,9 @@ def main():
         ),
         "lk_packed_eager": lambda: run_lk(
             glm, packed_windows(data, args.budget, S(8)), "lk_packed_eager", LK_QKV, 8, compile=False
+        ),
+        "lk_packed_peft": lambda: run_lk(
+            glm, packed_windows(data, args.budget, S(8)), "lk_packed_peft", LK_QKV, 8, fused_lora=False
         ),
         "lk_packed_flex": lambda: run_lk(
             glm, packed_windows(data, args.budget, S(8)), "lk_packed_flex", LK_QKV, 8, attention="flex"

@@ -14,8 +14,8 @@ import {
   targetFindings,
 } from "../src/doctor/config.js";
 import { hardwareOf, type Probe } from "../src/doctor/env.js";
-import { familyFor } from "../src/models/families.js";
 import { ROOT } from "../src/engine/python.js";
+import { familyFor } from "../src/models/families.js";
 import { tmpDir } from "./helpers.js";
 
 const chatglm = familyFor("chatglm")!;
@@ -49,18 +49,31 @@ const cpu = hardwareOf({ ...h200, cuda: { is_available: false, device_count: 0, 
 describe("the healthy recipe", () => {
   it("reports nothing (Self-LLM recipe: lr 1e-4, r 8, alpha 32, batch 4 × 2, 3 epochs)", () => {
     const l = loaded({ train: { epochs: 3 } as RunConfigInput["train"] });
-    expect(configFindings({ loaded: l, family: chatglm, data: data(3729), hardware: hardwareOf(h200, "auto") })).toEqual([]);
+    expect(
+      configFindings({ loaded: l, family: chatglm, data: data(3729), hardware: hardwareOf(h200, "auto") }),
+    ).toEqual([]);
     expect(configFindings({ loaded: l, family: chatglm, data: data(190, 10), hardware: cpu })).toEqual([]);
   });
 });
 
 describe("learning rate", () => {
   it("flags lr > 1e-3 at r ≤ 16 with alpha/r ≥ 2 as high, with the reasoning", () => {
-    const [f, ...rest] = lrFindings(loaded({ train: { lr: 3e-3 } as RunConfigInput["train"] }).config, chatglm, data(3000));
+    const [f, ...rest] = lrFindings(
+      loaded({ train: { lr: 3e-3 } as RunConfigInput["train"] }).config,
+      chatglm,
+      data(3000),
+    );
     expect(rest).toEqual([]);
     expect(f?.code).toBe("CONFIG_LR_HIGH");
     expect(f?.severity).toBe("warning");
-    expect(f?.evidence).toMatchObject({ lr: 3e-3, r: 8, alpha: 32, scale: 4, effective_step: 0.012, lr_source: "train.lr" });
+    expect(f?.evidence).toMatchObject({
+      lr: 3e-3,
+      r: 8,
+      alpha: 32,
+      scale: 4,
+      effective_step: 0.012,
+      lr_source: "train.lr",
+    });
     expect(String(f?.evidence.reasoning)).toContain("alpha/r = 4");
     expect(f?.title).toBe("learning rate 0.003 is high for LoRA r 8 with alpha/r 4");
   });
@@ -97,7 +110,17 @@ describe("precision against the hardware", () => {
     ...h200,
     cuda: {
       ...h200.cuda,
-      devices: [{ index: 0, name: "Tesla V100-SXM2-32GB", capability: [7, 0], bf16: false, memory_free: 3e10, memory_total: 3.4e10, errors: {} }],
+      devices: [
+        {
+          index: 0,
+          name: "Tesla V100-SXM2-32GB",
+          capability: [7, 0],
+          bf16: false,
+          memory_free: 3e10,
+          memory_total: 3.4e10,
+          errors: {},
+        },
+      ],
     },
   };
 
@@ -167,7 +190,13 @@ describe("steps and eval split", () => {
   });
 
   it("notes when the data cannot be counted", () => {
-    const f = configFindings({ loaded: loaded({}), family: chatglm, data: null, dataError: "bad JSON", hardware: null });
+    const f = configFindings({
+      loaded: loaded({}),
+      family: chatglm,
+      data: null,
+      dataError: "bad JSON",
+      hardware: null,
+    });
     expect(codes(f)).toEqual(["CONFIG_DATA_UNCOUNTED"]);
   });
 });
@@ -181,7 +210,10 @@ describe("counting the data before it is prepared", () => {
     writeFileSync(a, `\uFEFF${JSON.stringify(records)}`);
     writeFileSync(
       b,
-      [...Array.from({ length: 49 }, () => JSON.stringify({ instruction: "嬛".repeat(40), output: "" })), "{broken"].join("\n"),
+      [
+        ...Array.from({ length: 49 }, () => JSON.stringify({ instruction: "嬛".repeat(40), output: "" })),
+        "{broken",
+      ].join("\n"),
     );
     const d = estimateDataset(loaded({}, { train: [a, b] }));
     expect(d).toMatchObject({ trainSamples: 190, evalSamples: 10, source: "estimated" });

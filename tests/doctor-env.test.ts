@@ -7,8 +7,8 @@ import { readFileSync } from "node:fs";
 import path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import {
-  cpuEstimate,
   type CpuWork,
+  cpuEstimate,
   cudaUsable,
   envFindings,
   hardwareOf,
@@ -40,7 +40,9 @@ describe("probes recorded on an H200", () => {
     const [f, ...rest] = envFindings(recorded("h200-no-nvml"), auto);
     expect(rest).toEqual([]);
     expect(f).toMatchObject({ code: "ENV_NVML_FAILED", severity: "warning", stage: "env" });
-    expect(String(f?.evidence.explanation)).toContain("/nonexistent/libnvidia-ml.so.1 cannot be loaded while torch 2.11.0+cu130 runs CUDA 13.0");
+    expect(String(f?.evidence.explanation)).toContain(
+      "/nonexistent/libnvidia-ml.so.1 cannot be loaded while torch 2.11.0+cu130 runs CUDA 13.0",
+    );
     expect(f?.evidence.torch_cuda).toBe("ok: 1 device(s)");
   });
 
@@ -52,7 +54,9 @@ describe("probes recorded on an H200", () => {
     expect(codes(three)).toEqual(["ENV_DEVICES_HIDDEN", "ENV_CPU_ESTIMATE"]);
     expect(three[0]?.evidence.explanation).toBe("index 3 but the driver lists 1 GPU(s) (0–0)");
     // The run falls back to the CPU: the estimate uses the CPU rate the probe measured there.
-    expect(String(three[1]?.evidence.throughput_basis)).toMatch(/^measured: 512×512 fp32 matmul at 89\d\.\d GFLOP\/s on 16 threads/);
+    expect(String(three[1]?.evidence.throughput_basis)).toMatch(
+      /^measured: 512×512 fp32 matmul at 89\d\.\d GFLOP\/s on 16 threads/,
+    );
     expect(envFindings(recorded("h200-cvd-3"), { device: "cuda", precision: "auto" })[0]?.severity).toBe("error");
   });
 

@@ -94,9 +94,7 @@ describe("registry", () => {
     const e = toEvent(f);
     expect(FindingEvent.parse(e)).toEqual(e);
     expect(fromEvent(e)).toEqual(f);
-    expect(
-      fromRow({ ...e, stage: "training", evidence_json: JSON.stringify(e.evidence) }),
-    ).toEqual(f);
+    expect(fromRow({ ...e, stage: "training", evidence_json: JSON.stringify(e.evidence) })).toEqual(f);
     expect(stageOf("ADAPTER_RELOAD_MISMATCH")).toBe("outputs");
     expect(stageOf("SOMETHING_NEW_FROM_THE_ENGINE")).toBe("training");
   });
@@ -167,7 +165,10 @@ describe("drift", () => {
     const python = process.env.LORAKIT_PYTHON ?? "python3";
     const r = spawnSync(
       python,
-      ["-c", "import json\nfrom lorakit_engine import monitor, inspect_model\nprint(json.dumps({**monitor.CODES, **inspect_model.CODES}))"],
+      [
+        "-c",
+        "import json\nfrom lorakit_engine import monitor, inspect_model\nprint(json.dumps({**monitor.CODES, **inspect_model.CODES}))",
+      ],
       { env: { ...process.env, PYTHONPATH: ENGINE_DIR }, encoding: "utf8" },
     );
     expect(r.status, r.stderr).toBe(0);

@@ -7,10 +7,10 @@ import {
   diskNeed,
   estimateMemory,
   fitMicroBatch,
+  loraParams,
   type MemoryInputs,
   memoryFindings,
   modelShape,
-  loraParams,
 } from "../src/doctor/memory.js";
 import { familyFor } from "../src/models/families.js";
 import { fixture } from "./helpers.js";

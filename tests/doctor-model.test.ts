@@ -23,7 +23,9 @@ describe("inspectModel", () => {
       precision: "fp32",
       device: "cpu",
     });
-    expect(r.findings.map((f) => [f.code, f.severity, f.stage])).toEqual([["MODEL_TARGETS_NOT_FOUND", "error", "model"]]);
+    expect(r.findings.map((f) => [f.code, f.severity, f.stage])).toEqual([
+      ["MODEL_TARGETS_NOT_FOUND", "error", "model"],
+    ]);
     expect(r.findings[0]?.evidence).toMatchObject({
       recommended: ["query_key_value"],
       linear_modules: ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h", "output_layer"],
@@ -46,7 +48,7 @@ describe("inspectModel", () => {
     expect(r.findings[0]?.evidence).toMatchObject({ matched_total: 3, expected_total: 4 });
     expect(r.findings[1]?.evidence.dtypes).toEqual({ float16: 6 });
     expect(modelSummary(r.facts!)).toBe(
-      "LoRA on 3 modules (3 of 4 expected), 768 trainable of 197,696 parameters (0.39%)",
+      "LoRA on 3 modules (3 of 4 expected), 1,408 trainable of 198,336 parameters (0.71%)",
     );
   });
 });

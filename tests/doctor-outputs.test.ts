@@ -18,14 +18,23 @@ describe("outputFindings", () => {
     const [f, ...rest] = outputFindings(s);
     expect(rest).toEqual([]);
     expect(f).toMatchObject({ code: "OUTPUT_NO_STOP", severity: "warning", stage: "outputs" });
-    expect(f?.evidence).toMatchObject({ stopped: 1, total: 4, share: 0.25, not_stopped: [1, 2, 3], before_stopped: "4 of 4" });
+    expect(f?.evidence).toMatchObject({
+      stopped: 1,
+      total: 4,
+      share: 0.25,
+      not_stopped: [1, 2, 3],
+      before_stopped: "4 of 4",
+    });
     expect(f?.title).toBe("only 1 of 4 samples after training stop on their own");
   });
 
   it("flags answers identical to before (text, whitespace aside, or ids)", () => {
     const text = [0, 1, 2, 3, 4].flatMap((i) => pair(i, `same ${i}`, i === 4 ? "changed" : ` same ${i}\n`));
     const [f] = outputFindings(text);
-    expect(f).toMatchObject({ code: "OUTPUT_UNCHANGED", evidence: { identical: 4, pairs: 5, share: 0.8, samples: [0, 1, 2, 3] } });
+    expect(f).toMatchObject({
+      code: "OUTPUT_UNCHANGED",
+      evidence: { identical: 4, pairs: 5, share: 0.8, samples: [0, 1, 2, 3] },
+    });
     const ids: OutputSample[] = [
       { phase: "before", idx: 7, output: [5, 6, 2], stopped: true },
       { phase: "after", idx: 7, output: [5, 6, 2], stopped: true },

@@ -2,6 +2,9 @@
 
 stdout carries only JSON-lines events (protocol/event.schema.json); everything else, including whatever the
 libraries print, goes to stderr. Control lines come in on stdin. Any failure is one `error` event and exit 1.
+
+Under torchrun (`WORLD_SIZE` > 1; see distributed.py) rank 0 alone reads stdin and writes events; the other
+ranks log to stderr, and a failure on any of them still becomes one `error` event.
 """
 
 from __future__ import annotations
@@ -49,7 +52,17 @@ def claim_stdout() -> IO[str]:
 def main(argv: list[str] | None = None, stdin: IO[str] | None = None, stdout: IO[str] | None = None) -> int:
     for k, v in _OFFLINE.items():
         os.environ.setdefault(k, v)
-    emit = EventWriter(stdout if stdout is not None else claim_stdout())
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    writer = EventWriter(stdout if stdout is not None else claim_stdout())
+    emit, relay = writer, None
+    if world > 1:
+        from .distributed import open_relay, quiet_emitter
+
+        relay = open_relay(rank, writer)
+        if rank:
+            emit = quiet_emitter(rank)
+        elif relay is not None:
+            relay.watch()
     try:
         args = _parser().parse_args(argv)
         plan = read_plan(args.plan)
@@ -61,15 +74,22 @@ def main(argv: list[str] | None = None, stdin: IO[str] | None = None, stdout: IO
             log(emit, f"plan {args.plan} is valid")
             return 0
         controls = Controls()
-        start_reader(controls, emit, stdin)
+        if rank == 0:
+            start_reader(controls, emit, stdin)
         if threading.current_thread() is threading.main_thread():
-            install_sigint(controls, emit)
+            install_sigint(controls, emit, leader=rank == 0)
         run(plan, emit, controls)
         return 0
     except BaseException as e:  # noqa: BLE001 — every failure becomes one error event
         if isinstance(e, SystemExit) and e.code in (0, None):
             return 0
-        emit(error_event(e))
+        event = error_event(e)
+        if relay is not None:
+            relay.report(event)
+        elif rank == 0:
+            emit(event)
+        else:
+            print(f"[lorakit-engine rank {rank}] {event['code']}: {event['traceback']}", file=sys.stderr)
         return 1
 
 

@@ -1,6 +1,6 @@
 """Training checkpoints: `run_dir/checkpoints/step-N/` = the adapter (peft format, so it loads on its own),
-`optimizer.pt`, `scheduler.pt`, `scaler.pt` (fp16 only), `rng.pt` and `state.json` (step, data position,
-tokens seen, the plan keys a resume must not change).
+`optimizer.pt`, `scheduler.pt`, `scaler.pt` (fp16 only), `rng.pt` (data parallel: `rng-rank{r}.pt`, one per
+process) and `state.json` (step, data position, tokens seen, the plan keys a resume must not change).
 
 Each is written under `checkpoints/.tmp-step-N/`, `state.json` last, then renamed: a folder named `step-N`
 is complete, and a crash mid-write leaves only a `.tmp-*` that is never read and is cleared on the next start.
@@ -27,12 +27,15 @@ STATE = "state.json"
 def plan_subset(plan: dict) -> dict:
     """What must stay the same for a resumed run to continue the interrupted one exactly."""
     t = plan["train"]
+    train = {k: t[k] for k in ("batch_size", "grad_accum", "seed", "precision")}
+    if t.get("devices", 1) > 1:  # batch_size is per device; left out at 1: older checkpoints still resume
+        train["devices"] = t["devices"]
     return {
         "model": plan["model"]["model_type"],
         "train_data": {k: plan["data"]["train"][k] for k in ("samples", "tokens")},
         "pad_id": plan["data"]["pad_id"],
         "lora": plan["lora"],
-        "train": {k: t[k] for k in ("batch_size", "grad_accum", "seed", "precision")},
+        "train": train,
     }
 
 
@@ -70,25 +73,34 @@ def clear_partial(run_dir: Path | str) -> None:
 # ---------------------------------------------------------------- RNG
 
 
-def rng_state() -> dict:
+def rng_state(cuda_device: torch.device | None = None) -> dict:
+    """This process's RNG state; with `cuda_device` (data parallel) that GPU's alone, not every GPU's."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {
         "python": random.getstate(),
         "numpy": [name, keys.tolist(), pos, has_gauss, gauss],  # plain values: loads with weights_only
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
+    if cuda_device is not None:
+        state["cuda_device"] = torch.cuda.get_rng_state(cuda_device)
+    elif torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, cuda_device: torch.device | None = None) -> None:
     random.setstate(_tuples(state["python"]))
     name, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
+    if "cuda_device" in state and cuda_device is not None:
+        torch.cuda.set_rng_state(state["cuda_device"], cuda_device)
+    elif "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rng_file(rank: int, world: int) -> str:
+    return "rng.pt" if world == 1 else f"rng-rank{rank}.pt"
 
 
 def _tuples(x):
@@ -98,8 +110,19 @@ def _tuples(x):
 # ---------------------------------------------------------------- save / load
 
 
-def save(run_dir, step: int, model, optimizer, scheduler, scaler, state: dict, keep: int) -> Path:
-    """Write checkpoint `step` atomically, then keep only the newest `keep`. `model` is the peft model."""
+def save(
+    run_dir,
+    step: int,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    state: dict,
+    keep: int,
+    rngs: list[dict] | None = None,
+) -> Path:
+    """Write checkpoint `step` atomically, then keep only the newest `keep`. `model` is the peft model; `rngs`
+    every process's RNG state in rank order (this process's alone when None)."""
     base = root(run_dir)
     base.mkdir(parents=True, exist_ok=True)
     tmp = base / f".tmp-step-{step}"
@@ -110,7 +133,9 @@ def save(run_dir, step: int, model, optimizer, scheduler, scaler, state: dict, k
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     if scaler is not None:
         torch.save(scaler.state_dict(), tmp / "scaler.pt")
-    torch.save(rng_state(), tmp / "rng.pt")
+    rngs = [rng_state()] if rngs is None else rngs
+    for rank, rng in enumerate(rngs):
+        torch.save(rng, tmp / rng_file(rank, len(rngs)))
     _write_synced(tmp / STATE, json.dumps({"step": step, **state}, indent=2))
     if final.exists():  # the same step saved by an earlier, resumed attempt
         shutil.rmtree(final)
@@ -131,9 +156,11 @@ def read_state(path: Path) -> dict:
     return json.loads((path / STATE).read_text(encoding="utf-8"))
 
 
-def load(path: Path, model, optimizer, scheduler, scaler) -> dict:
-    """Restore adapter weights, optimizer, scheduler, scaler and RNG from checkpoint `path`; return its state
-    (step, epoch, micro_batch, tokens_seen, …)."""
+def load(
+    path: Path, model, optimizer, scheduler, scaler, rank: int = 0, world: int = 1, cuda_device=None
+) -> dict:
+    """Restore adapter weights, optimizer, scheduler, scaler and RNG (this rank's) from checkpoint `path`;
+    return its state (step, epoch, micro_batch, tokens_seen, …)."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     state = read_state(path)
@@ -152,5 +179,12 @@ def load(path: Path, model, optimizer, scheduler, scaler) -> dict:
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     if scaler is not None and (path / "scaler.pt").is_file():
         scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
-    set_rng_state(torch.load(path / "rng.pt", weights_only=True))
+    rng = path / rng_file(rank, world)
+    if not rng.is_file():
+        raise EngineError(
+            "CHECKPOINT_MISMATCH",
+            f"checkpoint {path} has no {rng.name}: it was written by a different number of processes",
+            "Resume with the train.devices the run started with, or start a new run in a new run_dir.",
+        )
+    set_rng_state(torch.load(rng, weights_only=True), cuda_device)
     return state

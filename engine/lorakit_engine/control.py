@@ -64,19 +64,28 @@ def start_reader(controls: Controls, emit: Emit, stream: IO[str] | None = None) 
     return t
 
 
-def install_sigint(controls: Controls, emit: Emit) -> None:
-    """First SIGINT → a `stop` (checkpoint, then exit 0); the second ends the process at once."""
+def install_sigint(controls: Controls, emit: Emit, leader: bool = True) -> None:
+    """First SIGINT → a `stop` (checkpoint, then exit 0); the second ends the process at once.
+
+    Under torchrun only rank 0 (`leader`) decides: torchrun passes a SIGINT on to every worker, and the
+    others ignore it and stop at the step where rank 0 does (distributed.py)."""
+    if not leader:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return
     hits = []
 
     def handler(signum, frame):
         hits.append(1)
         if len(hits) > 1:
             os._exit(130)
-        log(
-            emit,
-            "interrupted: saving a checkpoint and stopping (press Ctrl-C again to quit at once)",
-            "warning",
-        )
         controls.put("stop")
+        # Not written from the handler: it may interrupt the main thread inside a write to the same stream
+        # ("reentrant call inside BufferedWriter"); a thread waits for the writer's lock instead.
+        threading.Thread(
+            target=log,
+            args=(emit, "interrupted: saving a checkpoint and stopping (press Ctrl-C again to quit at once)"),
+            kwargs={"level": "warning"},
+            daemon=True,
+        ).start()
 
     signal.signal(signal.SIGINT, handler)

@@ -130,13 +130,20 @@ def collate(data: Prepared, indices: list[int], pad_id: int) -> Batch:
 
 class Batches:
     """Micro-batches of one split for training: epoch `e` is a permutation seeded by (seed, e), cut into
-    `ceil(n / batch_size)` micro-batches (the last may be short)."""
+    `ceil(n / (batch_size × world))` micro-batches (the last may be short).
 
-    def __init__(self, data: Prepared, batch_size: int, seed: int, pad_id: int):
+    Data parallel (`world` processes, this one `rank`): micro-batch `i` holds the `batch_size × world` samples
+    a single process with that batch size would take, and `get` returns this rank's `batch_size` of them
+    (slice `rank`), or None when the short last one leaves this rank nothing."""
+
+    def __init__(
+        self, data: Prepared, batch_size: int, seed: int, pad_id: int, rank: int = 0, world: int = 1
+    ):
         if len(data) == 0:
             raise _bad(data.dir, "the training split holds no samples")
         self.data, self.batch_size, self.seed, self.pad_id = data, batch_size, seed, pad_id
-        self.per_epoch = math.ceil(len(data) / batch_size)
+        self.rank, self.world = rank, world
+        self.per_epoch = math.ceil(len(data) / (batch_size * world))
         self._order: tuple[int, list[int]] | None = None
 
     def order(self, epoch: int) -> list[int]:
@@ -145,14 +152,17 @@ class Batches:
             self._order = (epoch, torch.randperm(len(self.data), generator=g).tolist())
         return self._order[1]
 
-    def get(self, epoch: int, index: int) -> Batch:
-        """Micro-batch `index` (0-based) of `epoch`."""
-        at = index * self.batch_size
-        return collate(self.data, self.order(epoch)[at : at + self.batch_size], self.pad_id)
+    def get(self, epoch: int, index: int) -> Batch | None:
+        """This rank's part of micro-batch `index` (0-based) of `epoch` (all of it for a single process)."""
+        at = (index * self.world + self.rank) * self.batch_size
+        indices = self.order(epoch)[at : at + self.batch_size]
+        return collate(self.data, indices, self.pad_id) if indices else None
 
 
-def in_order(data: Prepared, batch_size: int, pad_id: int, limit: int | None = None):
-    """Micro-batches in file order (evaluation)."""
+def in_order(
+    data: Prepared, batch_size: int, pad_id: int, limit: int | None = None, rank: int = 0, world: int = 1
+):
+    """Micro-batches in file order (evaluation); data parallel, this rank's every `world`-th of them."""
     n = len(data) if limit is None else min(limit, len(data))
-    for a in range(0, n, batch_size):
+    for a in range(rank * batch_size, n, batch_size * world):
         yield collate(data, list(range(a, min(a + batch_size, n))), pad_id)

@@ -6,11 +6,16 @@
 One optimizer step = one accumulation window of `grad_accum` micro-batches (the last window of an epoch may be
 shorter). The window's loss is the sum of per-token cross-entropy over the window divided by the window's
 trained tokens, so it does not depend on how the window is cut into micro-batches.
+
+Under torchrun (`train.devices` > 1) every process runs this same function; distributed.py holds the
+conventions (per-device batch size, the loss over all ranks' tokens, control decisions from rank 0, rank 0
+alone writing).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
 import re
 import shutil
@@ -27,6 +32,7 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt
 from .control import Controls
 from .data import IGNORE, Batch, Batches, Prepared, collate, in_order
+from .distributed import Dist
 from .generate import emit_samples
 from .protocol import Emit, EngineError, finding, finite, log
 
@@ -37,8 +43,9 @@ _PEFT_FILES = {"adapter_config.json", "adapter_model.safetensors", "adapter_mode
 
 
 def say(message: str) -> None:
-    """A human log line (stderr; stdout carries events only)."""
-    print(f"[lorakit-engine] {message}", file=sys.stderr, flush=True)
+    """A human log line (stderr; stdout carries events only), marked with the rank under torchrun."""
+    rank = f" rank {os.environ.get('RANK', '0')}" if os.environ.get("WORLD_SIZE", "1") != "1" else ""
+    print(f"[lorakit-engine{rank}] {message}", file=sys.stderr, flush=True)
 
 
 def load_base(path: str, dtype: torch.dtype, device: torch.device):
@@ -51,7 +58,8 @@ def load_base(path: str, dtype: torch.dtype, device: torch.device):
 # ---------------------------------------------------------------- checks before anything heavy
 
 
-def resolve_device(plan: dict) -> torch.device:
+def resolve_device(plan: dict, dist: Dist | None = None) -> torch.device:
+    """The plan's device; under torchrun on CUDA, this rank's GPU (LOCAL_RANK)."""
     want = plan["train"]["device"]
     if want == "cuda" and not torch.cuda.is_available():
         raise EngineError(
@@ -60,7 +68,9 @@ def resolve_device(plan: dict) -> torch.device:
             f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})",
             "Install a CUDA build of torch and check the driver with nvidia-smi, or set train.device: auto.",
         )
-    return torch.device("cuda" if want != "cpu" and torch.cuda.is_available() else "cpu")
+    if want == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return dist.cuda_device() if dist is not None and dist.world > 1 else torch.device("cuda")
 
 
 def resolve_dtype(plan: dict, device: torch.device) -> torch.dtype:
@@ -207,13 +217,20 @@ def token_ce_sum(model, batch: Batch) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, data: Prepared, batch_size: int, pad_id: int, device) -> tuple[float | None, int]:
+def evaluate(
+    model, data: Prepared, batch_size: int, pad_id: int, device, dist: Dist | None = None
+) -> tuple[float | None, int]:
+    """Mean loss over the split's trained tokens; data parallel, each rank takes its share of the batches."""
     was = model.training
     model.eval()
     total, tokens = 0.0, 0
-    for batch in in_order(data, batch_size, pad_id):
+    shard = {"rank": dist.rank, "world": dist.world} if dist is not None else {}
+    for batch in in_order(data, batch_size, pad_id, **shard):
         tokens += batch.trained_tokens
         total += float(token_ce_sum(model, batch.to(device)))
+    if dist is not None:
+        total, n = dist.sum_floats(total, tokens)
+        tokens = int(n)
     model.train(was)
     return (finite(total / tokens) if tokens else None), tokens
 
@@ -350,11 +367,15 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
     controls = controls or Controls()
     t = plan["train"]
     run_dir = Path(plan["run_dir"])
+    dist = Dist()
+    dist.check(plan)
     data = preflight(plan)
-    device = resolve_device(plan)
+    device = resolve_device(plan, dist)
     dtype = resolve_dtype(plan, device)
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.clear_partial(run_dir)
+    if dist.main:
+        ckpt.clear_partial(run_dir)
+    dist.start(device)
     seed_all(t["seed"])
 
     say(f"loading {plan['model']['path']} as {dtype} on {device}")
@@ -375,7 +396,7 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
     if data["eval"] is not None:
         data["eval"].check(plan["data"]["eval"]["samples"], plan["data"]["eval"]["tokens"], rows)
 
-    if plan["samples"]["before"] and data["resume_from"] is None:
+    if plan["samples"]["before"] and data["resume_from"] is None and dist.main:
         emit_samples(base, plan, "before", emit)
 
     model = attach_lora(base, plan, emit)
@@ -393,9 +414,17 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
     scheduler = make_scheduler(optimizer, plan)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    cuda_rng = device if dist.world > 1 and device.type == "cuda" else None  # this rank's GPU's RNG only
+    dist.broadcast_(trainable)
+    if dist.world > 1 and data["resume_from"] is None:
+        seed_all(t["seed"] + 1_000_003 * dist.rank)  # dropout masks differ from rank to rank
+
     step, epoch, mb, tokens_seen = 0, 0, 0, 0
     if data["resume_from"] is not None:
-        state = ckpt.load(data["resume_from"], model, optimizer, scheduler, scaler)
+        state = ckpt.load(
+            data["resume_from"], model, optimizer, scheduler, scaler, dist.rank, dist.world, cuda_rng
+        )
         step, epoch, mb, tokens_seen = (
             state["step"],
             state["epoch"],
@@ -404,7 +433,6 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
         )
         log(emit, f"resumed from {data['resume_from'].name}: step {step}, epoch {epoch}, micro-batch {mb}")
 
-    trainable = [p for p in model.parameters() if p.requires_grad]
     emit(
         {
             "type": "start",
@@ -419,7 +447,9 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
         }
     )
 
-    batches = Batches(data["train"], t["batch_size"], t["seed"], plan["data"]["pad_id"])
+    batches = Batches(
+        data["train"], t["batch_size"], t["seed"], plan["data"]["pad_id"], dist.rank, dist.world
+    )
     saved_at, evaluated_at = None, None
     if data["resume_from"] is not None:
         saved_at = step
@@ -428,6 +458,10 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
         nonlocal saved_at
         if saved_at == step:
             return
+        rngs = dist.gather(ckpt.rng_state(cuda_rng))  # every rank takes part; rank 0 writes
+        saved_at = step
+        if not dist.main:
+            return
         state = {
             "epoch": epoch,
             "micro_batch": mb,
@@ -435,15 +469,16 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
             "plan_hash": ckpt.subset_hash(ckpt.plan_subset(plan)),
             "plan_subset": ckpt.plan_subset(plan),
         }
-        path = ckpt.save(run_dir, step, model, optimizer, scheduler, scaler, state, t["keep_checkpoints"])
-        saved_at = step
+        path = ckpt.save(
+            run_dir, step, model, optimizer, scheduler, scaler, state, t["keep_checkpoints"], rngs
+        )
         emit({"type": "checkpoint", "step": step, "path": str(path)})
 
     def run_eval() -> None:
         nonlocal evaluated_at
         if data["eval"] is None or evaluated_at == step:
             return
-        loss, n = evaluate(model, data["eval"], t["batch_size"], plan["data"]["pad_id"], device)
+        loss, n = evaluate(model, data["eval"], t["batch_size"], plan["data"]["pad_id"], device, dist)
         evaluated_at = step
         emit({"type": "eval", "step": step, "loss": loss, "tokens": n})
 
@@ -452,28 +487,32 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
     model.train()
     stopped = False
     while step < t["total_steps"]:
-        for command in controls.take():
-            if command == "save":
-                save()
-            elif command == "sample":
-                emit_samples(model, plan, "during", emit)
-            elif command == "stop":
-                stopped = True
+        commands = controls.take() if dist.main else []
+        # This rank's part of the window (the whole window for one process); None = no sample left here.
+        window = [batches.get(epoch, mb + i) for i in range(min(t["grad_accum"], batches.per_epoch - mb))]
+        mine = [b for b in window if b is not None]
+        # Rank 0's control decision and the window's token counts over all ranks, agreed in one all-reduce.
+        do_save, do_sample, stopped, n_trained, n_real = dist.agree(
+            commands, sum(b.trained_tokens for b in mine), sum(b.real_tokens for b in mine)
+        )
+        if do_save:
+            save()
+        if do_sample and dist.main:
+            emit_samples(model, plan, "during", emit)
         if stopped:
             break
         if plan.get("fail_at_step") is not None and plan["fail_at_step"] in (step + 1, 0):
-            raise RuntimeError(f"fail_at_step: failing on purpose at the start of step {step + 1}")
+            if dist.rank == dist.world - 1:  # data parallel: the last rank, whose failure must travel
+                raise RuntimeError(f"fail_at_step: failing on purpose at the start of step {step + 1}")
 
-        window = [batches.get(epoch, mb + i) for i in range(min(t["grad_accum"], batches.per_epoch - mb))]
-        n_trained = sum(b.trained_tokens for b in window)
-        n_real = sum(b.real_tokens for b in window)
         started = time.monotonic()
         ce_total = torch.zeros((), device=device)
-        for b in window:
+        for b in mine:
             ce = token_ce_sum(model, b.to(device))
-            part = ce / max(1, n_trained)
+            part = ce / max(1, n_trained)  # n_trained counts every rank's tokens: gradients are then summed
             (scaler.scale(part) if scaler is not None else part).backward()
             ce_total += ce.detach()
+        ce_total = dist.sum_grads(trainable, ce_total)
         loss = float(ce_total) / n_trained if n_trained else None
         if scaler is not None:
             scaler.unscale_(optimizer)
@@ -537,11 +576,16 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
     save()
     train_s = time.monotonic() - t0
     reload_diff = None
+    if not stopped:
+        run_eval()
+    dist.close()  # the last collective is behind us: rank 0 writes the rest alone
+    if not dist.main:
+        model.eval()
+        return Result(model, step, stopped, run_dir / "adapter", None)
     if stopped:
         adapter_dir = write_adapter(model, plan)
         say(f"stopped at step {step}; resume with resume: true")
     else:
-        run_eval()
         adapter_dir = write_adapter(model, plan)
         emit_samples(model, plan, "after", emit)
         report_norms(adapter_norms(model), emit)

@@ -1,5 +1,6 @@
-"""The chunked output projection + cross-entropy: the same summed loss and the same gradients as logits
-followed by F.cross_entropy (float32, 1e-5), for the kernel alone and inside the model."""
+"""Fused paths compute the plain ones' function: the chunked output projection + cross-entropy gives the
+summed loss and gradients of logits + F.cross_entropy, and the fused LoRA Linear those of peft's LoRA Linear
+(float32, 1e-5), each alone and inside the model."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 
-from lorakit_engine.kernels import configure_fast_path, linear_cross_entropy, shift_labels
+from lorakit_engine.kernels import (
+    configure_fast_path,
+    fuse_lora,
+    linear_cross_entropy,
+    lora_linear,
+    shift_labels,
+)
 from lorakit_engine.models import load_model
 
 ATOL = 1e-5
@@ -111,3 +118,64 @@ def test_model_fused_loss_equals_logits_path(fixtures_dir):
     torch.testing.assert_close(mean, fused_loss / 13, atol=ATOL, rtol=0)
     over = model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=26).loss
     torch.testing.assert_close(over, fused_loss / 26, atol=ATOL, rtol=0)
+
+
+# -- fused LoRA Linear ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("p", [0.0, 0.25])
+def test_lora_linear_matches_the_plain_formula(p):
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 5, 12, generator=gen, requires_grad=True)
+    w, bias = torch.randn(20, 12, generator=gen), torch.randn(20, generator=gen)
+    a = torch.randn(3, 12, generator=gen, requires_grad=True)
+    b = torch.randn(20, 3, generator=gen, requires_grad=True)
+    dy = torch.randn(2, 5, 20, generator=gen)
+    torch.manual_seed(7)
+    y = lora_linear(x, w, bias, a, b, scale=1.5, p=p)
+    grads = torch.autograd.grad(y, (x, a, b), dy)
+    torch.manual_seed(7)  # the same dropout mask, drawn by the same kernel
+    xd = torch.native_dropout(x, p, True)[0] if p else x
+    ref = x @ w.t() + bias + 1.5 * (xd @ a.t()) @ b.t()
+    ref_grads = torch.autograd.grad(ref, (x, a, b), dy)
+    if p:
+        assert xd.eq(0).any()  # the mask is live
+    torch.testing.assert_close(y, ref, atol=ATOL, rtol=0)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    # eval: no dropout
+    torch.testing.assert_close(
+        lora_linear(x, w, bias, a, b, 1.5, p, training=False),
+        x @ w.t() + bias + 1.5 * (x @ a.t()) @ b.t(),
+        atol=ATOL,
+        rtol=0,
+    )
+
+
+def test_fused_lora_in_the_model_equals_peft(fixtures_dir):
+    targets = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
+    model = load_model(fixtures_dir / "models" / "chatglm3-single")
+    model = get_peft_model(model, LoraConfig(target_modules=targets, r=4, lora_alpha=8, lora_dropout=0.0))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    model.train()
+    gen = torch.Generator().manual_seed(6)
+    ids = torch.randint(3, model.config.padded_vocab_size, (2, 10), generator=gen)
+    keys = set(model.state_dict())
+    results = []
+    for fused in (False, True):
+        assert fuse_lora(model, fused) == (8 if fused else 0)  # 4 targets × 2 layers
+        model.zero_grad(set_to_none=True)
+        out = model(input_ids=ids, labels=ids, loss_reduction="sum")
+        out.loss.backward()
+        results.append((out.loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    (plain_loss, plain_grads), (fused_loss, fused_grads) = results
+    torch.testing.assert_close(fused_loss, plain_loss, atol=ATOL, rtol=SUM_RTOL)
+    for got, want in zip(fused_grads, plain_grads, strict=True):
+        assert want.abs().max() > 0
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    assert set(model.state_dict()) == keys  # the adapter's names and layout are untouched
+    assert configure_fast_path(model, fused_lora=False).fused_lora is False
+    assert "forward" not in model.base_model.model.transformer.output_layer.__dict__

@@ -8,6 +8,7 @@ import { loadConfig } from "../config/load.js";
 import type { RunConfigInput } from "../config/schema.js";
 import { ensureDemoModel } from "../demo/model.js";
 import { makeTask, toJsonl } from "../demo/task.js";
+import { renderFinding } from "../doctor/finding.js";
 import { ensurePython } from "../engine/python.js";
 import { runRoad } from "../train/road.js";
 import { parse } from "./args.js";
@@ -58,7 +59,14 @@ export const command: Command = {
     const { onEvent, progress } = eventPrinter(io, loaded.config.train.log_every);
     const trainStarted = Date.now();
     const result = await withInterrupt(io, (signal) =>
-      runRoad(loaded, { signal, env: io.env, py, log: (l) => progress.line(l), onEvent }),
+      runRoad(loaded, {
+        signal,
+        env: io.env,
+        py,
+        log: (l) => progress.line(l),
+        onEvent,
+        onFinding: (f) => progress.line(renderFinding(f, io)),
+      }),
     );
     progress.end();
     if (result.error) throw result.error;

@@ -2,7 +2,8 @@
 // ✓/✗ and the findings under each; `--json` prints `{findings, summary}`. Exit 1 when any finding is an error.
 import { loadConfig } from "../config/load.js";
 import { countFindings, renderFinding, sortFindings, toJson } from "../doctor/finding.js";
-import { runPreflight, type StepResult } from "../doctor/index.js";
+import type { StepResult } from "../doctor/index.js";
+import { prepareAndCheck } from "../train/preflight.js";
 import { parse } from "./args.js";
 import { colors, err, type Io, out } from "./io.js";
 import type { Command } from "./main.js";
@@ -43,14 +44,12 @@ export const command: Command = {
     const json = Boolean(values.json);
     const loaded = await loadConfig(configPath, io.cwd);
     if (!json) out(io, `lorakit doctor  ${loaded.file}\n`);
-    const result = await runPreflight({
-      loaded,
+    // The data is prepared (or reused) so that every check runs on exact counts and real tokens.
+    const { preflight: result } = await prepareAndCheck(loaded, {
       env: io.env,
       skipModel: Boolean(values["skip-model"]),
-      // TODO(lead): once src/data lands, prepare the data here and pass
-      //   dataset: exact counts, data: { stats, check }, templateSamples: a few formatted samples.
-      onStep: json ? undefined : (s) => printStep(io, s),
-      log: (l) => err(io, l),
+      ...(json ? {} : { onStep: (s: StepResult) => printStep(io, s) }),
+      log: json ? () => {} : (l) => err(io, l),
     });
     const counts = countFindings(result.findings);
     if (json) {

@@ -7,7 +7,7 @@ import { viewSample } from "../data/prepare.js";
 import { chooseTemplate } from "../data/template.js";
 import { loadTokenizer } from "../data/tokenizer.js";
 import { LorakitError } from "../errors.js";
-import { inspectModel } from "../train/road.js";
+import { inspectModel } from "../models/inspect.js";
 import { parse } from "./args.js";
 import { err, out } from "./io.js";
 import type { Command } from "./main.js";

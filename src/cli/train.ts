@@ -1,13 +1,14 @@
 // `lorakit train run.yaml`: the whole road, supervised, with a live progress display.
 import { loadConfig } from "../config/load.js";
 import type { Event } from "../config/schema.js";
+import { renderFinding } from "../doctor/finding.js";
 import { runRoad } from "../train/road.js";
 import { parse } from "./args.js";
 import { colors, err, type Io, out } from "./io.js";
 import type { Command } from "./main.js";
 import { Progress } from "./progress.js";
 
-const usage = "lorakit train <run.yaml> [--resume] [--force]";
+const usage = "lorakit train <run.yaml> [--resume] [--force] [--no-smoke]";
 
 /** Prints engine events for a person: the progress bar, evals, findings, checkpoints. */
 export function eventPrinter(io: Io, logEvery: number): { onEvent: (e: Event) => void; progress: Progress } {
@@ -29,11 +30,8 @@ export function eventPrinter(io: Io, logEvery: number): { onEvent: (e: Event) =>
       case "checkpoint":
         progress.line(c.dim(`checkpoint  step ${e.step} → ${e.path}`));
         break;
-      case "finding": {
-        const tag = e.severity === "error" ? c.red("error") : e.severity === "warning" ? c.yellow("warning") : "info";
-        progress.line(`${tag} ${e.code}: ${e.title}\n  fix: ${e.fix}`);
-        break;
-      }
+      case "finding":
+        break; // printed through the road's onFinding, with the preflight and output findings
       case "log":
         if (e.level !== "debug") progress.line(c.dim(e.message));
         break;
@@ -67,7 +65,11 @@ export const command: Command = {
   summary: "fine-tune a model with LoRA as a run config says",
   usage,
   async run(argv, io) {
-    const { values, positionals } = parse(argv, { resume: { type: "boolean" }, force: { type: "boolean" } }, usage);
+    const { values, positionals } = parse(
+      argv,
+      { resume: { type: "boolean" }, force: { type: "boolean" }, "no-smoke": { type: "boolean" } },
+      usage,
+    );
     const [configPath] = positionals;
     if (!configPath) {
       err(io, `usage: ${usage}`);
@@ -79,10 +81,12 @@ export const command: Command = {
       runRoad(loaded, {
         resume: Boolean(values.resume),
         force: Boolean(values.force),
+        smoke: !values["no-smoke"],
         signal,
         env: io.env,
         log: (l) => progress.line(l),
         onEvent,
+        onFinding: (f) => progress.line(renderFinding(f, io)),
       }),
     );
     progress.end();

@@ -96,7 +96,8 @@ export function estimateDataset(loaded: LoadedConfig): DatasetFacts {
     evalSamples,
     trainTokens,
     source: "estimated",
-    basis: "records counted in the data files; tokens ≈ CJK characters × 0.75 + other characters / 3.5, capped at max_length (prepared data gives exact counts)",
+    basis:
+      "records counted in the data files; tokens ≈ CJK characters × 0.75 + other characters / 3.5, capped at max_length (prepared data gives exact counts)",
   };
 }
 
@@ -158,9 +159,7 @@ export function targetFindings(targets: readonly string[], family: Family): Find
     );
   }
   if (unknown.length > 0) {
-    const guesses = Object.fromEntries(
-      unknown.map((t) => [t, nearest(t.split(".").pop() ?? t, [...known]) ?? null]),
-    );
+    const guesses = Object.fromEntries(unknown.map((t) => [t, nearest(t.split(".").pop() ?? t, [...known]) ?? null]));
     out.push(
       makeFinding("CONFIG_TARGETS_UNKNOWN", {
         targets: unknown,

@@ -116,7 +116,14 @@ export interface Probe {
     count: number | null;
     usable: number | null;
     machine: string;
-    bench?: { matmul_gflops?: number; size?: number; runs?: number; seconds?: number; threads?: number; error?: string };
+    bench?: {
+      matmul_gflops?: number;
+      size?: number;
+      runs?: number;
+      seconds?: number;
+      threads?: number;
+      error?: string;
+    };
   };
 }
 
@@ -134,7 +141,11 @@ export async function runProbe(
   if (r.json) return { probe: r.json, finding: null };
   return {
     probe: null,
-    finding: makeFinding("ENV_PROBE_FAILED", { error: r.error ?? "no output", python: py.python, stderr: r.stderrTail }),
+    finding: makeFinding("ENV_PROBE_FAILED", {
+      error: r.error ?? "no output",
+      python: py.python,
+      stderr: r.stderrTail,
+    }),
   };
 }
 
@@ -352,16 +363,25 @@ export function envFindings(p: Probe, ctx: EnvContext): Finding[] {
         out.push(
           makeFinding(
             "ENV_DEVICES_HIDDEN",
-            { visible: JSON.stringify(p.env.CUDA_VISIBLE_DEVICES), explanation: vis.explanation, gpus: names, ...layers },
+            {
+              visible: JSON.stringify(p.env.CUDA_VISIBLE_DEVICES),
+              explanation: vis.explanation,
+              gpus: names,
+              ...layers,
+            },
             { severity: sev("warning") },
           ),
         );
       }
       if (!build) {
         out.push(
-          makeFinding("ENV_TORCH_CPU_BUILD", { ...layers, gpus, driver: nv.driver_version }, {
-            severity: sev("warning"),
-          }),
+          makeFinding(
+            "ENV_TORCH_CPU_BUILD",
+            { ...layers, gpus, driver: nv.driver_version },
+            {
+              severity: sev("warning"),
+            },
+          ),
         );
       } else if (vis.visible > 0) {
         const driverCuda = nv.cuda_driver_version;
@@ -410,7 +430,13 @@ export function envFindings(p: Probe, ctx: EnvContext): Finding[] {
     out.push(
       makeFinding(
         "ENV_LOW_DISK",
-        { free: fmtBytes(free), need: fmtBytes(ctx.diskNeed), path: p.disk.measured_at, free_bytes: free, need_bytes: ctx.diskNeed },
+        {
+          free: fmtBytes(free),
+          need: fmtBytes(ctx.diskNeed),
+          path: p.disk.measured_at,
+          free_bytes: free,
+          need_bytes: ctx.diskNeed,
+        },
         { severity: free < ctx.diskNeed ? "error" : "warning" },
       ),
     );

@@ -437,6 +437,14 @@ export const CODES = {
     "the saved adapter, reloaded on a fresh base, does not reproduce the trained model",
     "Check that the adapter's target modules exist under the same names in the base model.",
   ),
+  // ---------------------------------------------------------------- smoke run
+  SMOKE_FAILED: spec(
+    "training",
+    "error",
+    "smoke run",
+    "the smoke run (2 steps on a slice, save, reload, generate) failed: {code}",
+    "Fix the error shown (engine.log in runs/<name>/smoke/) before the real run; --no-smoke skips this check.",
+  ),
   // ---------------------------------------------------------------- outputs
   OUTPUT_NO_STOP: spec(
     "outputs",
@@ -502,7 +510,14 @@ export function makeFinding(
 
 /** A `finding` event from the engine as a Finding (its own title and fix kept; the stage from the registry). */
 export function fromEvent(e: Omit<EventOf<"finding">, "type"> & { type?: "finding" }, stage?: Stage): Finding {
-  return { code: e.code, severity: e.severity, title: e.title, evidence: e.evidence, fix: e.fix, stage: stage ?? stageOf(e.code) };
+  return {
+    code: e.code,
+    severity: e.severity,
+    title: e.title,
+    evidence: e.evidence,
+    fix: e.fix,
+    stage: stage ?? stageOf(e.code),
+  };
 }
 
 /** The wire shape (the `finding` event). */

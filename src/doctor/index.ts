@@ -7,7 +7,7 @@ import { LorakitError } from "../errors.js";
 import { type Family, familyFor, supportedModelTypes } from "../models/families.js";
 import { configFindings, type DatasetFacts, estimateDataset, plannedSteps } from "./config.js";
 import { envFindings, envSummary, type Hardware, hardwareOf, type Probe, resolvePrecision, runProbe } from "./env.js";
-import { countFindings, type Finding, findingsError, makeFinding, type Stage } from "./finding.js";
+import { countFindings, type Finding, findingsError, makeFinding } from "./finding.js";
 import {
   diskNeed,
   estimateMemory,
@@ -24,11 +24,7 @@ export type { Finding, Stage } from "./finding.js";
 export { findingsError, hasErrors, renderFindings, renderFindingsHtml, toJson } from "./finding.js";
 export { outputFindings } from "./outputs.js";
 
-/**
- * TODO(lead): the data stage. Once src/data lands, pass the prepared data's stats and the function that
- * turns them into DATA_* findings (codes in finding.ts), e.g.
- *   data: { stats: { train: prepared.train.stats, eval: prepared.eval?.stats ?? null }, check: dataFindings }
- */
+/** The data stage: the prepared data and the function that turns it into DATA_* findings (src/doctor/data.ts). */
 export interface DataHook<S = unknown> {
   stats: S;
   check: (stats: S) => Finding[] | Promise<Finding[]>;
@@ -53,9 +49,9 @@ export interface PreflightOptions {
   env?: NodeJS.ProcessEnv;
   /** Exact counts from prepared data; estimated from the data files when absent. */
   dataset?: DatasetFacts;
-  /** TODO(lead): data checks, once src/data lands. */
+  /** Data checks on the prepared data (src/train/preflight.ts passes them). */
   data?: DataHook;
-  /** TODO(lead): a few samples formatted with the run's template (and the same text plain), from src/data. */
+  /** A few samples formatted with the run's template, and the same text plain (template-mismatch check). */
   templateSamples?: TemplateSamples;
   /** Leave out the model inspection (it loads the checkpoint). */
   skipModel?: boolean;
@@ -85,7 +81,9 @@ function readModelConfig(dir: string): { config: Record<string, unknown>; family
   try {
     config = JSON.parse(readFileSync(`${dir}/config.json`, "utf8")) as Record<string, unknown>;
   } catch (e) {
-    return { error: makeFinding("MODEL_LOAD_FAILED", { error: `cannot read ${dir}/config.json: ${(e as Error).message}` }) };
+    return {
+      error: makeFinding("MODEL_LOAD_FAILED", { error: `cannot read ${dir}/config.json: ${(e as Error).message}` }),
+    };
   }
   const family = familyFor(String(config.model_type ?? ""));
   if (!family) {
@@ -106,7 +104,13 @@ export async function runPreflight(o: PreflightOptions): Promise<PreflightResult
   const c = loaded.config;
   const steps: StepResult[] = [];
   const step = (name: StepName, summary: string, findings: Finding[], skipped = false) => {
-    const s: StepResult = { n: steps.length + 1, name, status: skipped ? "skipped" : status(findings), summary, findings };
+    const s: StepResult = {
+      n: steps.length + 1,
+      name,
+      status: skipped ? "skipped" : status(findings),
+      summary,
+      findings,
+    };
     steps.push(s);
     o.onStep?.(s);
   };
@@ -144,7 +148,11 @@ export async function runPreflight(o: PreflightOptions): Promise<PreflightResult
     if (r.finding) envOut.push(r.finding);
   }
   const hardware = probe ? hardwareOf(probe, c.train.device) : null;
-  const precision = hardware ? resolvePrecision(c.train.precision, hardware) : c.train.precision === "auto" ? "fp32" : c.train.precision;
+  const precision = hardware
+    ? resolvePrecision(c.train.precision, hardware)
+    : c.train.precision === "auto"
+      ? "fp32"
+      : c.train.precision;
   const lora = shape ? loraParams(shape, targets, c.lora.r) : 0;
   if (probe) {
     const steps = dataset ? plannedSteps(dataset.trainSamples, c.train) : null;
@@ -176,7 +184,9 @@ export async function runPreflight(o: PreflightOptions): Promise<PreflightResult
   step(
     "config",
     `lr ${lr ?? "?"}${c.train.lr === undefined ? " (family default)" : ""}, LoRA r ${c.lora.r} alpha ${c.lora.alpha} on ${targets.join(", ") || "?"}, ${precision}${
-      dataset ? `, ${plannedSteps(dataset.trainSamples, c.train)} steps over ${dataset.trainSamples} samples (${dataset.source})` : ""
+      dataset
+        ? `, ${plannedSteps(dataset.trainSamples, c.train)} steps over ${dataset.trainSamples} samples (${dataset.source})`
+        : ""
     }`,
     cfgOut,
   );
@@ -213,7 +223,7 @@ export async function runPreflight(o: PreflightOptions): Promise<PreflightResult
     const dataOut = await o.data.check(o.data.stats);
     step("data", `${dataOut.length} finding(s) from the prepared data`, dataOut);
   } else {
-    step("data", "skipped: data checks connect here once src/data lands (TODO)", [], true);
+    step("data", "skipped: no prepared data was given", [], true);
   }
 
   // 5. model
@@ -230,7 +240,7 @@ export async function runPreflight(o: PreflightOptions): Promise<PreflightResult
         : tooBig
           ? "skipped: the weights alone do not fit in free memory"
           : "skipped: no engine environment";
-    step("model", why, modelOut, modelOut.length === 0);
+    step("model", why, modelOut, true);
   } else {
     const r = await inspectModel(py, {
       modelDir: loaded.modelDir,

@@ -115,8 +115,7 @@ export function modelShape(config: Record<string, unknown>, family: Family): Mod
   // Biases: ChatGLM3's query_key_value (add_qkv_bias), Qwen2's q/k/v.
   const qkvBias = native ? config.add_qkv_bias === true || config.add_bias_linear === true : family.name === "qwen2";
   const bias = qkvBias ? q + 2 * kv : 0;
-  const params =
-    vocab * hidden + layers * (perLayer + bias + 2 * hidden) + hidden + (tied ? 0 : vocab * hidden);
+  const params = vocab * hidden + layers * (perLayer + bias + 2 * hidden) + hidden + (tied ? 0 : vocab * hidden);
   return {
     modelType: String(config.model_type ?? family.name),
     layers,
@@ -232,7 +231,12 @@ function largestFit(m: MemoryInputs, free: number, gradAccum: number, checkpoint
   for (let b = m.microBatch; b >= 1; b--) {
     const est = estimateMemory({ ...m, microBatch: b, checkpointing });
     if (est.need <= free) {
-      return { batch_size: b, grad_accum: Math.ceil(effective / b), gradient_checkpointing: checkpointing, need: est.need };
+      return {
+        batch_size: b,
+        grad_accum: Math.ceil(effective / b),
+        gradient_checkpointing: checkpointing,
+        need: est.need,
+      };
     }
   }
   return null;
@@ -289,7 +293,9 @@ export function memoryFindings(
     max_length: m.seqLen,
     gradient_checkpointing: m.checkpointing,
     precision: m.precision,
-    suggestion: fit ? { batch_size: fit.batch_size, grad_accum: fit.grad_accum, gradient_checkpointing: fit.gradient_checkpointing } : null,
+    suggestion: fit
+      ? { batch_size: fit.batch_size, grad_accum: fit.grad_accum, gradient_checkpointing: fit.gradient_checkpointing }
+      : null,
     basis: "every micro-batch padded to max_length (the worst batch, where the peak happens)",
   };
   const fix = suggestionText(fit, m, ctx.gradAccum);

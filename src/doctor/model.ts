@@ -7,9 +7,9 @@ import os from "node:os";
 import path from "node:path";
 import { FindingEvent } from "../config/schema.js";
 import type { PythonEnv } from "../engine/python.js";
+import { runEngineJson } from "./env.js";
 import { type Finding, fromEvent, makeFinding } from "./finding.js";
 import type { Precision } from "./memory.js";
-import { runEngineJson } from "./env.js";
 
 /** Formatted samples (ids + labels, -100 = no loss) and the same text without the template. */
 export interface TemplateSamples {
@@ -24,7 +24,11 @@ export interface InspectFacts {
   recommended?: string[];
   linear_modules?: string[];
   lora_modules?: number;
-  targets?: { matched_total: number; expected_total: number; per_target: Record<string, { modules: number; layers: number }> };
+  targets?: {
+    matched_total: number;
+    expected_total: number;
+    per_target: Record<string, { modules: number; layers: number }>;
+  };
   params?: {
     total: number;
     trainable: number;
@@ -82,10 +86,15 @@ export async function inspectModel(
     args.push("--samples", file);
   }
   try {
-    const r = await runEngineJson<{ facts: InspectFacts; findings: unknown[] }>(py, "lorakit_engine.inspect_model", args, {
-      env: o.env,
-      timeoutMs: o.timeoutMs ?? 600_000,
-    });
+    const r = await runEngineJson<{ facts: InspectFacts; findings: unknown[] }>(
+      py,
+      "lorakit_engine.inspect_model",
+      args,
+      {
+        env: o.env,
+        timeoutMs: o.timeoutMs ?? 600_000,
+      },
+    );
     if (!r.json) {
       return {
         facts: null,

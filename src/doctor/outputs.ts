@@ -4,7 +4,7 @@ import { type Finding, makeFinding } from "./finding.js";
 
 /** A generated sample: the run store's sample row, or a decoded `sample` event. */
 export interface OutputSample {
-  phase: "before" | "after";
+  phase: "before" | "during" | "after";
   idx: number;
   /** Text, or the generated ids. */
   output: string | readonly number[];
@@ -42,7 +42,10 @@ export function outputFindings(
         total: after.length,
         share: Number(stopShare.toFixed(3)),
         threshold: opts.minStopShare ?? MIN_STOP_SHARE,
-        not_stopped: after.filter((s) => !s.stopped).map((s) => s.idx).slice(0, LISTED),
+        not_stopped: after
+          .filter((s) => !s.stopped)
+          .map((s) => s.idx)
+          .slice(0, LISTED),
         before_stopped: before.size > 0 ? `${beforeStopped} of ${before.size}` : null,
       }),
     );

@@ -5,7 +5,7 @@ import path from "node:path";
 import type { LoadedConfig } from "../config/load.js";
 import { type PrepareResult, prepareDataset } from "../data/prepare.js";
 import type { Tokenizer } from "../data/tokenizer.js";
-import type { ModelInfo } from "./road.js";
+import type { ModelInfo } from "../models/inspect.js";
 
 export interface HeldOutItem {
   index: number;

@@ -1,51 +1,21 @@
 // The road of `lorakit train run.yaml`: config → model and tokenizer → prepared data → plan →
 // engine (supervised, recorded) → samples, report. Each stage stops the road with a clear error.
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { stringify as toYaml } from "yaml";
 import type { LoadedConfig } from "../config/load.js";
 import type { Event, Plan } from "../config/schema.js";
-import { loadTokenizer, type Tokenizer } from "../data/tokenizer.js";
+import type { Tokenizer } from "../data/tokenizer.js";
+import { type Finding, findingsError, fromEvent, makeFinding } from "../doctor/finding.js";
+import { outputFindings } from "../doctor/outputs.js";
 import { ensurePython, type PythonEnv } from "../engine/python.js";
 import { engineFailure, spawnEngine } from "../engine/supervisor.js";
 import { LorakitError } from "../errors.js";
-import { type Family, familyFor, supportedModelTypes } from "../models/families.js";
+import type { ModelInfo } from "../models/inspect.js";
 import { renderReport } from "../report/html.js";
 import { RunStore } from "../runs/store.js";
-import { type PreparedRun, prepareForRun } from "./prepare-run.js";
-
-export interface ModelInfo {
-  dir: string;
-  modelType: string;
-  family: Family;
-  vocabSize: number;
-  layers: number;
-  config: Record<string, unknown>;
-}
-
-export function inspectModel(dir: string): ModelInfo {
-  const cfgPath = path.join(dir, "config.json");
-  let config: Record<string, unknown>;
-  try {
-    config = JSON.parse(readFileSync(cfgPath, "utf8")) as Record<string, unknown>;
-  } catch (e) {
-    throw new LorakitError("MODEL_BAD_CONFIG", `cannot read ${cfgPath}: ${(e as Error).message}`, {
-      where: { file: cfgPath },
-      hint: "point `model` at a checkpoint folder with a valid config.json",
-    });
-  }
-  const modelType = String(config.model_type ?? "");
-  const family = familyFor(modelType);
-  if (!family) {
-    throw new LorakitError("MODEL_UNSUPPORTED", `model_type '${modelType}' is not supported`, {
-      where: { file: cfgPath, key: "model_type" },
-      hint: `supported: ${supportedModelTypes().join(", ")}`,
-    });
-  }
-  const vocabSize = Number(config.padded_vocab_size ?? config.vocab_size ?? 0);
-  const layers = Number(family.layerKeys.map((k) => config[k]).find((v) => v !== undefined) ?? 0);
-  return { dir, modelType, family, vocabSize, layers, config };
-}
+import { prepareAndCheck } from "./preflight.js";
+import type { PreparedRun } from "./prepare-run.js";
 
 export interface RoadOptions {
   resume?: boolean;
@@ -58,6 +28,52 @@ export interface RoadOptions {
   env?: NodeJS.ProcessEnv;
   /** Test hook passed to the plan. */
   failAtStep?: number;
+  /** The smoke run before the real one (default on). */
+  smoke?: boolean;
+  /** Every finding as it is made: preflight, smoke, training, outputs. */
+  onFinding?: (f: Finding) => void;
+}
+
+/** The smoke plan: 2 optimizer steps on a slice, one sample, save + reload check; null when it passed. */
+export async function smokeRun(py: PythonEnv, plan: Plan, runDir: string, opts: RoadOptions): Promise<Finding | null> {
+  const dir = path.join(runDir, "smoke");
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  const micro = Math.min(plan.train.batch_size, 2);
+  const smoke: Plan = {
+    ...plan,
+    run_dir: dir,
+    train: {
+      ...plan.train,
+      total_steps: 2,
+      epochs: 1,
+      batch_size: micro,
+      grad_accum: 1,
+      warmup_steps: 0,
+      eval_every: 0,
+      save_every: 1,
+      keep_checkpoints: 1,
+      devices: 1,
+    },
+    samples: { ...plan.samples, items: plan.samples.items.slice(0, 1), max_new_tokens: 4, before: false },
+    resume: false,
+  };
+  delete smoke.fail_at_step;
+  const planPath = path.join(dir, "plan.json");
+  writeFileSync(planPath, `${JSON.stringify(smoke, null, 2)}\n`);
+  const logFile = path.join(dir, "engine.log");
+  const engine = spawnEngine({ py, command: "train", planPath, logFile, signal: opts.signal, onEvent: () => {} });
+  const result = await engine.done;
+  if (result.finished && result.exitCode === 0) {
+    rmSync(dir, { recursive: true, force: true });
+    return null;
+  }
+  const failure = engineFailure(result, logFile);
+  return makeFinding("SMOKE_FAILED", {
+    code: failure.code,
+    error: failure.message.split("\n").slice(0, 12).join("\n"),
+    log: logFile,
+  });
 }
 
 export interface RoadResult {
@@ -80,7 +96,7 @@ export function decodeGenerated(tokenizer: Tokenizer, ids: readonly number[]): s
       run.push(id);
       continue;
     }
-    text += tokenizer.decode(run, { skipSpecial: true }) + `⟨id ${id}⟩`;
+    text += `${tokenizer.decode(run, { skipSpecial: true })}⟨id ${id}⟩`;
     run = [];
   }
   return text + tokenizer.decode(run, { skipSpecial: true });
@@ -174,19 +190,35 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
     });
   }
 
-  // Model and tokenizer.
-  const model = inspectModel(loaded.modelDir);
-  const tokenizer: Tokenizer = await loadTokenizer(loaded.modelDir);
+  // Everything before the GPU: model, tokenizer, data, and the doctor's checks on them.
+  const py = opts.py ?? (await ensurePython({ env: opts.env ?? process.env, log }));
+  const { model, tokenizer, prepared, preflight } = await prepareAndCheck(loaded, {
+    py,
+    env: opts.env ?? process.env,
+    log,
+    onStep: (s) => {
+      if (s.status !== "ok") log(`doctor      ${s.name}: ${s.summary}`);
+      for (const f of s.findings) opts.onFinding?.(f);
+    },
+  });
   log(`model       ${loaded.modelDir} (${model.modelType}, family ${model.family.name}, ${model.layers} layers)`);
-
-  // Data.
-  const prepared = await prepareForRun(loaded, model, tokenizer, log);
+  const refused = findingsError(preflight.findings);
+  if (refused && !opts.force) {
+    throw new LorakitError(refused.code, `the doctor found ${refused.all().length} error(s); training did not start`, {
+      hint: "fix them (details above, or run `lorakit doctor <config>`), or pass --force to train anyway (recorded in the run)",
+      more: refused.all(),
+    });
+  }
 
   // Store and run directory.
   mkdirSync(runDir, { recursive: true });
   const store = RunStore.forOutputDir(loaded.outputDir);
   const resolvedYaml = toYaml({ ...c, model: loaded.modelDir });
-  const run = store.openRun(loaded.name, JSON.stringify(c), { resume: Boolean(opts.resume), forced: opts.force });
+  const run = store.openRun(loaded.name, JSON.stringify(c), {
+    resume: Boolean(opts.resume),
+    forced: Boolean(opts.force && refused),
+  });
+  for (const f of preflight.findings) store.addFinding(run.id, f.stage, f);
   writeFileSync(path.join(runDir, "config.yaml"), resolvedYaml);
   const plan = buildPlan(loaded, model, prepared, runDir, {
     resume: Boolean(opts.resume),
@@ -196,7 +228,19 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
   writeFileSync(planPath, `${JSON.stringify(plan, null, 2)}\n`);
   store.setPlan(run.id, JSON.stringify(plan));
 
-  const py = opts.py ?? (await ensurePython({ env: opts.env ?? process.env, log }));
+  // The smoke run: a few steps on a small slice, save, reload, generate — before the real run.
+  if (opts.smoke !== false && !opts.resume) {
+    const smoke = await smokeRun(py, plan, runDir, opts);
+    if (smoke) {
+      store.addFinding(run.id, smoke.stage, smoke);
+      opts.onFinding?.(smoke);
+      store.finish(run.id, "failed", `${smoke.code}: ${smoke.title}`);
+      store.close();
+      throw new LorakitError(smoke.code, smoke.title, { hint: smoke.fix });
+    }
+    log("smoke       ok: a few steps, save, reload and generate worked");
+  }
+
   const logFile = path.join(runDir, "engine.log");
   const heldOut = new Map(prepared.heldOut.map((s) => [s.index, s]));
   const outputs: Record<"before" | "after", { output: string; reference: string | null }[]> = { before: [], after: [] };
@@ -211,6 +255,7 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
     onEvent: (event) => {
       if (event.type === "start" && opts.resume) store.truncateMetrics(run.id, event.start_step);
       store.record(run.id, event);
+      if (event.type === "finding") opts.onFinding?.(fromEvent(event));
       if (event.type === "sample") {
         const item = heldOut.get(event.index);
         const output = decodeGenerated(tokenizer, event.output_ids);
@@ -239,6 +284,12 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
     error = engineFailure(result, logFile);
   }
   store.finish(run.id, status, error ? `${error.code}: ${error.message}` : undefined);
+  if (status === "completed") {
+    for (const f of outputFindings(store.samples(run.id))) {
+      store.addFinding(run.id, f.stage, f);
+      opts.onFinding?.(f);
+    }
+  }
 
   const exactMatch = {
     before: exactMatchShare(outputs.before),

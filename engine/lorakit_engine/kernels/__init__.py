@@ -3,7 +3,7 @@ elementwise ops, low-memory checkpointing. The training loop's side:
 
     from lorakit_engine.kernels import configure_fast_path, pack_batch, plan_packs
 
-    configure_fast_path(model, compile=True, checkpointing="none")   # once, after peft wraps the model
+    configure_fast_path(model, compile=True, fused_lora=True)        # once, after peft wraps the model
     for idx in plan_packs(lengths, max_tokens=16384):                 # sample indices per micro-batch
         batch = pack_batch([samples[i] for i in idx]).to(device)      # one row, cu_seqlens, positions
         out = model(**batch.model_inputs(), loss_reduction="sum")     # out.loss = Σ CE, out.n_tokens
@@ -20,6 +20,7 @@ from typing import Any
 from torch import nn
 
 from .attention import BACKENDS, PackedAttention, make_packed_attention, packed_attention, varlen_available
+from .lora import fuse_lora, lora_linear
 from .loss import linear_cross_entropy, shift_labels
 from .options import CHECKPOINTING, FastOptions
 from .packing import PackedBatch, pack_batch, plan_packs
@@ -32,7 +33,9 @@ __all__ = [
     "PackedBatch",
     "configure_fast_path",
     "fast_options",
+    "fuse_lora",
     "linear_cross_entropy",
+    "lora_linear",
     "make_packed_attention",
     "pack_batch",
     "packed_attention",
@@ -59,12 +62,14 @@ def configure_fast_path(
     checkpointing: str | None = None,
     loss_chunk_rows: int | None = None,
     mlp_chunk_tokens: int | None = None,
+    fused_lora: bool | None = None,
 ) -> FastOptions:
     """Set the fast-path switches of a native model (arguments left None keep their value).
 
     checkpointing: "none" (fastest, most memory), "full" (each layer recomputed in backward), "low_memory"
     (full, plus the MLP recomputed 2,048 tokens at a time and the loss in 1,024-row chunks; one 8k-token
-    ChatGLM3-6B sample trains in about 13 GiB)."""
+    ChatGLM3-6B sample trains in about 13 GiB). fused_lora: peft's LoRA Linear layers take kernels.lora's
+    fused forward/backward (call again after adding adapters)."""
     options = fast_options(model)
     if options is None:
         raise TypeError(f"{type(model).__name__} has no lorakit fast path")
@@ -88,6 +93,9 @@ def configure_fast_path(
             updates["loss_chunk_rows"] = loss_chunk_rows or 1024
         elif mlp_chunk_tokens is None:
             options.mlp_chunk_tokens = None
+    if fused_lora is not None:
+        fuse_lora(model, fused_lora)
+        options.fused_lora = fused_lora
     for key, value in updates.items():
         if value is not None:
             setattr(options, key, value)

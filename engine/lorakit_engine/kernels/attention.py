@@ -53,6 +53,37 @@ def _varlen() -> tuple[Any, dict[str, Any], bool] | None:
     return varlen_attn, kwargs, "enable_gqa" in params
 
 
+@functools.cache
+def varlen_native_gqa(device_index: int = 0) -> bool:
+    """Whether varlen_attn shares key/value groups among query heads without copies on this torch: asked
+    with enable_gqa where the signature has it, else checked once (forward and backward) against expanded
+    groups, since the flash kernels underneath accept fewer key/value heads."""
+    found = _varlen()
+    if found is None:
+        return False
+    if found[2]:
+        return True
+    fn, kwargs, _ = found
+    try:
+        g = torch.Generator(device=f"cuda:{device_index}").manual_seed(0)
+
+        def make(h: int) -> torch.Tensor:
+            shape, dev = (96, h, 64), f"cuda:{device_index}"
+            return torch.randn(shape, device=dev, dtype=torch.bfloat16, generator=g).requires_grad_()
+
+        q, k, v = make(8), make(2), make(2)
+        cu = torch.tensor([0, 40, 96], dtype=torch.int32, device=q.device)
+        out = fn(q, k, v, cu, cu, 56, 56, **kwargs)
+        grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
+        ke, ve = _repeat_kv(k, 4, dim=1), _repeat_kv(v, 4, dim=1)
+        ref = fn(q, ke, ve, cu, cu, 56, 56, **kwargs)
+        ref_grads = torch.autograd.grad(ref.float().square().sum(), (q, k, v))
+        pairs = [(out, ref), *zip(grads, ref_grads, strict=True)]
+        return all(float((a - b).float().norm() / b.float().norm()) < 2e-2 for a, b in pairs)
+    except (RuntimeError, ValueError, TypeError):
+        return False
+
+
 def varlen_available() -> bool:
     return torch.cuda.is_available() and _varlen() is not None
 
@@ -113,7 +144,7 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: Pac
         if groups != heads:
             if takes_gqa:
                 kwargs = {**kwargs, "enable_gqa": True}
-            else:
+            elif not varlen_native_gqa(q.device.index or 0):
                 k, v = _repeat_kv(k, heads // groups, dim=1), _repeat_kv(v, heads // groups, dim=1)
         cu, m = ctx.cu_seqlens, ctx.max_seqlen
         return fn(q, k, v, cu, cu, m, m, **kwargs)

@@ -13,9 +13,11 @@ class FastOptions:
     attention: backend for packed rows (attention.BACKENDS). loss_chunk_rows: rows of logits computed at
     once by the fused output projection + cross-entropy. mlp_chunk_tokens: when set (training), the MLP
     runs over this many tokens at a time and is recomputed in backward, so its 2·ffn-wide intermediate
-    never exists for the whole row (the low-memory setting)."""
+    never exists for the whole row (the low-memory setting). fused_lora: peft's LoRA Linear layers run
+    through kernels.lora (set by configure_fast_path, which patches the peft modules)."""
 
     compile: bool = False
     attention: str = "auto"
     loss_chunk_rows: int = 2048
     mlp_chunk_tokens: int | None = None
+    fused_lora: bool = False

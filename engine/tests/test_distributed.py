@@ -1,0 +1,242 @@
+"""Data-parallel training under torchrun, on the CPU (gloo), two processes on the tiny Llama:
+
+- 2 processes × batch 2 train exactly what 1 process × batch 4 trains (dropout 0): the same per-step losses,
+  grad norms and eval losses, the same adapter; every event is written once (by rank 0);
+- stopped by a control line, crashed on rank 1, and resumed twice, a 2-process run (dropout on: every rank's
+  RNG comes back) gives what the uninterrupted 2-process run gives; the crash is one `error` event;
+- the slicing of micro-batches over ranks, and the refusals, in process.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from prepared import engine_env, losses, make_plan, memorize_set, of_type, parse_events, write_plan
+from safetensors.torch import load_file
+
+from lorakit_engine import checkpoint as ckpt
+from lorakit_engine import train as train_mod
+from lorakit_engine.data import Batches, Prepared, in_order
+from lorakit_engine.protocol import EngineError, read_plan, schema_errors
+
+N_SAMPLES = 9  # global micro-batches of 4: [4, 4, 1], so rank 1 gets nothing from the last one
+
+
+@pytest.fixture(scope="module")
+def model_dir(fixtures_dir):
+    return fixtures_dir / "models" / "tiny-llama"
+
+
+def torchrun_cmd(plan_path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "lorakit_engine",
+        "train",
+        "--plan",
+        str(plan_path),
+    ]
+
+
+def dist_env() -> dict:
+    return {**engine_env(), "OMP_NUM_THREADS": "1"}  # two processes on two cores
+
+
+def torchrun(plan_path, stop_after: int | None = None) -> tuple[list[dict], int, str]:
+    """Run the engine under torchrun; with `stop_after`, send `stop` on stdin once that step's event is in."""
+    p = subprocess.Popen(
+        torchrun_cmd(plan_path),
+        env=dist_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines, sent = [], False
+    for line in p.stdout:
+        lines.append(line)
+        e = json.loads(line)  # every stdout line is an event
+        if stop_after is not None and not sent and e["type"] == "step" and e["step"] >= stop_after:
+            sent = True
+            p.stdin.write('{"type": "stop"}\n')
+            p.stdin.flush()
+    p.stdin.close()
+    stderr = p.stderr.read()
+    return parse_events("".join(lines)), p.wait(timeout=120), stderr
+
+
+def metrics(events):
+    steps = {e["step"]: (e["loss"], e["grad_norm"], e["lr"], e["tokens"]) for e in of_type(events, "step")}
+    evals = {e["step"]: e["loss"] for e in of_type(events, "eval")}
+    return steps, evals
+
+
+def assert_same(got: dict, ref: dict) -> None:
+    for step, g in got.items():
+        r = ref[step]
+        assert abs(g[0] - r[0]) < 1e-5 and abs(g[1] - r[1]) < 1e-5, (step, g, r)
+        assert g[2] == pytest.approx(r[2]) and g[3] == r[3], (step, g, r)
+
+
+def max_diff(a_dir, b_dir) -> float:
+    a = load_file(str(a_dir / "adapter_model.safetensors"))
+    b = load_file(str(b_dir / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+# ---------------------------------------------------------------- 2 processes = 1 process, same global batch
+
+EQUAL = {
+    "train.total_steps": 6,
+    "train.grad_accum": 2,
+    "train.eval_every": 3,
+    "train.save_every": 2,
+    "train.keep_checkpoints": 3,
+    "lora.dropout": 0.0,
+}
+
+
+def test_two_processes_train_what_one_process_trains(tmp_path, model_dir):
+    one = tmp_path / "one"
+    plan = make_plan(one, model_dir, train=memorize_set(N_SAMPLES), **EQUAL, **{"train.batch_size": 4})
+    ref_events: list[dict] = []
+    train_mod.run(read_plan(write_plan(one, plan)), ref_events.append)
+    ref_steps, ref_evals = metrics(ref_events)
+
+    two = tmp_path / "two"
+    over = {**EQUAL, "train.batch_size": 2, "train.devices": 2}
+    plan = make_plan(two, model_dir, train=memorize_set(N_SAMPLES), **over)
+    events, rc, stderr = torchrun(write_plan(two, plan))
+    assert rc == 0, stderr[-3000:]
+    assert all(schema_errors("event", e) == [] for e in events)
+
+    steps, evals = metrics(events)
+    assert sorted(steps) == sorted(ref_steps) == list(range(1, 7))
+    assert_same(steps, ref_steps)
+    assert evals.keys() == ref_evals.keys() == {3, 6}
+    assert all(abs(evals[k] - ref_evals[k]) < 1e-5 for k in evals)
+    assert max_diff(two / "run" / "adapter", one / "run" / "adapter") < 1e-5
+
+    # Once each, from rank 0 alone: the other rank's stdout stays empty, its logs go to stderr, marked.
+    kinds = [e["type"] for e in events]
+    assert [e["step"] for e in of_type(events, "step")] == list(range(1, 7))
+    assert kinds.count("start") == 1 and kinds.count("done") == 1 and kinds[-1] == "done"
+    assert [e["step"] for e in of_type(events, "checkpoint")] == [2, 4, 6]
+    assert [e["step"] for e in of_type(events, "eval")] == [3, 6]
+    assert sorted((e["phase"], e["index"]) for e in of_type(events, "sample")) == sorted(
+        (e["phase"], e["index"]) for e in of_type(ref_events, "sample")
+    )
+    assert "error" not in kinds and "[lorakit-engine rank 1]" in stderr
+    start = of_type(events, "start")[0]
+    assert start["trainable_params"] == of_type(ref_events, "start")[0]["trainable_params"]
+    assert events[-1]["stopped_early"] is False
+    step6 = two / "run" / "checkpoints" / "step-6"
+    names = {p.name for p in step6.iterdir()}
+    assert {"rng-rank0.pt", "rng-rank1.pt", "optimizer.pt", "adapter_model.safetensors"} <= names
+    assert "rng.pt" not in names
+    assert json.loads((step6 / "state.json").read_text())["plan_subset"]["train"]["devices"] == 2
+
+
+# ---------------------------------------------------------------- stop, crash on rank 1, resume
+
+RESUME = {
+    "train.total_steps": 8,
+    "train.batch_size": 2,
+    "train.grad_accum": 2,
+    "train.devices": 2,
+    "train.save_every": 2,
+    "train.keep_checkpoints": 4,
+    "lora.dropout": 0.1,
+    "samples.before": False,
+    "samples.items": [],
+}
+
+
+def test_two_processes_stop_crash_and_resume_exactly(tmp_path, model_dir):
+    def plan(root, **extra):
+        return make_plan(root, model_dir, train=memorize_set(N_SAMPLES), **{**RESUME, **extra})
+
+    whole = tmp_path / "whole"
+    ref_events, rc, stderr = torchrun(write_plan(whole, plan(whole)))
+    assert rc == 0, stderr[-3000:]
+    ref_steps, ref_evals = metrics(ref_events)
+    assert sorted(ref_steps) == list(range(1, 9))
+
+    parts = tmp_path / "parts"
+    plan_path = write_plan(parts, plan(parts))
+    first, rc, stderr = torchrun(plan_path, stop_after=2)
+    assert rc == 0, stderr[-3000:]
+    done = first[-1]
+    assert done["type"] == "done" and done["stopped_early"] is True
+    stop1 = done["step"]
+    assert 2 <= stop1 <= 5 and of_type(first, "checkpoint")[-1]["step"] == stop1
+
+    # Resumed, then rank 1 fails at the start of step stop1 + 2: one error event (rank 0 writes it), exit ≠ 0.
+    write_plan(parts, plan(parts, resume=True, fail_at_step=stop1 + 2))
+    second, rc, stderr = torchrun(plan_path)
+    assert rc != 0
+    errors = of_type(second, "error")
+    assert len(errors) == 1 and second[-1] is errors[0], [e["type"] for e in second]
+    assert errors[0]["code"] == "ENGINE_CRASH"
+    message = f"rank 1: RuntimeError: fail_at_step: failing on purpose at the start of step {stop1 + 2}"
+    assert errors[0]["message"] == message and "RuntimeError" in errors[0]["traceback"]
+    assert "rank 0 did not answer" not in stderr
+    assert of_type(second, "start")[0]["start_step"] == stop1
+    assert [e["step"] for e in of_type(second, "step")] == [stop1 + 1]
+    assert not of_type(second, "done")
+    assert not list((parts / "run" / "checkpoints").glob(".tmp-*"))
+
+    last_saved = ckpt.complete(parts / "run")[-1][0]
+    assert stop1 <= last_saved <= stop1 + 1
+    write_plan(parts, plan(parts, resume=True))
+    third, rc, stderr = torchrun(plan_path)
+    assert rc == 0, stderr[-3000:]
+    assert of_type(third, "start")[0]["start_step"] == last_saved
+    assert third[-1]["type"] == "done" and third[-1]["stopped_early"] is False
+
+    for part in (first, second, third):  # a step trained again after the crash must come out the same
+        s, ev = metrics(part)
+        assert_same(s, ref_steps)
+        assert all(abs(ev[k] - ref_evals[k]) < 1e-5 for k in ev)
+    got = set().union(*(metrics(p)[0].keys() for p in (first, second, third)))
+    assert got == set(ref_steps)
+    assert max_diff(parts / "run" / "adapter", whole / "run" / "adapter") < 1e-5
+
+
+# ---------------------------------------------------------------- in process
+
+
+def test_micro_batches_are_cut_over_ranks(tmp_path):
+    from prepared import write_prepared
+
+    data = Prepared(write_prepared(tmp_path / "d", memorize_set(N_SAMPLES))["dir"])
+    whole = Batches(data, 4, seed=5, pad_id=0)
+    ranks = [Batches(data, 2, seed=5, pad_id=0, rank=r, world=2) for r in (0, 1)]
+    assert whole.per_epoch == ranks[0].per_epoch == 3
+    for epoch in (0, 1):
+        for i in range(3):
+            rows = [b.input_ids.tolist() for b in (r.get(epoch, i) for r in ranks) if b is not None]
+            mine = [[t for t in row if t] for batch in rows for row in batch]
+            ref = [[t for t in row if t] for row in whole.get(epoch, i).input_ids.tolist()]
+            assert mine == ref
+    assert ranks[1].get(0, 2) is None and ranks[0].get(0, 2).input_ids.shape[0] == 1
+    shards = [list(in_order(data, 2, 0, rank=r, world=2)) for r in (0, 1)]
+    assert [b.input_ids.shape[0] for b in shards[0]] == [2, 2, 1] and len(shards[1]) == 2
+
+
+def test_devices_must_match_the_processes(tmp_path, model_dir):
+    plan = read_plan(write_plan(tmp_path, make_plan(tmp_path, model_dir, **{"train.devices": 2})))
+    with pytest.raises(EngineError) as err:
+        train_mod.run(plan, lambda e: None)
+    assert err.value.code == "DEVICES_MISMATCH" and "nproc_per_node=2" in err.value.hint
+    # batch_size is per device: a checkpoint of 2 processes does not resume under 1 (and old hashes hold)
+    one = ckpt.plan_subset({**plan, "train": {**plan["train"], "devices": 1}})
+    assert "devices" not in one["train"] and ckpt.plan_subset(plan)["train"]["devices"] == 2

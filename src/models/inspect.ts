@@ -1,0 +1,39 @@
+// A local checkpoint folder as lorakit sees it before loading any weights: config.json's
+// model_type, the family that serves it, vocabulary rows and layer count.
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { LorakitError } from "../errors.js";
+import { type Family, familyFor, supportedModelTypes } from "./families.js";
+
+export interface ModelInfo {
+  dir: string;
+  modelType: string;
+  family: Family;
+  vocabSize: number;
+  layers: number;
+  config: Record<string, unknown>;
+}
+
+export function inspectModel(dir: string): ModelInfo {
+  const cfgPath = path.join(dir, "config.json");
+  let config: Record<string, unknown>;
+  try {
+    config = JSON.parse(readFileSync(cfgPath, "utf8")) as Record<string, unknown>;
+  } catch (e) {
+    throw new LorakitError("MODEL_BAD_CONFIG", `cannot read ${cfgPath}: ${(e as Error).message}`, {
+      where: { file: cfgPath },
+      hint: "point `model` at a checkpoint folder with a valid config.json",
+    });
+  }
+  const modelType = String(config.model_type ?? "");
+  const family = familyFor(modelType);
+  if (!family) {
+    throw new LorakitError("MODEL_UNSUPPORTED", `model_type '${modelType}' is not supported`, {
+      where: { file: cfgPath, key: "model_type" },
+      hint: `supported: ${supportedModelTypes().join(", ")}`,
+    });
+  }
+  const vocabSize = Number(config.padded_vocab_size ?? config.vocab_size ?? 0);
+  const layers = Number(family.layerKeys.map((k) => config[k]).find((v) => v !== undefined) ?? 0);
+  return { dir, modelType, family, vocabSize, layers, config };
+}

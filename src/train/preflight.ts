@@ -1,0 +1,76 @@
+// Everything before the GPU: read the model and its tokenizer, prepare the data, then run the
+// doctor's checks (environment, config, memory, data, model) on exact counts. Shared by
+// `lorakit doctor` and the train road, so both see the same findings.
+import type { LoadedConfig } from "../config/load.js";
+import { loadConversations, viewSample } from "../data/prepare.js";
+import { loadTokenizer, type Tokenizer } from "../data/tokenizer.js";
+import { dataFindings } from "../doctor/data.js";
+import { type PreflightResult, runPreflight, type StepResult } from "../doctor/index.js";
+import type { TemplateSamples } from "../doctor/model.js";
+import type { PythonEnv } from "../engine/python.js";
+import { inspectModel, type ModelInfo } from "../models/inspect.js";
+import { type PreparedRun, prepareForRun } from "./prepare-run.js";
+
+export interface Checked {
+  model: ModelInfo;
+  tokenizer: Tokenizer;
+  prepared: PreparedRun;
+  preflight: PreflightResult;
+}
+
+/** A few training samples rendered with the run's template, and the same words without it. */
+function templateSamples(loaded: LoadedConfig, prepared: PreparedRun, tokenizer: Tokenizer, n = 4): TemplateSamples {
+  const d = loaded.config.data;
+  const { conversations } = loadConversations(loaded.trainFiles, {
+    format: d.format,
+    ...(d.system !== undefined ? { system: d.system } : {}),
+    skipBadLines: d.skip_bad_lines,
+  });
+  const picked = conversations.slice(0, n);
+  return {
+    formatted: picked.map((conv) => {
+      const v = viewSample(conv, prepared.result.template, tokenizer, { maxLength: d.max_length });
+      return { input_ids: v.ids, labels: v.labels };
+    }),
+    plain: picked.map((conv) => ({
+      input_ids: tokenizer.encode(conv.messages.map((m) => m.content).join("\n")).slice(0, d.max_length),
+    })),
+  };
+}
+
+export async function prepareAndCheck(
+  loaded: LoadedConfig,
+  opts: {
+    py?: PythonEnv;
+    env?: NodeJS.ProcessEnv;
+    log: (line: string) => void;
+    onStep?: (s: StepResult) => void;
+    skipModel?: boolean;
+  },
+): Promise<Checked> {
+  const model = inspectModel(loaded.modelDir);
+  const tokenizer = await loadTokenizer(loaded.modelDir);
+  const prepared = await prepareForRun(loaded, model, tokenizer, opts.log);
+  const preflight = await runPreflight({
+    loaded,
+    ...(opts.py ? { py: opts.py } : {}),
+    env: opts.env ?? process.env,
+    dataset: {
+      trainSamples: prepared.train.samples,
+      evalSamples: prepared.eval?.samples ?? 0,
+      trainTokens: prepared.train.tokens,
+      source: "prepared",
+      basis: `prepared data ${prepared.result.dir}`,
+    },
+    data: {
+      stats: prepared.result,
+      check: () =>
+        dataFindings({ result: prepared.result, tokenizer, modelDir: loaded.modelDir, vocabRows: model.vocabSize }),
+    },
+    templateSamples: templateSamples(loaded, prepared, tokenizer),
+    ...(opts.skipModel ? { skipModel: true } : {}),
+    ...(opts.onStep ? { onStep: opts.onStep } : {}),
+    log: opts.log,
+  });
+  return { model, tokenizer, prepared, preflight };
+}
