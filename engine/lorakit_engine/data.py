@@ -133,8 +133,8 @@ class Batches:
     `ceil(n / (batch_size × world))` micro-batches (the last may be short).
 
     Data parallel (`world` processes, this one `rank`): micro-batch `i` holds the `batch_size × world` samples
-    a single process with that batch size would take, and `get` returns this rank's `batch_size` of them
-    (slice `rank`), or None when the short last one leaves this rank nothing."""
+    a single process with that batch size would take, dealt over the ranks by `deal`; `get` returns this
+    rank's share, or None when the short last one leaves this rank nothing."""
 
     def __init__(
         self, data: Prepared, batch_size: int, seed: int, pad_id: int, rank: int = 0, world: int = 1
@@ -145,6 +145,7 @@ class Batches:
         self.rank, self.world = rank, world
         self.per_epoch = math.ceil(len(data) / (batch_size * world))
         self._order: tuple[int, list[int]] | None = None
+        self._lengths = (data.offsets[1:] - data.offsets[:-1]).tolist() if world > 1 else []
 
     def order(self, epoch: int) -> list[int]:
         if self._order is None or self._order[0] != epoch:
@@ -154,9 +155,41 @@ class Batches:
 
     def get(self, epoch: int, index: int) -> Batch | None:
         """This rank's part of micro-batch `index` (0-based) of `epoch` (all of it for a single process)."""
-        at = (index * self.world + self.rank) * self.batch_size
-        indices = self.order(epoch)[at : at + self.batch_size]
+        size = self.batch_size * self.world
+        indices = self.order(epoch)[index * size : (index + 1) * size]
+        if self.world > 1:
+            share = deal([self._lengths[i] for i in indices], self.world)[self.rank]
+            indices = [indices[j] for j in share]
         return collate(self.data, indices, self.pad_id) if indices else None
+
+
+def deal(lengths: list[int], world: int) -> list[list[int]]:
+    """Positions of one micro-batch's samples for each of `world` ranks. A rank's cost is its padded size,
+    samples × its longest sample; the step waits for the dearest rank. Sorted longest first, the samples are
+    cut into at most `world` runs whose largest padded size is the smallest possible: the rank with the
+    longest samples takes fewer of them. That size is never above `ceil(n / world)` × the longest sample,
+    what an even split in sample counts can cost, and is mostly well below it."""
+    ranked = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    longest = [lengths[i] for i in ranked]
+
+    def cut(cap: int) -> list[list[int]] | None:  # greedy runs of padded size ≤ cap; None: more than world
+        runs, at = [], 0
+        while at < len(ranked):
+            n = max(1, cap // longest[at])
+            runs.append(ranked[at : at + n])
+            at += n
+            if len(runs) > world:
+                return None
+        return runs
+
+    if not lengths:
+        return [[] for _ in range(world)]
+    lo, hi = longest[0], longest[0] * math.ceil(len(lengths) / world)  # hi always fits
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if cut(mid) is not None else (mid + 1, hi)
+    runs = cut(lo) or []
+    return runs + [[] for _ in range(world - len(runs))]
 
 
 def in_order(

@@ -6,8 +6,10 @@ does not fit, FSDP2, is not done here). The conventions:
 
 - `batch_size` is per device: an optimizer step covers `batch_size × devices × grad_accum` samples. Global
   micro-batch `i` of an epoch is the same `batch_size × devices` samples that a single process with that
-  batch size would take, and rank `r` trains its `r`-th slice of it (the tail of an epoch may leave a rank
-  an empty slice: it then runs no forward for it).
+  batch size would take. They are dealt over the ranks by length (data.deal): the rank with the longest
+  samples takes fewer, so that every rank pads to about the same size and none waits for another (a rank's
+  padded size never exceeds `batch_size` × the longest sample). The tail of an epoch may leave a rank
+  nothing: it then runs no forward.
 - The loss of a step is Σ cross-entropy over every rank's window ÷ the window's trained tokens on all ranks.
   The ranks agree on that token count before the first backward (one tiny all-reduce per step), each
   backpropagates `ce_local / tokens_global`, and the LoRA gradients are summed over the ranks once per step

@@ -14,7 +14,8 @@ import subprocess
 import sys
 
 import pytest
-from prepared import engine_env, losses, make_plan, memorize_set, of_type, parse_events, write_plan
+import torch
+from prepared import engine_env, make_plan, memorize_set, of_type, parse_events, write_plan
 from safetensors.torch import load_file
 
 from lorakit_engine import checkpoint as ckpt
@@ -214,7 +215,7 @@ def test_two_processes_stop_crash_and_resume_exactly(tmp_path, model_dir):
 # ---------------------------------------------------------------- in process
 
 
-def test_micro_batches_are_cut_over_ranks(tmp_path):
+def test_micro_batches_are_dealt_over_ranks(tmp_path):
     from prepared import write_prepared
 
     data = Prepared(write_prepared(tmp_path / "d", memorize_set(N_SAMPLES))["dir"])
@@ -223,13 +224,31 @@ def test_micro_batches_are_cut_over_ranks(tmp_path):
     assert whole.per_epoch == ranks[0].per_epoch == 3
     for epoch in (0, 1):
         for i in range(3):
-            rows = [b.input_ids.tolist() for b in (r.get(epoch, i) for r in ranks) if b is not None]
-            mine = [[t for t in row if t] for batch in rows for row in batch]
-            ref = [[t for t in row if t] for row in whole.get(epoch, i).input_ids.tolist()]
-            assert mine == ref
+            parts = [b.input_ids.tolist() for b in (r.get(epoch, i) for r in ranks) if b is not None]
+            mine = sorted([t for t in row if t] for rows in parts for row in rows)  # pad_id 0 stripped
+            assert mine == sorted([t for t in row if t] for row in whole.get(epoch, i).input_ids.tolist())
     assert ranks[1].get(0, 2) is None and ranks[0].get(0, 2).input_ids.shape[0] == 1
     shards = [list(in_order(data, 2, 0, rank=r, world=2)) for r in (0, 1)]
     assert [b.input_ids.shape[0] for b in shards[0]] == [2, 2, 1] and len(shards[1]) == 2
+
+
+def test_deal_balances_padded_size():
+    from lorakit_engine.data import deal
+
+    # One long sample and seven short ones: the long one alone, the short ones together.
+    assert deal([100, 10, 10, 10, 400, 10, 10, 10], 2) == [[4], [0, 1, 2, 3, 5, 6, 7]]
+    assert deal([5, 5, 5, 5], 2) == [[0, 1], [2, 3]] and deal([7], 3) == [[0], [], []]
+    g = torch.Generator().manual_seed(0)
+    for world in (2, 3, 4):
+        for _ in range(200):
+            lengths = torch.randint(
+                1, 512, (int(torch.randint(1, 40, (1,), generator=g)),), generator=g
+            ).tolist()
+            parts = deal(lengths, world)
+            assert len(parts) == world and sorted(i for p in parts for i in p) == list(range(len(lengths)))
+            cost = max((len(p) * max(lengths[i] for i in p) for p in parts if p), default=0)
+            even = -(-len(lengths) // world) * max(lengths)
+            assert cost <= even
 
 
 def test_devices_must_match_the_processes(tmp_path, model_dir):

@@ -7,6 +7,7 @@ export type Command = { summary: string; usage: string; run: (argv: string[], io
 const COMMANDS: Record<string, () => Promise<Command>> = {
   train: async () => (await import("./train.js")).command,
   demo: async () => (await import("./demo.js")).command,
+  compare: async () => (await import("./compare.js")).command,
   tokenize: async () => (await import("./tokenize.js")).command,
   data: async () => (await import("./data.js")).command,
   protocol: async () => (await import("./protocol.js")).command,

@@ -86,18 +86,31 @@ class _SwiGLU(torch.autograd.Function):
 
 
 @functools.cache
-def triton_available() -> bool:
+def triton_works(device: str) -> bool:
+    """Triton importable, and the two kernels give the eager function's values and gradients on `device`
+    (checked once, on a ragged shape): else the eager path stays, instead of a failure mid-training."""
     try:
         _kernels()
-    except Exception:  # noqa: BLE001 - no Triton, or one that cannot build here: the eager path stays
+        gen = torch.Generator(device=device).manual_seed(0)
+        h = torch.randn(37, 2 * 1100, device=device, generator=gen).to(torch.bfloat16).requires_grad_()
+        dy = torch.randn(37, 1100, device=device, generator=gen).to(torch.bfloat16)
+        out = _SwiGLU.apply(h)
+        (dh,) = torch.autograd.grad(out, h, dy)
+        h32 = h.detach().float().requires_grad_()
+        ref = swiglu_eager(h32)
+        (ref_dh,) = torch.autograd.grad(ref, h32, dy.float())
+        out, dh, ref = out.detach(), dh.detach(), ref.detach()
+        pairs = ((out, ref), (dh, ref_dh))
+        return all(float((x.float() - r.float()).norm() / r.float().norm()) < 1e-2 for x, r in pairs)
+    except Exception:  # no Triton, a Triton that cannot build here, or wrong values: stay eager
         return False
-    return True
 
 
 def swiglu(h: torch.Tensor, use_triton: bool = True) -> torch.Tensor:
     """silu(a) · b for the halves a | b of h's last dim."""
-    if use_triton and (h.is_cuda or _interpreting()) and h.shape[-1] % 2 == 0 and triton_available():
-        return _SwiGLU.apply(h)
+    if use_triton and (h.is_cuda or _interpreting()) and h.shape[-1] % 2 == 0:
+        if triton_works(str(h.device)):
+            return _SwiGLU.apply(h)
     return swiglu_eager(h)
 
 
