@@ -67,9 +67,10 @@ def configure_fast_path(
     """Set the fast-path switches of a native model (arguments left None keep their value).
 
     checkpointing: "none" (fastest, most memory), "full" (each layer recomputed in backward), "low_memory"
-    (full, plus the MLP recomputed 2,048 tokens at a time and the loss in 1,024-row chunks; one 8k-token
-    ChatGLM3-6B sample trains in about 13 GiB). fused_lora: peft's LoRA Linear layers take kernels.lora's
-    fused forward/backward (call again after adding adapters)."""
+    (full, plus inside each layer the attention half recomputed again and the MLP 1,024 tokens at a time,
+    the loss in 1,024-row chunks: one 8k-token ChatGLM3-6B sample, see bench/RESULTS.md).
+    fused_lora: peft's LoRA Linear layers take kernels.lora's fused forward/backward (call again after
+    adding adapters)."""
     options = fast_options(model)
     if options is None:
         raise TypeError(f"{type(model).__name__} has no lorakit fast path")
@@ -88,8 +89,9 @@ def configure_fast_path(
             model.gradient_checkpointing_disable()
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        options.checkpoint_attention = checkpointing == "low_memory"
         if checkpointing == "low_memory":
-            updates["mlp_chunk_tokens"] = mlp_chunk_tokens or 2048
+            updates["mlp_chunk_tokens"] = mlp_chunk_tokens or 1024
             updates["loss_chunk_rows"] = loss_chunk_rows or 1024
         elif mlp_chunk_tokens is None:
             options.mlp_chunk_tokens = None

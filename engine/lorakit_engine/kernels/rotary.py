@@ -1,4 +1,4 @@
-"""Rotary embedding as two Triton kernels for the packed layout x [B, T, heads, d], cos/sin [B, T, 1, d_rot/2].
+"""Rotary embedding as Triton kernels for the packed layout x [B, T, heads, d], cos/sin [B, T, 1, d_rot/2].
 
 Each program takes one token: all its heads, the rotated pairs (2i, 2i+1) of the first d_rot dims and the
 pass-through rest, read once from x (a strided view of the query_key_value output is fine) and written once,

@@ -32,6 +32,8 @@ from ..kernels.elementwise import op
 from ..kernels.loss import linear_cross_entropy, shift_labels
 from ..kernels.options import FastOptions
 from ..kernels.packing import positions_from_cu_seqlens
+from ..kernels.rotary import rotary as triton_rotary
+from ..kernels.swiglu import swiglu as triton_swiglu
 from .checkpoint import CheckpointError, find_weights, load_weights, read_config
 
 INV_FREQ = "transformer.rotary_pos_emb.inv_freq"  # saved by the official code, recomputed here
@@ -205,8 +207,11 @@ def apply_rotary(
     x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, compiled: bool = False
 ) -> torch.Tensor:
     """Rotate adjacent pairs (2i, 2i+1) of the first 2·cos.shape[-1] dims of x [batch, heads, time, d]
-    (any layout that cos and sin broadcast to)."""
-    return op("rotary", compiled and x.is_cuda)(x, cos, sin)
+    (any layout that cos and sin broadcast to). `compiled`: the Triton kernel where the layout fits (packed
+    rows), else torch.compile's fused expression; CUDA only."""
+    if compiled and x.is_cuda:
+        return triton_rotary(x, cos, sin, fallback=op("rotary", True))
+    return op("rotary", False)(x, cos, sin)
 
 
 class SelfAttention(nn.Module):
@@ -272,7 +277,10 @@ class MLP(nn.Module):
         self.dense_4h_to_h = nn.Linear(f, h, bias=config.add_bias_linear)
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dense_4h_to_h(op("swiglu", self.fast.compile and x.is_cuda)(self.dense_h_to_4h(x)))
+        h = self.dense_h_to_4h(x)
+        return self.dense_4h_to_h(
+            triton_swiglu(h) if self.fast.compile and h.is_cuda else op("swiglu", False)(h)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         chunk = self.fast.mlp_chunk_tokens
@@ -300,10 +308,20 @@ class GLMBlock(nn.Module):
     def _dropout(self, x: torch.Tensor) -> torch.Tensor:
         return F.dropout(x, self.hidden_dropout, True) if self.hidden_dropout and self.training else x
 
+    def _attention(self, x, cos, sin, mask, is_causal, packed):
+        return self.self_attention(self.input_layernorm(x), cos, sin, mask, is_causal, None, packed)[0]
+
     def forward(self, x, cos, sin, mask, is_causal, past=None, packed=None):
-        h = self.input_layernorm(x)
-        attn, present = self.self_attention(h, cos, sin, mask, is_causal, past, packed)
-        x = (h if self.residual_from_norm else x) + self._dropout(attn)
+        recompute = self.fast.checkpoint_attention and self.training and torch.is_grad_enabled()
+        if recompute and past is None and not self.residual_from_norm:
+            # Low memory: inside a checkpointed layer, the attention half is recomputed once more in backward,
+            # so its activations never coexist with the MLP's. No cache is returned on this path.
+            attn = checkpoint(self._attention, x, cos, sin, mask, is_causal, packed, use_reentrant=False)
+            x, present = x + self._dropout(attn), None
+        else:
+            h = self.input_layernorm(x)
+            attn, present = self.self_attention(h, cos, sin, mask, is_causal, past, packed)
+            x = (h if self.residual_from_norm else x) + self._dropout(attn)
         h = self.post_attention_layernorm(x)
         x = (h if self.residual_from_norm else x) + self._dropout(self.mlp(h))
         return x, present
