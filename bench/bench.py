@@ -21,6 +21,7 @@ Variants (`--variants`, comma separated):
                       list: it recompiles for every new row length; --micro compares the two kernels)
     hf_8k             HF Trainer, one 8,192-token sample × accumulation 2, checkpointing
     lk_lowmem         lorakit, one 8,192-token sample per step, low-memory checkpointing
+    lk_lowmem_noattn  the same without recomputing the attention half a second time
     hf_alllinear16    HF Trainer, every linear layer r16 α64, 16 × 1, no checkpointing
     lk_alllinear16    lorakit, every linear layer r16 α64, rows of ≤12,288 tokens, no checkpointing
 
@@ -59,6 +60,7 @@ ALL = (
     "lk_packed_peft",
     "hf_8k",
     "lk_lowmem",
+    "lk_lowmem_noattn",
     "hf_alllinear16",
     "lk_alllinear16",
 )
@@ -332,6 +334,7 @@ def run_lk(
     compile=True,
     attention="auto",
     fused_lora=True,
+    fast=None,
     warm=3,
     profile_steps=0,
     out_dir=None,
@@ -347,7 +350,12 @@ def run_lk(
         LoraConfig(task_type="CAUSAL_LM", target_modules=targets, r=r, lora_alpha=4 * r, lora_dropout=0.1),
     )
     configure_fast_path(
-        model, compile=compile, checkpointing=checkpointing, attention=attention, fused_lora=fused_lora
+        model,
+        compile=compile,
+        checkpointing=checkpointing,
+        attention=attention,
+        fused_lora=fused_lora,
+        **(fast or {}),
     )
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -396,6 +404,7 @@ def run_lk(
             "compile": compile,
             "attention": attention,
             "fused_lora": fused_lora,
+            **(fast or {}),
             "r": r,
             "targets": "qkv" if targets == LK_QKV else "all",
             "first_step_s": round(times[0], 2),
@@ -556,21 +565,30 @@ def micro(out_dir):
         "rotary": (lambda f: f(qq, cos, sin), qq),
         "swiglu": (lambda f: f(h), h),
     }
+    from lorakit_engine.kernels import rotary as KR
+    from lorakit_engine.kernels import swiglu as KS
+
+    res["triton_ok"] = {"swiglu": KS.triton_works("cuda:0"), "rotary": KR.triton_works("cuda:0")}
+    fast = {"swiglu": KS._SwiGLU.apply, "rotary": KR._Rotary.apply}
     for name, (call, inp) in cases.items():
-        eager, comp = E.op(name, False), E.op(name, True)
-        ye, yc = call(eager), call(comp)
-        gy = torch.randn_like(ye)
-        ge, gc_ = torch.autograd.grad(ye, inp, gy)[0], torch.autograd.grad(yc, inp, gy)[0]
-        rel = float((yc.float() - ye.float()).norm() / ye.float().norm())
-        relg = float((gc_.float() - ge.float()).norm() / ge.float().norm())
+        impls = {"eager": E.op(name, False), "compiled": E.op(name, True)}
+        if name in fast and res["triton_ok"][name]:
+            impls["triton"] = fast[name]
+        outs = {k: call(f) for k, f in impls.items()}
+        gy = torch.randn_like(outs["eager"])
+        grads = {k: torch.autograd.grad(y, inp, gy)[0] for k, y in outs.items()}
 
         def fb(f, call=call, inp=inp, gy=gy):
             y = call(f)
             torch.autograd.grad(y, inp, gy)
 
-        res[f"{name}_eager_ms"] = round(bench_ms(lambda eager=eager: fb(eager)), 3)
-        res[f"{name}_compiled_ms"] = round(bench_ms(lambda comp=comp: fb(comp)), 3)
-        res[f"{name}_rel_err"] = f"{rel:.1e}/{relg:.1e}"
+        for k, f in impls.items():
+            res[f"{name}_{k}_ms"] = round(bench_ms(lambda f=f: fb(f)), 3)
+            if k != "eager":
+                ref, g_ref = outs["eager"].float(), grads["eager"].float()
+                rel = float((outs[k].float() - ref).norm() / ref.norm())
+                relg = float((grads[k].float() - g_ref).norm() / g_ref.norm())
+                res[f"{name}_{k}_rel_err"] = f"{rel:.1e}/{relg:.1e}"
     return res
 
 
@@ -674,6 +692,15 @@ def main():
         "hf_8k": lambda: run_hf(glm, data8k, "hf_8k", 1, 2, S(8), True, GLM_QKV, 8, warm=3),
         "lk_lowmem": lambda: run_lk(
             glm, [[[s]] for s in data8k[: S(8)]], "lk_lowmem", LK_QKV, 8, checkpointing="low_memory"
+        ),
+        "lk_lowmem_noattn": lambda: run_lk(
+            glm,
+            [[[s]] for s in data8k[: S(8)]],
+            "lk_lowmem_noattn",
+            LK_QKV,
+            8,
+            checkpointing="low_memory",
+            fast={"checkpoint_attention": False},
         ),
         "hf_alllinear16": lambda: run_hf(glm, data, "hf_alllinear16", 16, 1, S(12), False, GLM_ALL, 16),
         "lk_alllinear16": lambda: run_lk(

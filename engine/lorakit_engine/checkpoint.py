@@ -120,9 +120,11 @@ def save(
     state: dict,
     keep: int,
     rngs: list[dict] | None = None,
+    protect: int | None = None,
 ) -> Path:
-    """Write checkpoint `step` atomically, then keep only the newest `keep`. `model` is the peft model; `rngs`
-    every process's RNG state in rank order (this process's alone when None)."""
+    """Write checkpoint `step` atomically, then keep only the newest `keep` (and the step `protect`: the best
+    eval so far). `model` is the peft model; `rngs` every process's RNG state in rank order (this process's
+    alone when None)."""
     base = root(run_dir)
     base.mkdir(parents=True, exist_ok=True)
     tmp = base / f".tmp-step-{step}"
@@ -140,8 +142,9 @@ def save(
     if final.exists():  # the same step saved by an earlier, resumed attempt
         shutil.rmtree(final)
     os.replace(tmp, final)
-    for _, old in complete(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    for old_step, old in complete(run_dir)[:-keep]:
+        if old_step != protect:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 

@@ -56,7 +56,10 @@ def check_gguf(path: Path) -> dict:
     tensor_bytes = sum(int(t.n_bytes) for t in reader.tensors)
     size = path.stat().st_size
     if n_tensors == 0 or tensor_bytes < 0.8 * size:
-        raise ValueError(f"{path.name}: {n_tensors} tensors, {tensor_bytes} bytes of tensor data in {size} bytes")
+        raise ValueError(
+            f"{path.name} does not hold the model's weights: {n_tensors} tensors, "
+            f"{tensor_bytes} bytes of tensor data in {size} bytes"
+        )
     arch_field = reader.fields.get("general.architecture")
     arch = bytes(arch_field.parts[arch_field.data[0]]).decode() if arch_field else "?"
     return {"tensors": n_tensors, "tensor_bytes": tensor_bytes, "file_bytes": size, "architecture": arch}

@@ -34,6 +34,8 @@ from .control import Controls
 from .data import IGNORE, Batch, Batches, Prepared, collate, in_order
 from .distributed import Dist
 from .generate import emit_samples
+from .inspect_model import check_peft_model
+from .monitor import Monitor
 from .protocol import Emit, EngineError, finding, finite, log
 
 _B_ZERO_RMS = 1e-8  # a LoRA B whose entries average below this never moved away from its zero init
@@ -238,6 +240,24 @@ def evaluate(
 # ---------------------------------------------------------------- after training
 
 
+def count_layers(base) -> int:
+    """Transformer blocks of the base model (for targets matched vs layers × targets)."""
+    cfg = base.config
+    for key in ("num_hidden_layers", "num_layers", "n_layer"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def restore_adapter(model, checkpoint: Path) -> None:
+    """Loads the LoRA weights of a saved checkpoint into the in-memory peft model."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(checkpoint / "adapter_model.safetensors")))
+
+
 def adapter_norms(model) -> dict[str, Any]:
     """Frobenius norms of every LoRA B and of its weight delta B·A·scale, grouped by layer index."""
     per_layer: dict[str, dict[str, float]] = {}
@@ -400,6 +420,10 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
         emit_samples(base, plan, "before", emit)
 
     model = attach_lora(base, plan, emit)
+    if dist.main:
+        _, found = check_peft_model(model, plan["lora"]["targets"], count_layers(base))
+        for f in found:
+            emit({"type": "finding", **f})
     if t["gradient_checkpointing"]:
         if getattr(base, "supports_gradient_checkpointing", False):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -453,6 +477,13 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
     saved_at, evaluated_at = None, None
     if data["resume_from"] is not None:
         saved_at = step
+    # The live monitors (every rank runs one on the same agreed numbers; rank 0 reports).
+    mon = Monitor(t["total_steps"], loss_scaling=scaler is not None, patience=t.get("patience") or None)
+
+    def report(found: list[dict]) -> None:
+        if dist.main:
+            for f in found:
+                emit({"type": "finding", **f})
 
     def save() -> None:
         nonlocal saved_at
@@ -470,7 +501,16 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
             "plan_subset": ckpt.plan_subset(plan),
         }
         path = ckpt.save(
-            run_dir, step, model, optimizer, scheduler, scaler, state, t["keep_checkpoints"], rngs
+            run_dir,
+            step,
+            model,
+            optimizer,
+            scheduler,
+            scaler,
+            state,
+            t["keep_checkpoints"],
+            rngs,
+            protect=mon.best_step,
         )
         emit({"type": "checkpoint", "step": step, "path": str(path)})
 
@@ -481,6 +521,7 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
         loss, n = evaluate(model, data["eval"], t["batch_size"], plan["data"]["pad_id"], device, dist)
         evaluated_at = step
         emit({"type": "eval", "step": step, "loss": loss, "tokens": n})
+        report(mon.observe_eval(step, loss))
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -566,12 +607,18 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
                 "memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
             }
         )
+        if n_trained:
+            report(mon.observe_step(step, loss, grad_norm))
         if step % t["log_every"] == 0 or step == t["total_steps"]:
             say(f"step {step}/{t['total_steps']} loss {loss} lr {lr:.3g} grad_norm {grad_norm:.3g}")
         if (t["eval_every"] and step % t["eval_every"] == 0) or (not t["eval_every"] and epoch_end):
             run_eval()
         if (t["save_every"] and step % t["save_every"] == 0) or (not t["save_every"] and epoch_end):
             save()
+        if mon.should_stop_early:
+            save()
+            log(emit, f"early stopping at step {step}: eval loss has not improved since step {mon.best_step}")
+            break
 
     save()
     train_s = time.monotonic() - t0
@@ -586,6 +633,9 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
         adapter_dir = write_adapter(model, plan)
         say(f"stopped at step {step}; resume with resume: true")
     else:
+        if mon.should_stop_early and mon.best_step is not None and mon.best_step != step:
+            restore_adapter(model, ckpt.root(run_dir) / f"step-{mon.best_step}")
+            log(emit, f"the adapter written is the best eval checkpoint, step {mon.best_step}")
         adapter_dir = write_adapter(model, plan)
         emit_samples(model, plan, "after", emit)
         report_norms(adapter_norms(model), emit)

@@ -179,3 +179,40 @@ def test_fused_lora_in_the_model_equals_peft(fixtures_dir):
     assert set(model.state_dict()) == keys  # the adapter's names and layout are untouched
     assert configure_fast_path(model, fused_lora=False).fused_lora is False
     assert "forward" not in model.base_model.model.transformer.output_layer.__dict__
+
+
+# -- Triton kernels (run in Triton's CPU interpreter where Triton is installed; on the GPU by bench/) ------
+
+
+def test_triton_swiglu_and_rotary_match_eager(monkeypatch):
+    import os
+    import sys
+
+    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton was imported before TRITON_INTERPRET=1: run with it set in the environment")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # read when triton is first imported
+    pytest.importorskip("triton")
+    from lorakit_engine.kernels import rotary, swiglu
+    from lorakit_engine.kernels.elementwise import rotary as rotary_eager
+    from lorakit_engine.kernels.elementwise import swiglu as swiglu_eager
+    from lorakit_engine.models.chatglm import RotaryEmbedding
+
+    gen = torch.Generator().manual_seed(8)
+    h = torch.randn(3, 4, 2 * 1500, generator=gen, requires_grad=True)
+    dy = torch.randn(3, 4, 1500, generator=gen)
+    got = torch.autograd.grad(y := swiglu._SwiGLU.apply(h), h, dy)[0], y
+    want = torch.autograd.grad(y := swiglu_eager(h), h, dy)[0], y
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+
+    qkv = torch.randn(1, 30, 4 * 48, generator=gen)
+    q = qkv[..., : 3 * 48].unflatten(-1, (3, 48)).detach().requires_grad_()  # strided, as in the model
+    cos, sin = (
+        t.transpose(1, 2) for t in RotaryEmbedding(16, 10000.0)(torch.arange(30)[None], torch.float32)
+    )
+    dq = torch.randn(1, 30, 3, 48, generator=gen)
+    assert rotary._fits(q, cos, sin)
+    got = torch.autograd.grad(y := rotary._Rotary.apply(q, cos, sin), q, dq)[0], y
+    want = torch.autograd.grad(y := rotary_eager(q, cos, sin), q, dq)[0], y
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -239,3 +240,38 @@ def test_train_chatglm3_native(tmp_path, fixtures_dir):
     assert len(of_type(events, "sample")) == 4 and result.reload_diff < 1e-5
     config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
     assert config["target_modules"] == ["query_key_value"]
+
+
+def test_train_overfitting_stops_early_and_keeps_the_best_checkpoint(tmp_path, model_dir):
+    """Planted overfitting: eval prompts are the training prompts with other answers, so eval loss rises
+    as the training set is memorized. With patience the run stops and the adapter is the best eval step."""
+    train = memorize_set(8)
+    wrong = [(x[: len(x) - len(y) + sum(1 for t in y if t == -100)], None) for x, y in train]
+    evalset = []
+    for (x, y), _ in zip(train, wrong, strict=True):
+        n_prompt = sum(1 for t in y if t == -100)
+        answer = [(t * 7 + 3) % 190 + 10 for t in x[n_prompt:-1]] + [2]
+        evalset.append((x[:n_prompt] + answer, [-100] * n_prompt + answer))
+    result, events, plan = run_inprocess(
+        tmp_path,
+        model_dir,
+        train=train,
+        eval=evalset,
+        **{"train.total_steps": 40, "train.epochs": 20, "train.eval_every": 2, "train.patience": 6},
+        **{"train.keep_checkpoints": 1, "train.save_every": 2, "lora.dropout": 0.0},
+    )
+    codes = [e["code"] for e in events if e["type"] == "finding"]
+    assert "TRAIN_OVERFITTING" in codes
+    evals = [(e["step"], e["loss"]) for e in events if e["type"] == "eval"]
+    best_step = min(evals, key=lambda se: se[1])[0]
+    assert result.step < 40, "early stopping ends the run before total_steps"
+    assert any("early stopping" in e.get("message", "") for e in events if e["type"] == "log")
+    # The best checkpoint survived pruning, and the adapter written is its weights.
+    best = Path(tmp_path) / "run" / "checkpoints" / f"step-{best_step}" / "adapter_model.safetensors"
+    assert best.is_file()
+    from safetensors.torch import load_file
+
+    written = load_file(str(Path(result.adapter_dir) / "adapter_model.safetensors"))
+    kept = load_file(str(best))
+    assert written.keys() == kept.keys()
+    assert all(torch.equal(written[k], kept[k]) for k in written)

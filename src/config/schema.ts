@@ -66,6 +66,9 @@ export const TrainConfig = z.strictObject({
   /** Save a checkpoint every N optimizer steps; 0 = at the end of each epoch only. */
   save_every: nonNegInt.default(0),
   keep_checkpoints: positiveInt.default(2),
+  /** Early stopping: stop when the eval loss has not improved for this many evaluations (0 = never);
+   * the adapter written is then the best eval checkpoint. */
+  patience: nonNegInt.default(0),
   device: z.enum(["auto", "cpu", "cuda"]).default("auto"),
   /** Processes (GPUs) to train on: more than 1 launches data-parallel training through torchrun. */
   devices: positiveInt.default(1),
@@ -149,6 +152,7 @@ export const Plan = z.strictObject({
     eval_every: nonNegInt,
     save_every: nonNegInt,
     keep_checkpoints: positiveInt,
+    patience: nonNegInt.optional(),
     device: z.enum(["auto", "cpu", "cuda"]),
     devices: positiveInt,
   }),

@@ -26,9 +26,9 @@ export const LR_LOW = 1e-5;
 export const SMALL_DATASET = 1000;
 export const MIN_STEPS = 20;
 
-/** Optimizer steps as the road plans them (src/train/road.ts totalSteps). */
+/** Optimizer steps of a run (the plan's total_steps): a micro-batch is batch_size per device × devices. */
 export function plannedSteps(samples: number, c: RunConfig["train"]): number {
-  const micro = Math.ceil(samples / c.batch_size);
+  const micro = Math.ceil(samples / (c.batch_size * c.devices));
   const perEpoch = Math.ceil(micro / c.grad_accum);
   const total = Math.max(1, Math.ceil(perEpoch * c.epochs));
   return c.max_steps !== undefined ? Math.min(total, c.max_steps) : total;

@@ -7,6 +7,7 @@ import type { LoadedConfig } from "../config/load.js";
 import type { Event, Plan } from "../config/schema.js";
 import type { Tokenizer } from "../data/tokenizer.js";
 import { type Finding, findingsError, fromEvent, makeFinding } from "../doctor/finding.js";
+import { plannedSteps } from "../doctor/config.js";
 import { outputFindings } from "../doctor/outputs.js";
 import { ensurePython, type PythonEnv } from "../engine/python.js";
 import { engineFailure, spawnEngine } from "../engine/supervisor.js";
@@ -102,13 +103,6 @@ export function decodeGenerated(tokenizer: Tokenizer, ids: readonly number[]): s
   return text + tokenizer.decode(run, { skipSpecial: true });
 }
 
-export function totalSteps(samples: number, batch: number, accum: number, epochs: number, maxSteps?: number): number {
-  const microPerEpoch = Math.ceil(samples / batch);
-  const stepsPerEpoch = Math.ceil(microPerEpoch / accum);
-  const total = Math.max(1, Math.ceil(stepsPerEpoch * epochs));
-  return maxSteps !== undefined ? Math.min(total, maxSteps) : total;
-}
-
 function exactMatchShare(samples: { output: string; reference: string | null }[]): number | null {
   const scored = samples.filter((s) => s.reference !== null);
   if (scored.length === 0) return null;
@@ -123,13 +117,7 @@ export function buildPlan(
   opts: { resume: boolean; failAtStep?: number },
 ): Plan {
   const c = loaded.config;
-  const total = totalSteps(
-    prepared.train.samples,
-    c.train.batch_size,
-    c.train.grad_accum,
-    c.train.epochs,
-    c.train.max_steps,
-  );
+  const total = plannedSteps(prepared.train.samples, c.train);
   return {
     version: 1,
     run_dir: runDir,
@@ -164,6 +152,7 @@ export function buildPlan(
       eval_every: c.train.eval_every,
       save_every: c.train.save_every,
       keep_checkpoints: c.train.keep_checkpoints,
+      patience: c.train.patience,
       device: c.train.device,
       devices: c.train.devices,
     },
@@ -277,8 +266,9 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
 
   let status: RoadResult["status"];
   let error: LorakitError | null = null;
-  if (result.finished && !result.finished.stopped_early && result.exitCode === 0) status = "completed";
-  else if (result.finished && result.exitCode === 0) status = "stopped";
+  // A `done` event without an `error` is success: torchrun exits non-zero after a clean Ctrl-C stop.
+  if (result.finished && !result.error && !result.finished.stopped_early) status = "completed";
+  else if (result.finished && !result.error) status = "stopped";
   else {
     status = "failed";
     error = engineFailure(result, logFile);

@@ -63,12 +63,14 @@ def configure_fast_path(
     loss_chunk_rows: int | None = None,
     mlp_chunk_tokens: int | None = None,
     fused_lora: bool | None = None,
+    checkpoint_attention: bool | None = None,
 ) -> FastOptions:
     """Set the fast-path switches of a native model (arguments left None keep their value).
 
     checkpointing: "none" (fastest, most memory), "full" (each layer recomputed in backward), "low_memory"
     (full, plus inside each layer the attention half recomputed again and the MLP 1,024 tokens at a time,
-    the loss in 1,024-row chunks: one 8k-token ChatGLM3-6B sample, see bench/RESULTS.md).
+    the loss in 512-row chunks: one 8k-token ChatGLM3-6B sample, see bench/RESULTS.md);
+    checkpoint_attention overrides the attention part of that.
     fused_lora: peft's LoRA Linear layers take kernels.lora's fused forward/backward (call again after
     adding adapters)."""
     options = fast_options(model)
@@ -92,9 +94,11 @@ def configure_fast_path(
         options.checkpoint_attention = checkpointing == "low_memory"
         if checkpointing == "low_memory":
             updates["mlp_chunk_tokens"] = mlp_chunk_tokens or 1024
-            updates["loss_chunk_rows"] = loss_chunk_rows or 1024
+            updates["loss_chunk_rows"] = loss_chunk_rows or 512
         elif mlp_chunk_tokens is None:
             options.mlp_chunk_tokens = None
+    if checkpoint_attention is not None:
+        options.checkpoint_attention = checkpoint_attention
     if fused_lora is not None:
         fuse_lora(model, fused_lora)
         options.fused_lora = fused_lora

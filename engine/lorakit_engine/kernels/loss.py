@@ -2,7 +2,8 @@
 
 `linear_cross_entropy(hidden, weight, targets)` returns the SUM of per-token cross-entropy over the rows whose
 target is not -100. Only those rows are projected at all (prompt tokens need no logits), and they are
-projected `chunk_rows` at a time: each chunk's logits (chunk × vocab, float32) live only inside the forward,
+projected `chunk_rows` at a time: each chunk's logits (chunk × vocab, float32, one buffer worked in place)
+live only inside the forward,
 where the gradient with respect to the hidden states (softmax − one-hot) · W is computed at once and kept
 (rows × hidden, the hidden dtype). Backward then only scales it by the incoming gradient; nothing is
 recomputed. With ChatGLM3's 65,024-token vocabulary this replaces a tokens × 65,024 × 4-byte tensor (4 GiB
@@ -36,14 +37,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_rows):
             h = hidden[start : start + chunk_rows]
             t = targets[start : start + chunk_rows]
-            logits = (h @ weight.t()).float()
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            # One float32 chunk buffer, worked in place (torch.logsumexp would add two more of its size).
+            z = (h @ weight.t()).float()
+            top = z.amax(dim=-1)
+            target = z.gather(1, t[:, None]).squeeze(1)
+            z.sub_(top[:, None]).exp_()
+            norm = z.sum(dim=-1)
+            total += (top + norm.log() - target).sum()
             if need_h or need_w:
-                probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place: one chunk buffer
+                probs = z.div_(norm[:, None])  # softmax
                 probs[torch.arange(t.shape[0], device=t.device), t] -= 1.0
                 g = probs.to(hidden.dtype)
-                del probs, logits
+                del probs, z
                 if need_h:
                     torch.mm(g, weight, out=grad_h[start : start + chunk_rows])
                 if need_w:

@@ -298,6 +298,7 @@ class MLP(nn.Module):
 class GLMBlock(nn.Module):
     def __init__(self, config: ChatGLMConfig, fast: FastOptions | None = None):
         super().__init__()
+        self.fast = fast = fast or FastOptions()
         self.residual_from_norm = config.apply_residual_connection_post_layernorm
         self.hidden_dropout = config.hidden_dropout
         self.input_layernorm = _norm(config, fast)
