@@ -16,8 +16,9 @@ class FastOptions:
     once by the fused output projection + cross-entropy. mlp_chunk_tokens: when set (training), the MLP
     runs over this many tokens at a time and is recomputed in backward, so its 2·ffn-wide intermediate
     never exists for the whole row (the low-memory setting). checkpoint_attention: in checkpointed
-    layers, the attention half is recomputed again in backward (low memory). fused_lora: peft's LoRA
-    Linear layers run through kernels.lora (set by configure_fast_path, which patches the peft modules)."""
+    layers, the attention half is recomputed once more in backward (measured: slower, no lower peak).
+    fused_lora: peft's LoRA Linear layers run through kernels.lora (set by configure_fast_path, which
+    patches the peft modules)."""
 
     compile: bool = False
     attention: str = "auto"
