@@ -29,7 +29,7 @@ export const command: Command = {
     const py = await ensurePython({ env: io.env, log });
     const setupDone = Date.now();
     const modelDir = await ensureDemoModel(py, io.env, log);
-    const task = makeTask({ train: 192, heldOut: 40 });
+    const task = makeTask({ train: 160, heldOut: 40 });
     mkdirSync(path.join(dir, "data"), { recursive: true });
     writeFileSync(path.join(dir, "data", "train.jsonl"), toJsonl(task.train));
     writeFileSync(path.join(dir, "data", "heldout.jsonl"), toJsonl(task.heldOut));
@@ -48,7 +48,7 @@ export const command: Command = {
         log_every: 4,
         ...(values.steps ? { max_steps: Number(values.steps) } : {}),
       },
-      samples: { count: task.heldOut.length, max_new_tokens: 40 },
+      samples: { count: task.heldOut.length, max_new_tokens: 32 },
     };
     const configPath = path.join(dir, "run.yaml");
     writeFileSync(
