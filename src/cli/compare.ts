@@ -8,7 +8,7 @@ import { type LoadedConfig, loadConfig } from "../config/load.js";
 import { fromRow } from "../doctor/finding.js";
 import { escapeHtml, lineChart } from "../report/html.js";
 import { type MetricRow, type RunRow, RunStore, type SampleRow } from "../runs/store.js";
-import { runRoad } from "../train/road.js";
+import { exactMatchShare, runRoad } from "../train/road.js";
 import { parse } from "./args.js";
 import { colors, err, out } from "./io.js";
 import type { Command } from "./main.js";
@@ -27,12 +27,6 @@ export interface RunSummary {
   finalLoss: number | null;
   bestEval: { step: number; loss: number } | null;
   exactMatch: { before: number | null; after: number | null };
-}
-
-function share(samples: SampleRow[], phase: "before" | "after"): number | null {
-  const s = samples.filter((x) => x.phase === phase && x.reference !== null);
-  if (s.length === 0) return null;
-  return s.filter((x) => x.output.trim() === (x.reference ?? "").trim()).length / s.length;
 }
 
 export function summarize(label: string, loaded: LoadedConfig, run: RunRow, store: RunStore): RunSummary {
@@ -54,7 +48,7 @@ export function summarize(label: string, loaded: LoadedConfig, run: RunRow, stor
     samples,
     finalLoss: train.at(-1)?.loss ?? null,
     bestEval: best ? { step: best.step, loss: best.loss as number } : null,
-    exactMatch: { before: share(samples, "before"), after: share(samples, "after") },
+    exactMatch: { before: exactMatchShare(samples, "before"), after: exactMatchShare(samples, "after") },
   };
 }
 
@@ -127,10 +121,22 @@ export const command: Command = {
         out(io, `${label}: training ${loaded.name} (${configPath})`);
         const { onEvent, progress } = eventPrinter(io, loaded.config.train.log_every);
         const result = await withInterrupt(io, (signal) =>
-          runRoad(loaded, { signal, env: io.env, log: (l) => progress.line(l), onEvent }),
+          runRoad(loaded, {
+            signal,
+            env: io.env,
+            log: (l) => progress.line(l),
+            onEvent,
+            // A run stopped earlier continues from its checkpoint; a failed one starts over.
+            resume: run?.status === "stopped",
+            fresh: run?.status === "failed",
+          }),
         );
         progress.end();
         if (result.error) throw result.error;
+        if (result.status === "stopped") {
+          out(io, `stopped; continue with: lorakit compare ${positionals.join(" ")}`);
+          return 130;
+        }
         store = RunStore.forOutputDir(loaded.outputDir);
         run = store.getRun(loaded.name) as RunRow;
       }

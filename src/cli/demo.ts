@@ -60,6 +60,7 @@ export const command: Command = {
     const trainStarted = Date.now();
     const result = await withInterrupt(io, (signal) =>
       runRoad(loaded, {
+        fresh: true, // the demo starts over each time
         signal,
         env: io.env,
         py,

@@ -2,13 +2,14 @@
 import { loadConfig } from "../config/load.js";
 import type { Event } from "../config/schema.js";
 import { renderFinding } from "../doctor/finding.js";
+import { LorakitError } from "../errors.js";
 import { runRoad } from "../train/road.js";
 import { parse } from "./args.js";
 import { colors, err, type Io, out } from "./io.js";
 import type { Command } from "./main.js";
 import { Progress } from "./progress.js";
 
-const usage = "lorakit train <run.yaml> [--resume] [--force] [--no-smoke]";
+const usage = "lorakit train <run.yaml> [--resume | --fresh] [--force] [--no-smoke]";
 
 /** Prints engine events for a person: the progress bar, evals, findings, checkpoints. */
 export function eventPrinter(io: Io, logEvery: number): { onEvent: (e: Event) => void; progress: Progress } {
@@ -50,7 +51,8 @@ export async function withInterrupt<T>(io: Io, fn: (signal: AbortSignal) => Prom
   if (io.signal) return fn(io.signal);
   const ac = new AbortController();
   const onSig = () => {
-    if (!ac.signal.aborted) err(io, "\nstopping: saving a checkpoint (Ctrl-C again to kill) …");
+    if (ac.signal.aborted) process.exit(130); // a second Ctrl-C: now
+    err(io, "\nstopping: a running engine saves a checkpoint first (Ctrl-C again to quit at once) …");
     ac.abort();
   };
   process.on("SIGINT", onSig);
@@ -67,7 +69,12 @@ export const command: Command = {
   async run(argv, io) {
     const { values, positionals } = parse(
       argv,
-      { resume: { type: "boolean" }, force: { type: "boolean" }, "no-smoke": { type: "boolean" } },
+      {
+        resume: { type: "boolean" },
+        fresh: { type: "boolean" },
+        force: { type: "boolean" },
+        "no-smoke": { type: "boolean" },
+      },
       usage,
     );
     const [configPath] = positionals;
@@ -81,6 +88,7 @@ export const command: Command = {
       runRoad(loaded, {
         resume: Boolean(values.resume),
         force: Boolean(values.force),
+        fresh: Boolean(values.fresh),
         smoke: !values["no-smoke"],
         signal,
         env: io.env,
@@ -104,6 +112,10 @@ export const command: Command = {
       return 130;
     }
     if (result.error) throw result.error;
+    if (result.errorFindings.length > 0) {
+      // The run finished, but the doctor found errors in it: say so in the exit code too.
+      throw LorakitError.fromList(result.errorFindings.map((f) => new LorakitError(f.code, f.title, { hint: f.fix })));
+    }
     return 0;
   },
 };

@@ -73,10 +73,8 @@ function run(cmd: string, args: string[], log: string): Promise<number> {
     child.stdout.pipe(out, { end: false });
     child.stderr.pipe(out, { end: false });
     child.on("error", () => resolve(127));
-    child.on("close", (code) => {
-      out.end();
-      resolve(code ?? 1);
-    });
+    // The log is read on failure: resolve once it is flushed.
+    child.on("close", (code) => out.end(() => resolve(code ?? 1)));
   });
 }
 

@@ -78,7 +78,8 @@ export function spawnEngine(opts: SpawnOptions): EngineRun {
     send({ type: "stop" });
     killTimer = setTimeout(() => child.kill("SIGTERM"), opts.killAfterMs ?? 120_000);
   };
-  opts.signal?.addEventListener("abort", onAbort);
+  if (opts.signal?.aborted) onAbort();
+  else opts.signal?.addEventListener("abort", onAbort);
 
   createInterface({ input: child.stdout }).on("line", (line) => {
     const event = parseEventLine(line);

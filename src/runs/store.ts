@@ -187,6 +187,10 @@ export class RunStore {
       .run(runId, stage, f.code, f.severity, f.title, JSON.stringify(f.evidence), f.fix);
   }
 
+  clearFindings(runId: number): void {
+    this.db.prepare("DELETE FROM findings WHERE run_id=?").run(runId);
+  }
+
   addSample(runId: number, s: SampleRow): void {
     this.db
       .prepare(

@@ -29,7 +29,10 @@ function templateSamples(loaded: LoadedConfig, prepared: PreparedRun, tokenizer:
   const picked = conversations.slice(0, n);
   return {
     formatted: picked.map((conv) => {
-      const v = viewSample(conv, prepared.result.template, tokenizer, { maxLength: d.max_length });
+      const v = viewSample(conv, prepared.result.template, tokenizer, {
+        maxLength: d.max_length,
+        maskHistory: d.mask_history,
+      });
       return { input_ids: v.ids, labels: v.labels };
     }),
     plain: picked.map((conv) => ({

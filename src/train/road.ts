@@ -6,15 +6,15 @@ import { stringify as toYaml } from "yaml";
 import type { LoadedConfig } from "../config/load.js";
 import type { Event, Plan } from "../config/schema.js";
 import type { Tokenizer } from "../data/tokenizer.js";
-import { type Finding, findingsError, fromEvent, makeFinding } from "../doctor/finding.js";
 import { plannedSteps } from "../doctor/config.js";
+import { type Finding, findingsError, fromEvent, makeFinding } from "../doctor/finding.js";
 import { outputFindings } from "../doctor/outputs.js";
 import { ensurePython, type PythonEnv } from "../engine/python.js";
 import { engineFailure, spawnEngine } from "../engine/supervisor.js";
 import { LorakitError } from "../errors.js";
 import type { ModelInfo } from "../models/inspect.js";
 import { renderReport } from "../report/html.js";
-import { RunStore } from "../runs/store.js";
+import { RunStore, type SampleRow } from "../runs/store.js";
 import { prepareAndCheck } from "./preflight.js";
 import type { PreparedRun } from "./prepare-run.js";
 
@@ -31,6 +31,8 @@ export interface RoadOptions {
   failAtStep?: number;
   /** The smoke run before the real one (default on). */
   smoke?: boolean;
+  /** Start over: delete an earlier run's checkpoints and adapter under the same name. */
+  fresh?: boolean;
   /** Every finding as it is made: preflight, smoke, training, outputs. */
   onFinding?: (f: Finding) => void;
 }
@@ -56,6 +58,7 @@ export async function smokeRun(py: PythonEnv, plan: Plan, runDir: string, opts: 
       keep_checkpoints: 1,
       devices: 1,
     },
+    data: { ...plan.data, eval: null },
     samples: { ...plan.samples, items: plan.samples.items.slice(0, 1), max_new_tokens: 4, before: false },
     resume: false,
   };
@@ -63,17 +66,37 @@ export async function smokeRun(py: PythonEnv, plan: Plan, runDir: string, opts: 
   const planPath = path.join(dir, "plan.json");
   writeFileSync(planPath, `${JSON.stringify(smoke, null, 2)}\n`);
   const logFile = path.join(dir, "engine.log");
-  const engine = spawnEngine({ py, command: "train", planPath, logFile, signal: opts.signal, onEvent: () => {} });
+  const errors: string[] = [];
+  const engine = spawnEngine({
+    py,
+    command: "train",
+    planPath,
+    logFile,
+    signal: opts.signal,
+    // An error finding (the reload check, targets, a non-finite loss) fails the smoke run too.
+    onEvent: (e) => {
+      if (e.type === "finding" && e.severity === "error") errors.push(`${e.code}: ${e.title}`);
+    },
+  });
   const result = await engine.done;
-  if (result.finished && result.exitCode === 0) {
+  if (opts.signal?.aborted) throw stoppedBeforeTraining();
+  if (result.finished && !result.error && !result.finished.stopped_early && errors.length === 0) {
     rmSync(dir, { recursive: true, force: true });
     return null;
   }
+  if (errors.length > 0)
+    return makeFinding("SMOKE_FAILED", { code: errors[0], error: errors.join("\n"), log: logFile });
   const failure = engineFailure(result, logFile);
   return makeFinding("SMOKE_FAILED", {
     code: failure.code,
     error: failure.message.split("\n").slice(0, 12).join("\n"),
     log: logFile,
+  });
+}
+
+function stoppedBeforeTraining(): LorakitError {
+  return new LorakitError("STOPPED", "stopped (Ctrl-C) before training started; nothing was trained", {
+    hint: "run the same command again to start",
   });
 }
 
@@ -85,6 +108,8 @@ export interface RoadResult {
   exactMatch: { before: number | null; after: number | null; n: number };
   error: LorakitError | null;
   runId: number;
+  /** Error findings made during or after training (the run completed, but its result is not to be trusted). */
+  errorFindings: { code: string; title: string; fix: string }[];
 }
 
 /** Decodes generated ids; ids the tokenizer does not know (a model's padded vocabulary) show as ⟨id N⟩. */
@@ -103,8 +128,9 @@ export function decodeGenerated(tokenizer: Tokenizer, ids: readonly number[]): s
   return text + tokenizer.decode(run, { skipSpecial: true });
 }
 
-function exactMatchShare(samples: { output: string; reference: string | null }[]): number | null {
-  const scored = samples.filter((s) => s.reference !== null);
+/** Share of scored samples of a phase whose output equals the reference exactly (null when none is scored). */
+export function exactMatchShare(samples: readonly SampleRow[], phase: "before" | "after"): number | null {
+  const scored = samples.filter((s) => s.phase === phase && s.reference !== null);
   if (scored.length === 0) return null;
   return scored.filter((s) => s.output.trim() === (s.reference as string).trim()).length / scored.length;
 }
@@ -179,6 +205,17 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
     });
   }
 
+  const earlier = ["checkpoints", "adapter"].filter((d) => existsSync(path.join(runDir, d)));
+  if (!opts.resume && earlier.length > 0) {
+    if (!opts.fresh) {
+      throw new LorakitError("RUN_EXISTS", `run '${loaded.name}' already has ${earlier.join(" and ")} in ${runDir}`, {
+        where: { file: loaded.file },
+        hint: "continue it with --resume, start it over with --fresh (deletes them), or give the run another name",
+      });
+    }
+    for (const d of [...earlier, "smoke"]) rmSync(path.join(runDir, d), { recursive: true, force: true });
+  }
+
   // Everything before the GPU: model, tokenizer, data, and the doctor's checks on them.
   const py = opts.py ?? (await ensurePython({ env: opts.env ?? process.env, log }));
   const { model, tokenizer, prepared, preflight } = await prepareAndCheck(loaded, {
@@ -191,6 +228,7 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
     },
   });
   log(`model       ${loaded.modelDir} (${model.modelType}, family ${model.family.name}, ${model.layers} layers)`);
+  if (opts.signal?.aborted) throw stoppedBeforeTraining();
   const refused = findingsError(preflight.findings);
   if (refused && !opts.force) {
     throw new LorakitError(refused.code, `the doctor found ${refused.all().length} error(s); training did not start`, {
@@ -207,6 +245,7 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
     resume: Boolean(opts.resume),
     forced: Boolean(opts.force && refused),
   });
+  if (opts.resume) store.clearFindings(run.id); // the checks run again; the engine reports its own again
   for (const f of preflight.findings) store.addFinding(run.id, f.stage, f);
   writeFileSync(path.join(runDir, "config.yaml"), resolvedYaml);
   const plan = buildPlan(loaded, model, prepared, runDir, {
@@ -232,7 +271,6 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
 
   const logFile = path.join(runDir, "engine.log");
   const heldOut = new Map(prepared.heldOut.map((s) => [s.index, s]));
-  const outputs: Record<"before" | "after", { output: string; reference: string | null }[]> = { before: [], after: [] };
 
   const engine = spawnEngine({
     py,
@@ -257,7 +295,6 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
           stopped: event.stopped ? 1 : 0,
         };
         store.addSample(run.id, row);
-        if (event.phase !== "during") outputs[event.phase].push(row);
       }
       opts.onEvent?.(event);
     },
@@ -282,8 +319,9 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
   }
 
   const exactMatch = {
-    before: exactMatchShare(outputs.before),
-    after: exactMatchShare(outputs.after),
+    // From the store: a resumed run keeps the "before" samples of its first start.
+    before: exactMatchShare(store.samples(run.id), "before"),
+    after: exactMatchShare(store.samples(run.id), "after"),
     n: prepared.heldOut.filter((s) => s.reference !== null).length,
   };
   const pct = (x: number | null) => (x === null ? "—" : `${(100 * x).toFixed(1)}%`);
@@ -307,7 +345,11 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
       },
     }),
   );
+  const errorFindings = store
+    .findings(run.id)
+    .filter((f) => f.severity === "error" && (f.stage === "training" || f.stage === "outputs"))
+    .map((f) => ({ code: f.code, title: f.title, fix: f.fix }));
   store.close();
   const adapterDir = result.finished ? result.finished.adapter_dir : null;
-  return { status, runDir, adapterDir, reportPath, exactMatch, error, runId: run.id };
+  return { status, runDir, adapterDir, reportPath, exactMatch, error, runId: run.id, errorFindings };
 }
