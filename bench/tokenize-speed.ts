@@ -22,5 +22,7 @@ for (const name of ["spm-chatglm3", "bpe-bytelevel", "bpe-metaspace"]) {
   let n = 0;
   for (const s of samples) n += tok.encode(s).length;
   const ms = performance.now() - t0;
-  console.log(`${name.padEnd(14)} 4000 × 300 chars: ${ms.toFixed(0)} ms, ${n} tokens, ${((n / ms) * 1000).toFixed(0)} tokens/s`);
+  console.log(
+    `${name.padEnd(14)} 4000 × 300 chars: ${ms.toFixed(0)} ms, ${n} tokens, ${((n / ms) * 1000).toFixed(0)} tokens/s`,
+  );
 }

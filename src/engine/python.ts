@@ -127,7 +127,14 @@ export async function ensurePython(opts: EnsureOptions = {}): Promise<PythonEnv>
   if (opts.dev) reqFiles.push(path.join(ENGINE_DIR, "requirements-dev.txt"));
   const venv = path.join(cacheDir(env), "python", requirementsHash(base, [reqFiles[0] as string]));
   const python = path.join(venv, "bin", "python");
-  const stamp = path.join(venv, opts.dev ? ".ready-dev" : ".ready");
+  // The test tools' stamp names their requirements, so a change to them installs again.
+  const devHash = opts.dev
+    ? createHash("sha256")
+        .update(readFileSync(reqFiles[1] as string))
+        .digest("hex")
+        .slice(0, 12)
+    : "";
+  const stamp = path.join(venv, opts.dev ? `.ready-dev-${devHash}` : ".ready");
   if (!existsSync(stamp)) {
     mkdirSync(path.dirname(venv), { recursive: true });
     await withLock(`${venv}.lock`, async () => {
