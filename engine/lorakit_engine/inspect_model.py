@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .protocol import finding_event
+
 IGNORE = -100
 _LAYER = re.compile(r"\.(\d+)\.")
 _SHOWN = 50  # names listed in evidence before the rest are only counted
@@ -41,14 +43,7 @@ CODES = {
 
 
 def finding(code: str, title: str, evidence: dict[str, Any], fix: str) -> dict[str, Any]:
-    return {
-        "type": "finding",
-        "code": code,
-        "severity": CODES[code],
-        "title": title,
-        "evidence": evidence,
-        "fix": fix,
-    }
+    return finding_event(code, CODES[code], title, evidence, fix)
 
 
 def _dtype_name(dtype) -> str:

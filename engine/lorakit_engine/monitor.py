@@ -19,6 +19,8 @@ import math
 import statistics
 from typing import Any
 
+from .protocol import finding_event
+
 CODES = {
     "TRAIN_NONFINITE_LOSS": "error",
     "TRAIN_LOSS_ZERO": "error",
@@ -92,16 +94,7 @@ class Monitor:
         if code in self.reported:
             return []
         self.reported.add(code)
-        return [
-            {
-                "type": "finding",
-                "code": code,
-                "severity": CODES[code],
-                "title": title,
-                "evidence": evidence,
-                "fix": fix,
-            }
-        ]
+        return [finding_event(code, CODES[code], title, evidence, fix)]
 
     # ------------------------------------------------------------ train steps
 

@@ -172,17 +172,20 @@ def log(emit: Emit, message: str, level: str = "info") -> None:
     emit({"type": "log", "level": level, "message": message})
 
 
+def finding_event(code: str, severity: str, title: str, evidence: dict, fix: str) -> dict:
+    """A `finding` event (protocol/event.schema.json): the one shape of every finding the engine makes."""
+    return {
+        "type": "finding",
+        "code": code,
+        "severity": severity,
+        "title": title,
+        "evidence": evidence,
+        "fix": fix,
+    }
+
+
 def finding(emit: Emit, code: str, severity: str, title: str, evidence: dict, fix: str) -> None:
-    emit(
-        {
-            "type": "finding",
-            "code": code,
-            "severity": severity,
-            "title": title,
-            "evidence": evidence,
-            "fix": fix,
-        }
-    )
+    emit(finding_event(code, severity, title, evidence, fix))
 
 
 _HINTS = {
