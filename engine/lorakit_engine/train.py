@@ -209,8 +209,39 @@ def make_scheduler(optimizer, plan: dict):
 # ---------------------------------------------------------------- loss
 
 
+def use_fast_path(model, device: torch.device, plan: dict) -> bool:
+    """Native models (ChatGLM3) train through lorakit_engine.kernels on CUDA: each micro-batch packed into one
+    row without padding (varlen attention), the loss fused with the output projection, fused LoRA.
+    LORAKIT_FAST=1 forces it (also on the CPU, where packed attention falls back to SDPA with a block mask);
+    LORAKIT_FAST=0 turns it off."""
+    from .kernels import configure_fast_path, fast_options
+
+    want = os.environ.get("LORAKIT_FAST", "auto")
+    if want == "0" or fast_options(model) is None or (want == "auto" and device.type != "cuda"):
+        return False
+    configure_fast_path(
+        model,
+        fused_lora=True,
+        checkpointing="full" if plan["train"]["gradient_checkpointing"] else "none",
+    )
+    model._lorakit_packed = True
+    return True
+
+
+def _packed_ce_sum(model, batch: Batch) -> torch.Tensor:
+    """token_ce_sum through the fast path: the batch's rows, unpadded, packed into one row."""
+    from .kernels import pack_batch
+
+    lengths = batch.attention_mask.sum(dim=1).tolist()
+    rows = [(batch.input_ids[i, :n], batch.labels[i, :n]) for i, n in enumerate(lengths)]
+    packed = pack_batch(rows).to(batch.input_ids.device)
+    return model(**packed.model_inputs(), loss_reduction="sum").loss
+
+
 def token_ce_sum(model, batch: Batch) -> torch.Tensor:
     """Summed cross-entropy over the batch's trained tokens (labels aligned with input_ids; shifted here)."""
+    if getattr(model, "_lorakit_packed", False):
+        return _packed_ce_sum(model, batch)
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
     target = torch.cat((batch.labels[:, 1:], torch.full_like(batch.labels[:, :1], IGNORE)), dim=1)
     return F.cross_entropy(
@@ -420,11 +451,14 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
         emit_samples(base, plan, "before", emit)
 
     model = attach_lora(base, plan, emit)
+    fast = use_fast_path(model, device, plan)
+    if fast:
+        log(emit, "fast path: packed rows without padding, fused loss and LoRA (lorakit_engine.kernels)")
     if dist.main:
         _, found = check_peft_model(model, plan["lora"]["targets"], count_layers(base))
         for f in found:
             emit({"type": "finding", **f})
-    if t["gradient_checkpointing"]:
+    if t["gradient_checkpointing"] and not fast:  # the fast path checkpoints its own layers
         if getattr(base, "supports_gradient_checkpointing", False):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
