@@ -93,5 +93,20 @@ def main(argv: list[str] | None = None, stdin: IO[str] | None = None, stdout: IO
         return 1
 
 
+def _exit(code: int) -> None:
+    """Under torchrun, leave without interpreter finalization: C++ threads of the process group and of the
+    store (and the relay's watcher inside a store call) can otherwise abort the process at teardown
+    ("terminate called without an active exception") after a run that succeeded. Every stream is flushed
+    first; a single process exits normally."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001, S110 — a closed stream has nothing left to flush
+                pass
+        os._exit(code)
+    raise SystemExit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    _exit(main())
