@@ -192,6 +192,31 @@ export function chatglm3Template(tok: Tokenizer): ChatTemplate {
 
 // ---------------------------------------------------------------- chatml, llama3, deepseek
 
+type Body = (seq: Seq, msgs: Message[], withLoss: boolean, conv: Conversation) => void;
+
+/** A template that renders message by message: `body` lays out the turns, `prompt` opens the next answer. */
+function turnByTurn(
+  spec: Omit<ChatTemplate, "render" | "renderPrompt">,
+  body: Body,
+  prompt: () => number[],
+): ChatTemplate {
+  return {
+    ...spec,
+    render(conv) {
+      noTools(conv, spec.name);
+      const seq = new Seq();
+      body(seq, conv.messages, true, conv);
+      return seq.done();
+    },
+    renderPrompt(conv) {
+      noTools(conv, spec.name);
+      const seq = new Seq();
+      body(seq, promptMessages(conv), false, conv);
+      return [...seq.ids, ...prompt()];
+    },
+  };
+}
+
 /** `<|im_start|>role\ncontent<|im_end|>\n`; trained: the assistant content and `<|im_end|>`. */
 export function chatmlTemplate(tok: Tokenizer): ChatTemplate {
   const name = "chatml";
@@ -206,24 +231,16 @@ export function chatmlTemplate(tok: Tokenizer): ChatTemplate {
       seq.push([...text(m.content), end], m.role, t, i);
       seq.push(text("\n"), m.role, false, i);
     });
-  return {
-    name,
-    source: "builtin:chatml/v1 {<|im_start|>role\\ncontent<|im_end|>\\n}*; trained: content <|im_end|>",
-    stopIds: [end, ...optional(tok, ["<|endoftext|>"])],
-    specialTokens: { "<|im_start|>": start, "<|im_end|>": end },
-    render(conv) {
-      noTools(conv, name);
-      const seq = new Seq();
-      body(seq, conv.messages, true);
-      return seq.done();
+  return turnByTurn(
+    {
+      name,
+      source: "builtin:chatml/v1 {<|im_start|>role\\ncontent<|im_end|>\\n}*; trained: content <|im_end|>",
+      stopIds: [end, ...optional(tok, ["<|endoftext|>"])],
+      specialTokens: { "<|im_start|>": start, "<|im_end|>": end },
     },
-    renderPrompt(conv) {
-      noTools(conv, name);
-      const seq = new Seq();
-      body(seq, promptMessages(conv), false);
-      return [...seq.ids, start, ...text("assistant\n")];
-    },
-  };
+    body,
+    () => [start, ...text("assistant\n")],
+  );
 }
 
 /** Llama 3: `<|begin_of_text|>`, per message `<|start_header_id|>role<|end_header_id|>\n\n` + content (trimmed) + `<|eot_id|>`. */
@@ -243,25 +260,22 @@ export function llama3Template(tok: Tokenizer): ChatTemplate {
       seq.push([...text(m.content.trim()), eot], m.role, withLoss && trains(m), i);
     });
   };
-  return {
-    name,
-    source:
-      "builtin:llama3/v1 <|begin_of_text|> {<|start_header_id|>role<|end_header_id|>\\n\\n trim(content)<|eot_id|>}*",
-    stopIds: [eot, ...optional(tok, ["<|end_of_text|>", "<|eom_id|>"])],
-    specialTokens: { "<|begin_of_text|>": bos, "<|start_header_id|>": sh, "<|end_header_id|>": eh, "<|eot_id|>": eot },
-    render(conv) {
-      noTools(conv, name);
-      const seq = new Seq();
-      body(seq, conv.messages, true);
-      return seq.done();
+  return turnByTurn(
+    {
+      name,
+      source:
+        "builtin:llama3/v1 <|begin_of_text|> {<|start_header_id|>role<|end_header_id|>\\n\\n trim(content)<|eot_id|>}*",
+      stopIds: [eot, ...optional(tok, ["<|end_of_text|>", "<|eom_id|>"])],
+      specialTokens: {
+        "<|begin_of_text|>": bos,
+        "<|start_header_id|>": sh,
+        "<|end_header_id|>": eh,
+        "<|eot_id|>": eot,
+      },
     },
-    renderPrompt(conv) {
-      noTools(conv, name);
-      const seq = new Seq();
-      body(seq, promptMessages(conv), false);
-      return [...seq.ids, ...header("assistant")];
-    },
-  };
+    body,
+    () => [...header("assistant")],
+  );
 }
 
 /**
@@ -273,7 +287,7 @@ export function deepseekTemplate(tok: Tokenizer): ChatTemplate {
   const bos = tok.tokenToId("<｜begin▁of▁sentence｜>") ?? tok.bosId ?? need(tok, "<｜begin▁of▁sentence｜>", name);
   const eos = tok.tokenToId("<｜end▁of▁sentence｜>") ?? tok.eosId ?? need(tok, "<｜end▁of▁sentence｜>", name);
   const text = (s: string) => tok.encode(s, { parseSpecial: false });
-  const body = (seq: Seq, msgs: Message[], withLoss: boolean, conv: Conversation) => {
+  const body: Body = (seq, msgs, withLoss, conv) => {
     seq.push([bos], msgs[0]?.role ?? "user", false, -1);
     msgs.forEach((m, i) => {
       if (m.role === "system") seq.push(text(`${m.content}\n\n`), m.role, false, i);
@@ -288,24 +302,16 @@ export function deepseekTemplate(tok: Tokenizer): ChatTemplate {
         });
     });
   };
-  return {
-    name,
-    source: "builtin:deepseek/v1 <bos> {system\\n\\n | User: c\\n\\n | Assistant: c<eos>}*",
-    stopIds: [eos],
-    specialTokens: { bos: bos, eos: eos },
-    render(conv) {
-      noTools(conv, name);
-      const seq = new Seq();
-      body(seq, conv.messages, true, conv);
-      return seq.done();
+  return turnByTurn(
+    {
+      name,
+      source: "builtin:deepseek/v1 <bos> {system\\n\\n | User: c\\n\\n | Assistant: c<eos>}*",
+      stopIds: [eos],
+      specialTokens: { bos: bos, eos: eos },
     },
-    renderPrompt(conv) {
-      noTools(conv, name);
-      const seq = new Seq();
-      body(seq, promptMessages(conv), false, conv);
-      return [...seq.ids, ...text("Assistant:")];
-    },
-  };
+    body,
+    () => [...text("Assistant:")],
+  );
 }
 
 // ---------------------------------------------------------------- jinja (the checkpoint's chat_template)
