@@ -197,6 +197,12 @@ _HINTS = {
 }
 
 
+def _is_load_error(exc: BaseException) -> bool:
+    """lorakit_engine.models.CheckpointError (a model folder that cannot load), not torch.utils.checkpoint's
+    CheckpointError of the same name (activation checkpointing failed mid-training: a crash)."""
+    return type(exc).__name__ == "CheckpointError" and type(exc).__module__.startswith("lorakit_engine.")
+
+
 def error_event(exc: BaseException) -> dict[str, Any]:
     """One `error` event for any exception: an EngineError keeps its code; a few others are recognised."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -211,7 +217,7 @@ def error_event(exc: BaseException) -> dict[str, Any]:
             str(exc).splitlines()[0] if str(exc) else "CUDA out of memory",
             _HINTS["CUDA_OOM"],
         )
-    elif type(exc).__name__ == "CheckpointError":  # lorakit_engine.models.CheckpointError
+    elif _is_load_error(exc):
         code = "MODEL_LOAD_FAILED"
         message = f"{getattr(exc, 'code', '')}: {getattr(exc, 'message', str(exc))}"
         if getattr(exc, "path", None):

@@ -184,7 +184,7 @@ def test_fused_lora_in_the_model_equals_peft(fixtures_dir):
 # -- Triton kernels (run in Triton's CPU interpreter where Triton is installed; on the GPU by bench/) ------
 
 
-def test_triton_swiglu_and_rotary_match_eager(monkeypatch):
+def test_triton_swiglu_rotary_and_rms_norm_match_eager(monkeypatch):
     import os
     import sys
 
@@ -192,7 +192,8 @@ def test_triton_swiglu_and_rotary_match_eager(monkeypatch):
         pytest.skip("Triton was imported before TRITON_INTERPRET=1: run with it set in the environment")
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # read when triton is first imported
     pytest.importorskip("triton")
-    from lorakit_engine.kernels import rotary, swiglu
+    from lorakit_engine.kernels import rmsnorm, rotary, swiglu
+    from lorakit_engine.kernels.elementwise import rms_norm as rms_norm_eager
     from lorakit_engine.kernels.elementwise import rotary as rotary_eager
     from lorakit_engine.kernels.elementwise import swiglu as swiglu_eager
     from lorakit_engine.models.chatglm import RotaryEmbedding
@@ -216,3 +217,46 @@ def test_triton_swiglu_and_rotary_match_eager(monkeypatch):
     want = torch.autograd.grad(y := rotary_eager(q, cos, sin), q, dq)[0], y
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+
+    x = torch.randn(2, 5, 300, generator=gen) * 3
+    x = x.transpose(0, 1).requires_grad_()  # not contiguous across rows
+    w = torch.rand(300, generator=gen) + 0.5
+    dx = torch.randn(5, 2, 300, generator=gen)
+    got = torch.autograd.grad(y := rmsnorm.rms_norm(x, w, 1e-5), x, dx)[0], y
+    want = torch.autograd.grad(y := rms_norm_eager(x, w, 1e-5), x, dx)[0], y
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+    assert rmsnorm.rms_norm(x, w.requires_grad_(), 1e-5) is None  # a trained weight: the caller's fallback
+
+
+def test_kernel_self_checks_inside_activation_checkpointing_save_nothing(monkeypatch):
+    """A kernel's one-time check first runs inside the model's forward, perhaps inside checkpointing: its own
+    saved tensors must not count as the layer's, or the recomputation (cached answer) saves fewer and
+    backward fails with torch's CheckpointError (it did on an H200, low-memory run with cold caches)."""
+    import os
+    import sys
+
+    from torch.utils.checkpoint import checkpoint
+
+    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton was imported before TRITON_INTERPRET=1: run with it set in the environment")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    pytest.importorskip("triton")
+    from lorakit_engine.kernels import rmsnorm, swiglu
+    from lorakit_engine.kernels.elementwise import rms_norm as rms_norm_eager
+
+    rmsnorm.triton_works.cache_clear()
+    swiglu.triton_works.cache_clear()
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
+        assert swiglu.triton_works("cpu")
+    assert packed == []
+
+    w = torch.rand(64) + 0.5
+    x = torch.randn(9, 64, requires_grad=True)
+    rmsnorm.triton_works.cache_clear()  # cold: the check runs inside the checkpointed forward
+    y = checkpoint(lambda t: rmsnorm.rms_norm(t, w, 1e-5) * 2, x, use_reentrant=False)
+    (dx,) = torch.autograd.grad(y.square().sum(), x)
+    x32 = x.detach().requires_grad_()
+    (want,) = torch.autograd.grad((rms_norm_eager(x32, w, 1e-5) * 2).square().sum(), x32)
+    torch.testing.assert_close(dx, want, atol=1e-4, rtol=1e-4)

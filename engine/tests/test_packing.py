@@ -164,3 +164,49 @@ def test_low_memory_checkpointing_gives_the_same_gradients(fixtures_dir):
     configure_fast_path(model, checkpointing="none")
     assert not model.base_model.model.is_gradient_checkpointing
     assert model.base_model.model.fast.mlp_chunk_tokens is None
+
+
+def test_low_memory_keeps_the_frozen_token_table_on_the_host(fixtures_dir):
+    model = lora_model(fixtures_dir)
+    table = model.get_input_embeddings().weight
+    configure_fast_path(model, checkpointing="low_memory", embedding_on_host=True)
+    assert table.device.type == "cpu" and model.base_model.model.fast.mlp_chunk_tokens == 1024
+    table.requires_grad_(True)
+    with pytest.raises(ValueError, match="frozen input embedding"):
+        configure_fast_path(model, embedding_on_host=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host vs device placement needs a GPU")
+def test_token_table_on_the_host_gives_the_same_loss_and_gradients_on_cuda(fixtures_dir):
+    model = lora_model(fixtures_dir).cuda()
+    packed = pack_batch(samples(model.config.padded_vocab_size)).to("cuda")
+    configure_fast_path(model, checkpointing="full", embedding_on_host=False, attention="sdpa")  # float32
+    loss_dev, _, grads_dev = loss_and_grads(model, **packed.model_inputs())
+    configure_fast_path(model, checkpointing="low_memory", mlp_chunk_tokens=7, loss_chunk_rows=5)
+    assert model.get_input_embeddings().weight.device.type == "cpu"
+    assert model.get_input_embeddings().weight.is_pinned()
+    loss_host, _, grads_host = loss_and_grads(model, **packed.model_inputs())
+    torch.testing.assert_close(loss_host, loss_dev, atol=ATOL, rtol=SUM_RTOL)
+    for name in grads_dev:
+        torch.testing.assert_close(grads_host[name], grads_dev[name], atol=ATOL, rtol=0)
+    configure_fast_path(model, embedding_on_host=False)
+    assert model.get_input_embeddings().weight.device.type == "cuda"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused bf16 kernels need a GPU")
+def test_low_memory_with_the_fused_kernels_in_bf16_matches_no_checkpointing_on_cuda(fixtures_dir):
+    """The GPU configuration of `checkpointing: low_memory` (Triton kernels, host token table, bf16, hooks
+    that make the embedding output require grad) recomputes the same tensors as the original forward."""
+    model = lora_model(fixtures_dir).cuda().to(torch.bfloat16)
+    model.base_model.model.enable_input_require_grads()
+    packed = pack_batch(samples(model.config.padded_vocab_size, lengths=(300, 41, 700, 9))).to("cuda")
+    configure_fast_path(model, compile=True, checkpointing="none", embedding_on_host=False)
+    loss_ref, _, grads_ref = loss_and_grads(model, **packed.model_inputs())
+    configure_fast_path(model, compile=True, checkpointing="low_memory", mlp_chunk_tokens=256)
+    for _ in range(2):  # the second pass runs the kernels already built in the first
+        loss, _, grads = loss_and_grads(model, **packed.model_inputs())
+        torch.testing.assert_close(loss.float(), loss_ref.float(), rtol=2e-2, atol=0)
+        for name, g in grads_ref.items():
+            err = float((grads[name].float() - g.float()).norm() / g.float().norm().clamp_min(1e-12))
+            assert err < 5e-2, (name, err)
+    configure_fast_path(model, checkpointing="none", embedding_on_host=False)

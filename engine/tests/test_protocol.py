@@ -96,7 +96,12 @@ def test_protocol_error_events_classify_failures():
     )
     crash = error_event(ValueError("boom"))
     assert crash["code"] == "ENGINE_CRASH" and "ValueError: boom" in crash["message"]
-    for e in (oom, bad, crash):
+    # torch's activation-checkpointing error has the same class name: a crash mid-training, not a bad model
+    from torch.utils.checkpoint import CheckpointError as RecomputeError
+
+    recompute = error_event(RecomputeError("A different number of tensors was saved"))
+    assert recompute["code"] == "ENGINE_CRASH" and "different number" in recompute["message"]
+    for e in (oom, bad, crash, recompute):
         assert schema_errors("event", e) == []
 
 

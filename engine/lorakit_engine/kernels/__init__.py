@@ -64,13 +64,17 @@ def configure_fast_path(
     mlp_chunk_tokens: int | None = None,
     fused_lora: bool | None = None,
     checkpoint_attention: bool | None = None,
+    embedding_on_host: bool | None = None,
 ) -> FastOptions:
     """Set the fast-path switches of a native model (arguments left None keep their value).
 
     checkpointing: "none" (fastest, most memory), "full" (each layer recomputed in backward), "low_memory"
-    (full, plus the MLP recomputed 1,024 tokens at a time and the loss in 512-row chunks: one 8,192-token
-    ChatGLM3-6B sample in 14.2 GiB on an H200, bench/RESULTS.md). checkpoint_attention=True also recomputes
-    each layer's attention half a second time (measured: 17% slower, no lower peak; off by default).
+    (full, plus the MLP recomputed 1,024 tokens at a time, the loss in 512-row chunks and the frozen
+    token table in host memory: one 8,192-token ChatGLM3-6B sample within 14 GiB, bench/RESULTS.md).
+    embedding_on_host: keep the frozen input embedding table in (pinned) host memory, look tokens up there
+    (set by "low_memory" unless given; False brings the table back to the model's device).
+    checkpoint_attention=True also recomputes each layer's attention half a second time (measured: 17%
+    slower, no lower peak; off by default).
     fused_lora: peft's LoRA Linear layers take kernels.lora's fused forward/backward (call again after
     adding adapters)."""
     options = fast_options(model)
@@ -95,10 +99,14 @@ def configure_fast_path(
         if checkpointing == "low_memory":
             updates["mlp_chunk_tokens"] = mlp_chunk_tokens or 1024
             updates["loss_chunk_rows"] = loss_chunk_rows or 512
+            if embedding_on_host is None:
+                embedding_on_host = True
         elif mlp_chunk_tokens is None:
             options.mlp_chunk_tokens = None
     if checkpoint_attention is not None:
         options.checkpoint_attention = checkpoint_attention
+    if embedding_on_host is not None:
+        _place_embedding(model, embedding_on_host)
     if fused_lora is not None:
         fuse_lora(model, fused_lora)
         options.fused_lora = fused_lora
@@ -106,3 +114,16 @@ def configure_fast_path(
         if value is not None:
             setattr(options, key, value)
     return options
+
+
+def _place_embedding(model: nn.Module, on_host: bool) -> None:
+    """Move the frozen input embedding table to pinned host memory, or back to the output layer's device."""
+    table = model.get_input_embeddings().weight
+    if table.requires_grad:
+        raise ValueError("embedding_on_host needs a frozen input embedding (it is trained here)")
+    device = model.get_output_embeddings().weight.device
+    if on_host and table.device.type != "cpu":
+        host = table.data.to("cpu")
+        table.data = host.pin_memory() if device.type == "cuda" else host
+    elif not on_host and table.device != device:
+        table.data = table.data.to(device)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .packing import document_ids
+from .selfcheck import once_per_device
 
 BACKENDS = ("auto", "varlen", "flex", "sdpa")
 
@@ -53,7 +54,6 @@ def _varlen() -> tuple[Any, dict[str, Any], bool] | None:
     return varlen_attn, kwargs, "enable_gqa" in params
 
 
-@functools.cache
 def varlen_native_gqa(device_index: int = 0) -> bool:
     """Whether varlen_attn shares key/value groups among query heads without copies on this torch: asked
     with enable_gqa where the signature has it, else checked once (forward and backward) against expanded
@@ -61,14 +61,17 @@ def varlen_native_gqa(device_index: int = 0) -> bool:
     found = _varlen()
     if found is None:
         return False
-    if found[2]:
-        return True
-    fn, kwargs, _ = found
+    return True if found[2] else _gqa_matches_expanded(f"cuda:{device_index}")
+
+
+@once_per_device
+def _gqa_matches_expanded(device: str) -> bool:
+    fn, kwargs, _ = _varlen()
     try:
-        g = torch.Generator(device=f"cuda:{device_index}").manual_seed(0)
+        g = torch.Generator(device=device).manual_seed(0)
 
         def make(h: int) -> torch.Tensor:
-            shape, dev = (96, h, 64), f"cuda:{device_index}"
+            shape, dev = (96, h, 64), device
             return torch.randn(shape, device=dev, dtype=torch.bfloat16, generator=g).requires_grad_()
 
         q, k, v = make(8), make(2), make(2)

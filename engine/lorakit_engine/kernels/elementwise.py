@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from .selfcheck import once_per_device
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Variance in float32, x · rsqrt(var + eps) · weight, cast back (ChatGLM's RMSNorm)."""
@@ -44,3 +46,17 @@ def _compiled(name: str) -> Callable[..., torch.Tensor]:
 
 def op(name: str, compiled: bool) -> Callable[..., torch.Tensor]:
     return _compiled(name) if compiled else _EAGER[name]
+
+
+@once_per_device
+def compile_works(device: str) -> bool:
+    """torch.compile builds and runs here (RMSNorm forward and backward on `device`, checked once): a machine
+    without a working compiler toolchain then stays eager instead of failing in the first step."""
+    try:
+        x = torch.randn(5, 64, device=device, requires_grad=True)
+        w = torch.ones(64, device=device)
+        out = _compiled("rms_norm")(x, w, 1e-5)
+        out.sum().backward()
+        return bool(torch.allclose(out.detach(), rms_norm(x.detach(), w, 1e-5), atol=1e-4))
+    except Exception:  # Inductor or Triton cannot build here: the eager functions are the same math
+        return False

@@ -35,6 +35,16 @@ class PackedBatch:
     def n_samples(self) -> int:
         return self.cu_seqlens.numel() - 1
 
+    def pinned(self) -> PackedBatch:
+        """The same row in pinned host memory: its copy to a GPU then never waits for the GPU's queue."""
+        return replace(
+            self,
+            input_ids=self.input_ids.pin_memory(),
+            labels=self.labels.pin_memory(),
+            position_ids=self.position_ids.pin_memory(),
+            cu_seqlens=self.cu_seqlens.pin_memory(),
+        )
+
     def to(self, device: torch.device | str, non_blocking: bool = True) -> PackedBatch:
         move = {"non_blocking": non_blocking}
         return replace(

@@ -20,6 +20,7 @@ import os
 import torch
 
 from .elementwise import rotary as rotary_eager
+from .selfcheck import once_per_device
 
 
 def _next_pow2(n: int) -> int:
@@ -97,7 +98,7 @@ class _Rotary(torch.autograd.Function):
         return _launch(dy, cos, sin, -1.0), None, None
 
 
-@functools.cache
+@once_per_device
 def triton_works(device: str) -> bool:
     """Triton importable and the kernels match the eager rotation (values and gradients) on `device`."""
     try:

@@ -18,6 +18,7 @@ import functools
 import torch
 
 from .elementwise import swiglu as swiglu_eager
+from .selfcheck import once_per_device
 
 BLOCK = 1024
 
@@ -86,7 +87,7 @@ class _SwiGLU(torch.autograd.Function):
         return dh.view(ctx.shape)
 
 
-@functools.cache
+@once_per_device
 def triton_works(device: str) -> bool:
     """Triton importable, and the two kernels give the eager function's values and gradients on `device`
     (checked once, on a ragged shape): else the eager path stays, instead of a failure mid-training."""

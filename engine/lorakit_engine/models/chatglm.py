@@ -32,6 +32,7 @@ from ..kernels.elementwise import op
 from ..kernels.loss import linear_cross_entropy, shift_labels
 from ..kernels.options import FastOptions
 from ..kernels.packing import positions_from_cu_seqlens
+from ..kernels.rmsnorm import rms_norm as triton_rms_norm
 from ..kernels.rotary import rotary as triton_rotary
 from ..kernels.swiglu import swiglu as triton_swiglu
 from .checkpoint import CheckpointError, find_weights, load_weights, read_config
@@ -175,7 +176,11 @@ class RMSNorm(nn.Module):
         self.fast = fast or FastOptions()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return op("rms_norm", self.fast.compile and x.is_cuda)(x, self.weight, self.eps)
+        if self.fast.compile and x.is_cuda:
+            # Triton (frozen weight, the LoRA case); compiled only where the weight trains
+            y = triton_rms_norm(x, self.weight, self.eps)
+            return y if y is not None else op("rms_norm", True)(x, self.weight, self.eps)
+        return op("rms_norm", False)(x, self.weight, self.eps)
 
 
 def _norm(config: ChatGLMConfig, fast: FastOptions | None = None) -> nn.Module:
@@ -329,12 +334,27 @@ class GLMBlock(nn.Module):
 
 
 class Embedding(nn.Module):
+    """The frozen token table. It may live in host memory (the low-memory setting, or
+    kernels.configure_fast_path(embedding_on_host=True)): the lookup then runs on the host and only the row's
+    vectors travel to the device (64 MiB for 8,192 ChatGLM3-6B tokens, against a 0.5 GiB table)."""
+
     def __init__(self, config: ChatGLMConfig):
         super().__init__()
         self.word_embeddings = nn.Embedding(config.padded_vocab_size, config.hidden_size)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.word_embeddings(input_ids)
+        table = self.word_embeddings.weight
+        # Called as a module either way, so hooks on it (enable_input_require_grads) still run.
+        x = self.word_embeddings(input_ids.to(table.device))
+        if x.device == input_ids.device:
+            return x
+        # A host table is frozen (_place_embedding checks): the graph starts again on the device, so backward
+        # sends no gradient back to the host.
+        needs_grad = x.requires_grad
+        x = x.detach()
+        if x.device.type == "cpu" and input_ids.device.type == "cuda":
+            x = x.pin_memory()
+        return x.to(input_ids.device, non_blocking=True).requires_grad_(needs_grad)
 
 
 class Encoder(nn.Module):
