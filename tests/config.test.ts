@@ -64,6 +64,29 @@ describe("run config", () => {
     expect(errs.map((e) => [e.code, e.where?.key])).toEqual([["CONFIG_MISSING_KEY", "model"]]);
   });
 
+  it("train.shard: auto by default; fsdp needs more than one device", () => {
+    const parse = (train: string) =>
+      parseConfigText(`model: m\ndata:\n  train: t.json\ntrain:\n${train}`, "/x/run.yaml").config.train;
+    expect(parse("  devices: 1\n").shard).toBe("auto");
+    expect(parse("  devices: 2\n  shard: fsdp\n").shard).toBe("fsdp");
+    const errs = errorsOf(() => parse("  shard: fsdp\n"));
+    expect(errs.map((e) => [e.code, e.where?.key, e.where?.line])).toEqual([["CONFIG_BAD_VALUE", "train.shard", 5]]);
+    expect(errs[0]?.message).toContain("train.devices to 2 or more");
+    expect(errorsOf(() => parse("  devices: 2\n  shard: fdsp\n"))[0]?.hint).toContain("did you mean 'fsdp'");
+  });
+
+  it("train.gradient_checkpointing: true, false or low_memory; anything else is named with its line", () => {
+    const parse = (value: string) =>
+      parseConfigText(`model: m\ndata:\n  train: t.json\ntrain:\n  gradient_checkpointing: ${value}\n`, "/x/run.yaml")
+        .config.train.gradient_checkpointing;
+    expect(parse("true")).toBe(true);
+    expect(parse("low_memory")).toBe("low_memory");
+    const errs = errorsOf(() => parse("low_memroy"));
+    expect(errs.map((e) => [e.where?.key, e.where?.line])).toEqual([["train.gradient_checkpointing", 5]]);
+    expect(errs[0]?.code).toBe("CONFIG_BAD_VALUE");
+    expect(errs[0]?.hint).toBe("did you mean 'low_memory'? expected one of: true, false, low_memory");
+  });
+
   it("reports bad YAML with its line", () => {
     const errs = errorsOf(() => parseConfigText("model: [\n", "/x/run.yaml"));
     expect(errs[0]?.code).toBe("CONFIG_BAD_YAML");

@@ -95,7 +95,7 @@ describe("learning rate", () => {
   it("flags lr < 1e-5 as low, and lr < 1e-4 on a small dataset as a note", () => {
     const low = lrFindings(loaded({ train: { lr: 5e-6 } as RunConfigInput["train"] }).config, chatglm, data(3000));
     expect(codes(low)).toEqual(["CONFIG_LR_LOW"]);
-    expect(low[0]?.evidence.steps).toBe(plannedSteps(3000, loaded({}).config.train));
+    expect(low[0]?.evidence.steps).toBe(plannedSteps(data(3000), loaded({}).config.train));
     const seed = loaded({ train: { lr: 5e-5 } as RunConfigInput["train"] }).config;
     expect(codes(lrFindings(seed, chatglm, data(300)))).toEqual(["CONFIG_LR_SMALL_DATA"]);
     expect(lrFindings(seed, chatglm, data(300))[0]?.severity).toBe("info");

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from . import sharding
 from .protocol import EngineError
 
 STATE = "state.json"
@@ -30,6 +31,8 @@ def plan_subset(plan: dict) -> dict:
     train = {k: t[k] for k in ("batch_size", "grad_accum", "seed", "precision")}
     if t.get("devices", 1) > 1:  # batch_size is per device; left out at 1: older checkpoints still resume
         train["devices"] = t["devices"]
+    if t.get("pack_tokens"):  # left out when unset, like devices
+        train["pack_tokens"] = t["pack_tokens"]
     return {
         "model": plan["model"]["model_type"],
         "train_data": {k: plan["data"]["train"][k] for k in ("samples", "tokens")},
@@ -121,17 +124,21 @@ def save(
     keep: int,
     rngs: list[dict] | None = None,
     protect: int | None = None,
+    adapter_state: dict | None = None,
+    optimizer_state: dict | None = None,
 ) -> Path:
     """Write checkpoint `step` atomically, then keep only the newest `keep` (and the step `protect`: the best
     eval so far). `model` is the peft model; `rngs` every process's RNG state in rank order (this process's
-    alone when None)."""
+    alone when None). A sharded model's whole LoRA and optimizer tensors come in `adapter_state` and
+    `optimizer_state` (sharding.full_*): the files are the same as without sharding."""
     base = root(run_dir)
     base.mkdir(parents=True, exist_ok=True)
     tmp = base / f".tmp-step-{step}"
     final = base / f"step-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    whole = {"state_dict": adapter_state} if adapter_state is not None else {}
+    model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False, **whole)
+    torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     if scaler is not None:
         torch.save(scaler.state_dict(), tmp / "scaler.pt")
@@ -177,8 +184,11 @@ def load(
             f"missing {missing[:5]}, unexpected {extra[:5]}",
             "Resume with the same model and lora settings, or start a new run in a new run_dir.",
         )
-    set_peft_model_state_dict(model, weights)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    set_peft_model_state_dict(model, weights)  # sharded (FSDP2): its load hooks cut the whole tensors
+    optim = torch.load(path / "optimizer.pt", weights_only=True)
+    if sharding.is_sharded(model):  # whole tensors (saved sharded or not), cut into this rank's slices
+        optim = sharding.shard_optimizer_state(optimizer, optim)
+    optimizer.load_state_dict(optim)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     if scaler is not None and (path / "scaler.pt").is_file():
         scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))

@@ -2,7 +2,9 @@
 -100 = no loss; `offsets` int64, n_samples + 1) and `manifest.json`. Memory-mapped; read sample by sample.
 
 Batching is a pure function of (seed, epoch, micro-batch index), so a resumed run continues exactly where the
-interrupted one stopped: each epoch has its own permutation, cut into right-padded micro-batches.
+interrupted one stopped: each epoch has its own permutation, cut into right-padded micro-batches. With
+`train.pack_tokens` a micro-batch is a packed row instead: rows fixed once from the file order (`pack_rows`),
+the rows shuffled per epoch.
 """
 
 from __future__ import annotations
@@ -110,8 +112,13 @@ class Batch:
         return int(self.attention_mask.sum())
 
     def to(self, device) -> Batch:
+        """On the device; to a GPU through pinned memory, so the copy never waits for the GPU's queue."""
+        pin = torch.device(device).type == "cuda"
         return Batch(
-            *(t.to(device, non_blocking=True) for t in (self.input_ids, self.attention_mask, self.labels))
+            *(
+                (t.pin_memory() if pin else t).to(device, non_blocking=True)
+                for t in (self.input_ids, self.attention_mask, self.labels)
+            )
         )
 
 
@@ -128,33 +135,82 @@ def collate(data: Prepared, indices: list[int], pad_id: int) -> Batch:
     return Batch(ids, mask, labels)
 
 
+def sample_lengths(data: Prepared) -> list[int]:
+    return (data.offsets[1:] - data.offsets[:-1]).tolist()
+
+
+def pack_rows(lengths: list[int], pack_tokens: int) -> list[list[int]]:
+    """`train.pack_tokens`: sample indices grouped in file order into rows of at most `pack_tokens` tokens
+    (greedy: a row closes when the next sample does not fit). The rows depend on neither seed nor epoch, so
+    their count, and with it the plan's total_steps, is fixed. src/data/pack.ts computes the same rows
+    (both held to tests/fixtures/pack-rows-golden.json). A sample longer than `pack_tokens` is an error."""
+    over = [i for i, n in enumerate(lengths) if n > pack_tokens]
+    if over:
+        longest = max(lengths[i] for i in over)
+        raise EngineError(
+            "CONFIG_PACK_TOKENS_SHORT",
+            f"training sample {over[0]} has {lengths[over[0]]} tokens, more than train.pack_tokens "
+            f"{pack_tokens} ({len(over)} sample(s) are; the longest has {longest})",
+            f"Raise train.pack_tokens to ≥ {longest}, or lower data.max_length to ≤ {pack_tokens} "
+            "(longer samples are then cut).",
+        )
+    rows: list[list[int]] = []
+    used = 0
+    for i, n in enumerate(lengths):
+        if not rows or used + n > pack_tokens:
+            rows.append([])
+            used = 0
+        rows[-1].append(i)
+        used += n
+    return rows
+
+
 class Batches:
     """Micro-batches of one split for training: epoch `e` is a permutation seeded by (seed, e), cut into
     `ceil(n / (batch_size × world))` micro-batches (the last may be short).
 
     Data parallel (`world` processes, this one `rank`): micro-batch `i` holds the `batch_size × world` samples
     a single process with that batch size would take, dealt over the ranks by `deal`; `get` returns this
-    rank's share, or None when the short last one leaves this rank nothing."""
+    rank's share, or None when the short last one leaves this rank nothing.
+
+    `pack_tokens` set: the units are `pack_rows`' rows instead of samples, one row a micro-batch; epoch `e`
+    permutes the rows, and micro-batch `i` holds rows `i × world … (i + 1) × world - 1` of that order, row
+    `i × world + rank` going to `rank` (past the last row: None)."""
 
     def __init__(
-        self, data: Prepared, batch_size: int, seed: int, pad_id: int, rank: int = 0, world: int = 1
+        self,
+        data: Prepared,
+        batch_size: int,
+        seed: int,
+        pad_id: int,
+        rank: int = 0,
+        world: int = 1,
+        pack_tokens: int | None = None,
     ):
         if len(data) == 0:
             raise _bad(data.dir, "the training split holds no samples")
         self.data, self.batch_size, self.seed, self.pad_id = data, batch_size, seed, pad_id
         self.rank, self.world = rank, world
-        self.per_epoch = math.ceil(len(data) / (batch_size * world))
+        self.rows = pack_rows(sample_lengths(data), pack_tokens) if pack_tokens else None
+        units = len(self.rows) if self.rows is not None else len(data)
+        self.per_epoch = math.ceil(units / (world if self.rows is not None else batch_size * world))
         self._order: tuple[int, list[int]] | None = None
-        self._lengths = (data.offsets[1:] - data.offsets[:-1]).tolist() if world > 1 else []
+        self._lengths = sample_lengths(data) if world > 1 and self.rows is None else []
 
     def order(self, epoch: int) -> list[int]:
+        """Epoch `epoch`'s permutation of the samples (of the rows, when packing)."""
         if self._order is None or self._order[0] != epoch:
+            n = len(self.rows) if self.rows is not None else len(self.data)
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._order = (epoch, torch.randperm(len(self.data), generator=g).tolist())
+            self._order = (epoch, torch.randperm(n, generator=g).tolist())
         return self._order[1]
 
     def get(self, epoch: int, index: int) -> Batch | None:
         """This rank's part of micro-batch `index` (0-based) of `epoch` (all of it for a single process)."""
+        if self.rows is not None:
+            at = index * self.world + self.rank
+            order = self.order(epoch)
+            return collate(self.data, self.rows[order[at]], self.pad_id) if at < len(order) else None
         size = self.batch_size * self.world
         indices = self.order(epoch)[index * size : (index + 1) * size]
         if self.world > 1:

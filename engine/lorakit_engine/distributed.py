@@ -1,8 +1,8 @@
 """Data-parallel training under torchrun (`python -m torch.distributed.run --standalone --nproc_per_node=N
 -m lorakit_engine train --plan …`, what the product launches when `train.devices` > 1).
 
-One process per device, each with the whole model (LoRA over a base that fits one GPU; sharding a base that
-does not fit, FSDP2, is not done here). The conventions:
+One process per device, each with the whole model (LoRA over a base that fits one GPU; `train.shard: fsdp`
+splits a base that does not fit over the devices instead: sharding.py says what changes). The conventions:
 
 - `batch_size` is per device: an optimizer step covers `batch_size × devices × grad_accum` samples. Global
   micro-batch `i` of an epoch is the same `batch_size × devices` samples that a single process with that
@@ -11,13 +11,13 @@ does not fit, FSDP2, is not done here). The conventions:
   padded size never exceeds `batch_size` × the longest sample). The tail of an epoch may leave a rank
   nothing: it then runs no forward.
 - The loss of a step is Σ cross-entropy over every rank's window ÷ the window's trained tokens on all ranks.
-  The ranks agree on that token count before the first backward (one tiny all-reduce per step), each
-  backpropagates `ce_local / tokens_global`, and the LoRA gradients are summed over the ranks once per step
+  The ranks agree on that token count in one tiny all-reduce per step that the GPU waits for, not the host;
+  each backpropagates `ce_local / tokens_global`, and the LoRA gradients are summed over the ranks once a step
   (one flat all-reduce; no DDP wrapper, hence no averaging to undo). The update is then exactly the
   single-process update, up to the order of float additions.
 - Control lines (`stop`, `save`, `sample`) reach rank 0 only (torchrun hands its stdin to every worker; only
-  rank 0 reads it). Rank 0's decision travels in the same per-step all-reduce as the token counts, so every
-  rank saves or stops at the same step.
+  rank 0 reads it). Rank 0's decision travels in the same per-step all-reduce as the token counts, read at
+  the end of the step, so every rank saves, samples or stops after the same step.
 - Rank 0 alone writes events, checkpoints, the adapter, samples and the reload check. Every rank's RNG state
   goes into the checkpoint (`rng-rank{r}.pt`) and comes back on resume.
 - A failure on another rank reaches rank 0 through torchrun's store (`ErrorRelay`): rank 0 writes that rank's
@@ -106,16 +106,19 @@ class Dist:
 
     # ------------------------------------------------------------ collectives
 
-    def agree(self, commands: list[str], n_trained: int, n_real: int) -> tuple[bool, bool, bool, int, int]:
-        """(save, sample, stop, trained tokens, real tokens) of this step over all ranks: the control lines
-        rank 0 read and the window's token counts, in one all-reduce."""
+    def agree(self, commands: list[str], n_trained: int, n_real: int) -> Agreement:
+        """Rank 0's control lines and the window's token counts over all ranks, in one all-reduce that runs
+        while this step computes (no host wait before the forward): `divisor` (the window's trained tokens,
+        ≥ 1, a device tensor under torchrun) scales the loss; `result()` waits for the rest at the step's
+        end, where the loss is read anyway."""
         values = [int(c in commands) for c in ("save", "sample", "stop")] + [n_trained, n_real]
-        if self.active:
-            t = torch.tensor(values, dtype=torch.int64, device=self.device)
-            tdist.all_reduce(t)
-            values = t.tolist()
-        save, sample, stop, n_trained, n_real = values
-        return save > 0, sample > 0, stop > 0, n_trained, n_real
+        if not self.active:
+            return Agreement(values, max(1, n_trained))
+        t = torch.tensor(values, dtype=torch.int64)
+        t = (t.pin_memory() if self.device.type == "cuda" else t).to(self.device, non_blocking=True)
+        work = tdist.all_reduce(t, async_op=True)
+        work.wait()  # the current stream waits for the collective; the host does not
+        return Agreement(t, t[3].clamp_min(1))
 
     def sum_grads(self, params: list[torch.Tensor], ce_total: torch.Tensor) -> torch.Tensor:
         """Sum the gradients of `params` (and the window's summed loss) over the ranks, in one flat
@@ -151,6 +154,18 @@ class Dist:
         out: list[Any] = [None] * self.world
         tdist.all_gather_object(out, obj)
         return out
+
+
+class Agreement:
+    """The agreed (save, sample, stop, trained tokens, real tokens) of one step; see Dist.agree."""
+
+    def __init__(self, values: list[int] | torch.Tensor, divisor: int | torch.Tensor):
+        self._values, self.divisor = values, divisor
+
+    def result(self) -> tuple[bool, bool, bool, int, int]:
+        values = self._values.tolist() if isinstance(self._values, torch.Tensor) else self._values
+        save, sample, stop, n_trained, n_real = values
+        return save > 0, sample > 0, stop > 0, n_trained, n_real
 
 
 # ---------------------------------------------------------------- output of the other ranks

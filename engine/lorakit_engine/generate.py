@@ -43,8 +43,12 @@ def greedy(
     stop_ids: list[int],
     pad_id: int,
     batch_size: int = 8,
+    synced: bool = False,
 ) -> list[tuple[list[int], bool]]:
-    """(new ids without the stop token, stopped) per prompt."""
+    """(new ids without the stop token, stopped) per prompt. `synced`: every rank of a sharded (FSDP) model
+    runs this with the same prompts, and no rank may stop its forwards before the others (transformers'
+    `synced_gpus`; the native and plain loops stop together because greedy decoding of the same weights and
+    prompts gives every rank the same tokens)."""
     net = _unwrap(model)
     was_training = net.training
     net.eval()
@@ -59,7 +63,7 @@ def greedy(
                 new = net.generate_greedy(ids, max_new_tokens, stop_ids=stop_ids, attention_mask=mask)
                 out.extend(_cut(row, stops) for row in new.tolist())
             elif hasattr(net, "generate") and getattr(net, "generation_config", None) is not None:
-                out.extend(_hf_generate(net, chunk, max_new_tokens, stop_ids, pad_id, device, stops))
+                out.extend(_hf_generate(net, chunk, max_new_tokens, stop_ids, pad_id, device, stops, synced))
             else:
                 out.extend(_plain(net, p, max_new_tokens, stops, device) for p in chunk)
     finally:
@@ -67,7 +71,7 @@ def greedy(
     return out
 
 
-def _hf_generate(net, chunk, max_new_tokens, stop_ids, pad_id, device, stops):
+def _hf_generate(net, chunk, max_new_tokens, stop_ids, pad_id, device, stops, synced=False):
     from transformers import GenerationConfig
 
     ids, mask = _left_pad(chunk, pad_id, device)
@@ -78,7 +82,7 @@ def _hf_generate(net, chunk, max_new_tokens, stop_ids, pad_id, device, stops):
         eos_token_id=list(stop_ids),
         pad_token_id=pad_id,
     )
-    seq = net.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+    seq = net.generate(input_ids=ids, attention_mask=mask, generation_config=config, synced_gpus=synced)
     return [_cut(row, stops) for row in seq[:, ids.shape[1] :].tolist()]
 
 
@@ -94,14 +98,14 @@ def _plain(net, prompt: list[int], max_new_tokens: int, stops: set[int], device)
     return new, False
 
 
-def emit_samples(model, plan: dict, phase: str, emit: Emit) -> None:
+def emit_samples(model, plan: dict, phase: str, emit: Emit, synced: bool = False) -> None:
     items = plan["samples"]["items"]
     if not items:
         return
     s = plan["samples"]
-    results = greedy(
-        model, [it["prompt_ids"] for it in items], s["max_new_tokens"], s["stop_ids"], plan["data"]["pad_id"]
-    )
+    prompts = [it["prompt_ids"] for it in items]
+    pad = plan["data"]["pad_id"]
+    results = greedy(model, prompts, s["max_new_tokens"], s["stop_ids"], pad, synced=synced)
     for item, (ids, stopped) in zip(items, results, strict=True):
         emit(
             {"type": "sample", "phase": phase, "index": item["index"], "output_ids": ids, "stopped": stopped}

@@ -14,6 +14,7 @@ alone writing).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -30,12 +31,15 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
+from . import sharding
 from .control import Controls
-from .data import IGNORE, Batch, Batches, Prepared, collate, in_order
+from .data import IGNORE, Batch, Batches, Prepared, collate, in_order, pack_rows, sample_lengths
 from .distributed import Dist
 from .generate import emit_samples
 from .inspect_model import check_peft_model
+from .models.checkpoint import CheckpointError
 from .monitor import Monitor
+from .profiling import StepProfiler
 from .protocol import Emit, EngineError, finding, finite, log
 
 _B_ZERO_RMS = 1e-8  # a LoRA B whose entries average below this never moved away from its zero init
@@ -102,6 +106,8 @@ def preflight(plan: dict) -> dict[str, Any]:
         )
     train = Prepared(plan["data"]["train"]["dir"])
     train.check(plan["data"]["train"]["samples"], plan["data"]["train"]["tokens"])
+    if plan["train"].get("pack_tokens"):  # a sample longer than a row: an error before the model loads
+        pack_rows(sample_lengths(train), plan["train"]["pack_tokens"])
     ev = None
     if plan["data"]["eval"] is not None:
         ev = Prepared(plan["data"]["eval"]["dir"])
@@ -209,39 +215,56 @@ def make_scheduler(optimizer, plan: dict):
 # ---------------------------------------------------------------- loss
 
 
-def use_fast_path(model, device: torch.device, plan: dict) -> bool:
+def checkpointing_mode(plan: dict) -> str:
+    """train.gradient_checkpointing as the fast path's setting: "none", "full" (true) or "low_memory"."""
+    value = plan["train"]["gradient_checkpointing"]
+    return "low_memory" if value == "low_memory" else "full" if value else "none"
+
+
+def use_fast_path(model, device: torch.device, plan: dict, sharded: bool = False) -> bool:
     """Native models (ChatGLM3) train through lorakit_engine.kernels on CUDA: each micro-batch packed into one
     row without padding (varlen attention), the loss fused with the output projection, fused LoRA.
     LORAKIT_FAST=1 forces it (also on the CPU, where packed attention falls back to SDPA with a block mask);
-    LORAKIT_FAST=0 turns it off."""
+    LORAKIT_FAST=0 turns it off. Checkpointing "low_memory" keeps the token table in host memory unless the
+    base is sharded (FSDP2 places every weight itself)."""
     from .kernels import configure_fast_path, fast_options
 
     want = os.environ.get("LORAKIT_FAST", "auto")
     if want == "0" or fast_options(model) is None or (want == "auto" and device.type != "cuda"):
         return False
+    from .kernels.elementwise import compile_works
+
     configure_fast_path(
         model,
+        compile=device.type == "cuda" and compile_works(str(device)),
         fused_lora=True,
-        checkpointing="full" if plan["train"]["gradient_checkpointing"] else "none",
+        checkpointing=checkpointing_mode(plan),
+        embedding_on_host=False if sharded else None,
     )
     model._lorakit_packed = True
     return True
 
 
-def _packed_ce_sum(model, batch: Batch) -> torch.Tensor:
-    """token_ce_sum through the fast path: the batch's rows, unpadded, packed into one row."""
+def _packed_ce_sum(model, batch: Batch, device) -> torch.Tensor:
+    """token_ce_sum through the fast path: the batch's rows, unpadded, packed into one row (on the host, so
+    nothing waits for the GPU) and sent to the device."""
     from .kernels import pack_batch
 
     lengths = batch.attention_mask.sum(dim=1).tolist()
     rows = [(batch.input_ids[i, :n], batch.labels[i, :n]) for i, n in enumerate(lengths)]
-    packed = pack_batch(rows).to(batch.input_ids.device)
-    return model(**packed.model_inputs(), loss_reduction="sum").loss
+    packed = pack_batch(rows)
+    if torch.device(device).type == "cuda":
+        packed = packed.pinned()
+    return model(**packed.to(device).model_inputs(), loss_reduction="sum").loss
 
 
-def token_ce_sum(model, batch: Batch) -> torch.Tensor:
-    """Summed cross-entropy over the batch's trained tokens (labels aligned with input_ids; shifted here)."""
+def token_ce_sum(model, batch: Batch, device=None) -> torch.Tensor:
+    """Summed cross-entropy over the batch's trained tokens (labels aligned with input_ids; shifted here).
+    The batch is moved to `device` (default: where it is)."""
+    device = batch.input_ids.device if device is None else device
     if getattr(model, "_lorakit_packed", False):
-        return _packed_ce_sum(model, batch)
+        return _packed_ce_sum(model, batch, device)
+    batch = batch.to(device)
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
     target = torch.cat((batch.labels[:, 1:], torch.full_like(batch.labels[:, :1], IGNORE)), dim=1)
     return F.cross_entropy(
@@ -258,9 +281,12 @@ def evaluate(
     model.eval()
     total, tokens = 0.0, 0
     shard = {"rank": dist.rank, "world": dist.world} if dist is not None else {}
-    for batch in in_order(data, batch_size, pad_id, **shard):
+    batches = list(in_order(data, batch_size, pad_id, **shard))
+    if dist is not None and sharding.is_sharded(model):  # FSDP: every rank runs as many forwards
+        batches += [sharding.idle_batch(pad_id)] * (max(dist.gather(len(batches))) - len(batches))
+    for batch in batches:
         tokens += batch.trained_tokens
-        total += float(token_ce_sum(model, batch.to(device)))
+        total += float(token_ce_sum(model, batch, device))
     if dist is not None:
         total, n = dist.sum_floats(total, tokens)
         tokens = int(n)
@@ -293,9 +319,9 @@ def adapter_norms(model) -> dict[str, Any]:
     """Frobenius norms of every LoRA B and of its weight delta B·A·scale, grouped by layer index."""
     per_layer: dict[str, dict[str, float]] = {}
     b_norms, deltas = [], []
-    for name, m in lora_layers(model):
-        a = m.lora_A["default"].weight.detach().float()
-        b = m.lora_B["default"].weight.detach().float()
+    for name, m in lora_layers(model):  # sharded: every rank gathers each whole weight
+        a = sharding.whole(m.lora_A["default"].weight).detach().float()
+        b = sharding.whole(m.lora_B["default"].weight).detach().float()
         scale = float(m.scaling["default"])
         b_norm = float(b.norm())
         # ‖BA‖² = Σ (BᵀB) ∘ (AAᵀ): r×r products instead of the full out×in delta.
@@ -338,11 +364,14 @@ def report_norms(norms: dict[str, Any], emit: Emit) -> None:
         )
 
 
-def write_adapter(model, plan: dict) -> Path:
+def write_adapter(model, plan: dict, state: dict | None = None) -> Path:
+    """run_dir/adapter/ in peft's format, plus the plan's extras. `state`: the LoRA tensors, whole, when the
+    model is sharded (sharding.full_adapter_state)."""
     run_dir = Path(plan["run_dir"])
     final, tmp = run_dir / "adapter", run_dir / ".tmp-adapter"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
+    whole = {"state_dict": state} if state is not None else {}
+    model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False, **whole)
     for name, text in plan["adapter_extras"].items():
         (tmp / name).write_text(text, encoding="utf-8")
     shutil.rmtree(final, ignore_errors=True)
@@ -363,11 +392,20 @@ def logits_of(model, batch: Batch, device) -> torch.Tensor:
 
 
 def reload_check(model, adapter_dir: Path, plan: dict, batch: Batch, dtype, device, emit: Emit) -> float:
-    """Load adapter_dir on a fresh base with peft and compare logits with the in-memory model."""
+    """Load adapter_dir on a fresh base with peft and compare logits with the in-memory model. Sharded
+    (FSDP2), every rank loads it as a second adapter onto the same base instead: no device holds a whole
+    fresh base."""
     from peft import PeftModel
 
     model.eval()
     expected = logits_of(model, batch, device)
+    if sharding.is_sharded(model):  # every rank: the same sharded base, the adapter under a second name
+        model.load_adapter(str(adapter_dir), adapter_name="reload")
+        model.set_adapter("reload")
+        got = logits_of(model, batch, device)
+        model.set_adapter("default")
+        model.delete_adapter("reload")
+        return _reload_verdict(got, expected, batch, dtype, emit)
     if device.type == "cuda":  # one copy of the base on the GPU at a time
         model.to("cpu")
         torch.cuda.empty_cache()
@@ -375,6 +413,10 @@ def reload_check(model, adapter_dir: Path, plan: dict, batch: Batch, dtype, devi
     reloaded.eval()
     got = logits_of(reloaded, batch, device)
     del reloaded
+    return _reload_verdict(got, expected, batch, dtype, emit)
+
+
+def _reload_verdict(got: torch.Tensor, expected: torch.Tensor, batch: Batch, dtype, emit: Emit) -> float:
     diff = float((got - expected).abs().max()) if got.shape == expected.shape else math.inf
     tol = _RELOAD_TOL[dtype]
     log(emit, f"adapter reload check: max |logit difference| {diff:.3g} (tolerance {tol:g})", "debug")
@@ -428,14 +470,16 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
         ckpt.clear_partial(run_dir)
     dist.start(device)
     seed_all(t["seed"])
+    sharded = sharding.wanted(plan, dist, emit)
+    load_on = torch.device("cpu") if sharded else device  # sharded: each rank's slice goes to the device
 
-    say(f"loading {plan['model']['path']} as {dtype} on {device}")
+    say(f"loading {plan['model']['path']} as {dtype} on {load_on}")
     try:
-        base = load_base(plan["model"]["path"], dtype, device)
+        base = load_base(plan["model"]["path"], dtype, load_on)
     except (EngineError, torch.OutOfMemoryError):
         raise
     except Exception as e:
-        if type(e).__name__ == "CheckpointError":
+        if isinstance(e, CheckpointError):
             raise
         raise EngineError(
             "MODEL_LOAD_FAILED",
@@ -447,13 +491,25 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
     if data["eval"] is not None:
         data["eval"].check(plan["data"]["eval"]["samples"], plan["data"]["eval"]["tokens"], rows)
 
-    if plan["samples"]["before"] and data["resume_from"] is None and dist.main:
+    samples_before = plan["samples"]["before"] and data["resume_from"] is None
+    if samples_before and dist.main and not sharded:
         emit_samples(base, plan, "before", emit)
 
     model = attach_lora(base, plan, emit)
-    fast = use_fast_path(model, device, plan)
+    fast = use_fast_path(model, device, plan, sharded)
     if fast:
-        log(emit, "fast path: packed rows without padding, fused loss and LoRA (lorakit_engine.kernels)")
+        log(
+            emit,
+            "fast path: packed rows without padding, fused loss and LoRA (lorakit_engine.kernels); "
+            f"checkpointing: {checkpointing_mode(plan)}",
+        )
+    elif t.get("pack_tokens"):
+        log(
+            emit,
+            f"train.pack_tokens: each micro-batch is a row of samples up to {t['pack_tokens']} tokens, "
+            "padded to its longest sample here; packing is padding-free only on the fast path (ChatGLM3 on "
+            "CUDA)",
+        )
     if dist.main:
         _, found = check_peft_model(model, plan["lora"]["targets"], count_layers(base))
         for f in found:
@@ -462,19 +518,31 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
         if getattr(base, "supports_gradient_checkpointing", False):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
+            if t["gradient_checkpointing"] == "low_memory":
+                log(
+                    emit,
+                    "gradient_checkpointing: low_memory is plain layer checkpointing here (its MLP and loss "
+                    "chunks and host token table need lorakit's native ChatGLM3 kernels)",
+                )
         else:
             log(
                 emit,
                 f"{plan['model']['model_type']} does not support gradient checkpointing; it stays off",
                 "warning",
             )
+    if sharded:
+        sharding.shard(model, device)
+        log(emit, f"FSDP2: the base is sharded over {dist.world} processes, layer by layer")
+        if samples_before:  # the adapter starts at zero: these are the base's answers
+            emit_samples(model, plan, "before", emit, synced=True)
     optimizer = make_optimizer(model, plan, device)
     scheduler = make_scheduler(optimizer, plan)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     cuda_rng = device if dist.world > 1 and device.type == "cuda" else None  # this rank's GPU's RNG only
-    dist.broadcast_(trainable)
+    if not sharded:
+        dist.broadcast_(trainable)
     if dist.world > 1 and data["resume_from"] is None:
         seed_all(t["seed"] + 1_000_003 * dist.rank)  # dropout masks differ from rank to rank
 
@@ -506,7 +574,13 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
     )
 
     batches = Batches(
-        data["train"], t["batch_size"], t["seed"], plan["data"]["pad_id"], dist.rank, dist.world
+        data["train"],
+        t["batch_size"],
+        t["seed"],
+        plan["data"]["pad_id"],
+        dist.rank,
+        dist.world,
+        t.get("pack_tokens"),
     )
     saved_at, evaluated_at = None, None
     if data["resume_from"] is not None:
@@ -524,6 +598,12 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
         if saved_at == step:
             return
         rngs = dist.gather(ckpt.rng_state(cuda_rng))  # every rank takes part; rank 0 writes
+        whole = {}  # sharded: whole tensors, gathered by every rank (the files of an unsharded run)
+        if sharded:
+            whole = {
+                "adapter_state": sharding.full_adapter_state(model),
+                "optimizer_state": sharding.full_optimizer_state(optimizer),
+            }
         saved_at = step
         if not dist.main:
             return
@@ -545,6 +625,7 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
             t["keep_checkpoints"],
             rngs,
             protect=mon.best_step,
+            **whole,
         )
         emit({"type": "checkpoint", "step": step, "path": str(path)})
 
@@ -561,33 +642,37 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
         torch.cuda.reset_peak_memory_stats(device)
     model.train()
     stopped = False
+    profiler = StepProfiler.from_env(dist.rank, device)
+    idle = sharding.idle_batch(plan["data"]["pad_id"])  # sharded: a rank's forward when it has no sample
     while step < t["total_steps"]:
         commands = controls.take() if dist.main else []
-        # This rank's part of the window (the whole window for one process); None = no sample left here.
-        window = [batches.get(epoch, mb + i) for i in range(min(t["grad_accum"], batches.per_epoch - mb))]
-        mine = [b for b in window if b is not None]
-        # Rank 0's control decision and the window's token counts over all ranks, agreed in one all-reduce.
-        do_save, do_sample, stopped, n_trained, n_real = dist.agree(
-            commands, sum(b.trained_tokens for b in mine), sum(b.real_tokens for b in mine)
-        )
-        if do_save:
-            save()
-        if do_sample and dist.main:
-            emit_samples(model, plan, "during", emit)
-        if stopped:
-            break
         if plan.get("fail_at_step") is not None and plan["fail_at_step"] in (step + 1, 0):
             if dist.rank == dist.world - 1:  # data parallel: the last rank, whose failure must travel
                 raise RuntimeError(f"fail_at_step: failing on purpose at the start of step {step + 1}")
+        # This rank's part of the window (the whole window for one process); None = no sample left here.
+        window = [batches.get(epoch, mb + i) for i in range(min(t["grad_accum"], batches.per_epoch - mb))]
+        mine = [b for b in window if b is not None]
+        # Rank 0's control lines and the window's token counts over all ranks, agreed while the step runs;
+        # the lines take effect after this step.
+        agreed = dist.agree(commands, sum(b.trained_tokens for b in mine), sum(b.real_tokens for b in mine))
 
         started = time.monotonic()
+        profiler.begin(step + 1)
         ce_total = torch.zeros((), device=device)
+        if sharded:  # every rank runs the whole window's forwards (FSDP gathers weights in each)
+            mine = [idle if b is None else b for b in window]
         for b in mine:
-            ce = token_ce_sum(model, b.to(device))
-            part = ce / max(1, n_trained)  # n_trained counts every rank's tokens: gradients are then summed
-            (scaler.scale(part) if scaler is not None else part).backward()
+            # An idle forward draws no dropout mask: this rank's RNG stays where an unsharded run leaves it.
+            with sharding.rng_kept(device) if b is idle else contextlib.nullcontext():
+                ce = token_ce_sum(model, b, device)
+                part = ce / agreed.divisor  # every rank's trained tokens: gradients are then summed
+                (scaler.scale(part) if scaler is not None else part).backward()
             ce_total += ce.detach()
-        ce_total = dist.sum_grads(trainable, ce_total)
+        if sharded:  # FSDP has summed the gradients already; the loss alone, for the log
+            ce_total = torch.tensor(dist.sum_floats(float(ce_total))[0])
+        else:
+            ce_total = dist.sum_grads(trainable, ce_total)
+        do_save, do_sample, stopped, n_trained, n_real = agreed.result()
         loss = float(ce_total) / n_trained if n_trained else None
         if scaler is not None:
             scaler.unscale_(optimizer)
@@ -645,36 +730,55 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
             report(mon.observe_step(step, loss, grad_norm))
         if step % t["log_every"] == 0 or step == t["total_steps"]:
             say(f"step {step}/{t['total_steps']} loss {loss} lr {lr:.3g} grad_norm {grad_norm:.3g}")
+        profiler.end(step)
         if (t["eval_every"] and step % t["eval_every"] == 0) or (not t["eval_every"] and epoch_end):
             run_eval()
-        if (t["save_every"] and step % t["save_every"] == 0) or (not t["save_every"] and epoch_end):
+        if (
+            do_save
+            or stopped
+            or (t["save_every"] and step % t["save_every"] == 0)
+            or (not t["save_every"] and epoch_end)
+        ):
             save()
+        if do_sample and (dist.main or sharded):  # sharded: every rank generates, rank 0 emits
+            emit_samples(model, plan, "during", emit, synced=sharded)
+        if stopped:
+            break
         if mon.should_stop_early:
             save()
             log(emit, f"early stopping at step {step}: eval loss has not improved since step {mon.best_step}")
             break
 
+    profiler.finish()
     save()
     train_s = time.monotonic() - t0
     reload_diff = None
     if not stopped:
         run_eval()
-    dist.close()  # the last collective is behind us: rank 0 writes the rest alone
-    if not dist.main:
-        model.eval()
-        return Result(model, step, stopped, run_dir / "adapter", None)
+    if not sharded:
+        dist.close()  # the last collective is behind us: rank 0 writes the rest alone
+        if not dist.main:
+            model.eval()
+            return Result(model, step, stopped, run_dir / "adapter", None)
+    # Sharded, every rank goes on to the end (gathers and forwards are collective); rank 0 alone writes.
+    if not stopped and mon.should_stop_early and mon.best_step is not None and mon.best_step != step:
+        restore_adapter(model, ckpt.root(run_dir) / f"step-{mon.best_step}")
+        log(emit, f"the adapter written is the best eval checkpoint, step {mon.best_step}")
+    adapter_state = sharding.full_adapter_state(model) if sharded else None
+    adapter_dir = write_adapter(model, plan, adapter_state) if dist.main else run_dir / "adapter"
+    dist.gather(None)  # sharded: written before the other ranks read it back (the reload check)
     if stopped:
-        adapter_dir = write_adapter(model, plan)
         say(f"stopped at step {step}; resume with resume: true")
     else:
-        if mon.should_stop_early and mon.best_step is not None and mon.best_step != step:
-            restore_adapter(model, ckpt.root(run_dir) / f"step-{mon.best_step}")
-            log(emit, f"the adapter written is the best eval checkpoint, step {mon.best_step}")
-        adapter_dir = write_adapter(model, plan)
-        emit_samples(model, plan, "after", emit)
-        report_norms(adapter_norms(model), emit)
+        emit_samples(model, plan, "after", emit, synced=sharded)
+        norms = adapter_norms(model)
+        if dist.main:
+            report_norms(norms, emit)
         reload_diff = reload_check(model, adapter_dir, plan, reference_batch(data, plan), dtype, device, emit)
+    dist.close()
     model.eval()
+    if not dist.main:
+        return Result(model, step, stopped, adapter_dir, None)
     emit(
         {
             "type": "done",

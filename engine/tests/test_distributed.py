@@ -259,3 +259,111 @@ def test_devices_must_match_the_processes(tmp_path, model_dir):
     # batch_size is per device: a checkpoint of 2 processes does not resume under 1 (and old hashes hold)
     one = ckpt.plan_subset({**plan, "train": {**plan["train"], "devices": 1}})
     assert "devices" not in one["train"] and ckpt.plan_subset(plan)["train"]["devices"] == 2
+
+
+# ---------------------------------------------------------------- FSDP2: the base sharded over the ranks
+
+SHARDED = {"train.devices": 2, "train.shard": "fsdp"}
+
+
+def test_sharded_processes_train_what_one_process_trains(tmp_path, model_dir):
+    from peft import PeftModel
+
+    one = tmp_path / "one"
+    ev = memorize_set(5, seed=7)  # eval batches of 2: rank 0 takes 2, rank 1 one (and then an idle forward)
+    plan = make_plan(
+        one, model_dir, train=memorize_set(N_SAMPLES), eval=ev, **EQUAL, **{"train.batch_size": 4}
+    )
+    ref_events: list[dict] = []
+    train_mod.run(read_plan(write_plan(one, plan)), ref_events.append)
+    ref_steps, ref_evals = metrics(ref_events)
+
+    two = tmp_path / "fsdp"
+    plan = make_plan(
+        two, model_dir, train=memorize_set(N_SAMPLES), eval=ev, **EQUAL, **SHARDED, **{"train.batch_size": 2}
+    )
+    events, rc, stderr = torchrun(write_plan(two, plan))
+    assert rc == 0, stderr[-3000:]
+    assert all(schema_errors("event", e) == [] for e in events)
+    assert any("FSDP2" in e["message"] for e in of_type(events, "log"))
+
+    # The tail micro-batch leaves rank 1 nothing (it runs an idle forward), the eval split too: same numbers.
+    steps, evals = metrics(events)
+    assert sorted(steps) == list(range(1, 7))
+    assert_same(steps, ref_steps)
+    assert evals.keys() == {3, 6} and all(abs(evals[k] - ref_evals[k]) < 1e-5 for k in evals)
+    assert not [f for f in of_type(events, "finding") if f["severity"] == "error"]
+    kinds = [e["type"] for e in events]
+    assert kinds.count("start") == 1 and kinds[-1] == "done" and "error" not in kinds
+
+    # Samples are generated on every rank, emitted once: the base's answers are the unsharded run's.
+    def outputs(evs, phase):
+        return {e["index"]: e["output_ids"] for e in of_type(evs, "sample") if e["phase"] == phase}
+
+    assert outputs(events, "before") == outputs(ref_events, "before") and len(outputs(events, "after")) == 2
+
+    # Whole tensors in peft's format and in the optimizer state, as an unsharded run writes them.
+    assert max_diff(two / "run" / "adapter", one / "run" / "adapter") < 1e-5
+    assert max_diff(two / "run" / "checkpoints" / "step-6", one / "run" / "checkpoints" / "step-6") < 1e-5
+    opt = torch.load(two / "run" / "checkpoints" / "step-6" / "optimizer.pt", weights_only=True)
+    ref_opt = torch.load(one / "run" / "checkpoints" / "step-6" / "optimizer.pt", weights_only=True)
+    assert opt["state"].keys() == ref_opt["state"].keys()
+    for i, s in opt["state"].items():
+        for k in ("exp_avg", "exp_avg_sq"):
+            assert type(s[k]) is torch.Tensor and s[k].shape == ref_opt["state"][i][k].shape
+            assert torch.allclose(s[k], ref_opt["state"][i][k], atol=1e-6), (i, k)
+
+    reloaded = PeftModel.from_pretrained(
+        train_mod.load_base(str(model_dir), torch.float32, "cpu"), str(two / "run" / "adapter")
+    )
+    batch = train_mod.reference_batch({"eval": None, "train": Prepared(two / "prepared" / "train")}, plan)
+    ref_result = train_mod.logits_of(
+        PeftModel.from_pretrained(
+            train_mod.load_base(str(model_dir), torch.float32, "cpu"), str(one / "run" / "adapter")
+        ),
+        batch,
+        "cpu",
+    )
+    assert float((train_mod.logits_of(reloaded, batch, "cpu") - ref_result).abs().max()) < 1e-4
+
+
+def test_sharded_stop_and_resume_exactly_also_from_an_unsharded_checkpoint(tmp_path, model_dir):
+    def plan(root, **extra):
+        return make_plan(root, model_dir, train=memorize_set(N_SAMPLES), **{**RESUME, **SHARDED, **extra})
+
+    whole = tmp_path / "whole"
+    ref_events, rc, stderr = torchrun(write_plan(whole, plan(whole)))
+    assert rc == 0, stderr[-3000:]
+    ref_steps, ref_evals = metrics(ref_events)
+    assert sorted(ref_steps) == list(range(1, 9))
+
+    # Stopped sharded, resumed sharded.
+    parts = tmp_path / "parts"
+    plan_path = write_plan(parts, plan(parts))
+    first, rc, stderr = torchrun(plan_path, stop_after=2)
+    assert rc == 0, stderr[-3000:]
+    stop1 = first[-1]["step"]
+    assert first[-1]["stopped_early"] is True and of_type(first, "checkpoint")[-1]["step"] == stop1
+    write_plan(parts, plan(parts, resume=True))
+    second, rc, stderr = torchrun(plan_path)
+    assert rc == 0, stderr[-3000:]
+    assert of_type(second, "start")[0]["start_step"] == stop1 and second[-1]["stopped_early"] is False
+    for part in (first, second):
+        s, ev = metrics(part)
+        assert_same(s, ref_steps)
+        assert all(abs(ev[k] - ref_evals[k]) < 1e-5 for k in ev)
+    assert max_diff(parts / "run" / "adapter", whole / "run" / "adapter") < 1e-5
+
+    # Stopped unsharded (plain data parallel, the same global batch), resumed sharded: the same run.
+    mixed = tmp_path / "mixed"
+    plan_path = write_plan(mixed, plan(mixed, **{"train.shard": "none"}))
+    first, rc, stderr = torchrun(plan_path, stop_after=2)
+    assert rc == 0, stderr[-3000:]
+    stop1 = first[-1]["step"]
+    write_plan(mixed, plan(mixed, resume=True))
+    second, rc, stderr = torchrun(plan_path)
+    assert rc == 0, stderr[-3000:]
+    assert of_type(second, "start")[0]["start_step"] == stop1
+    for part in (first, second):
+        assert_same(metrics(part)[0], ref_steps)
+    assert max_diff(mixed / "run" / "adapter", whole / "run" / "adapter") < 1e-5

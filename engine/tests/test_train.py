@@ -173,9 +173,9 @@ def test_train_nonfinite_loss_stops_without_saving(tmp_path, model_dir, monkeypa
     real = train_mod.token_ce_sum
     calls = []
 
-    def poisoned(model, batch):
+    def poisoned(model, batch, device=None):
         calls.append(1)
-        ce = real(model, batch)
+        ce = real(model, batch, device)
         return ce * float("nan") if len(calls) > 8 else ce  # steps 1-4 fine (2 micro-batches each)
 
     monkeypatch.setattr(train_mod, "token_ce_sum", poisoned)
@@ -277,11 +277,12 @@ def test_train_overfitting_stops_early_and_keeps_the_best_checkpoint(tmp_path, m
     assert all(torch.equal(written[k], kept[k]) for k in written)
 
 
-@pytest.mark.parametrize("accum", [1, 2])
-def test_train_chatglm3_fast_path_matches_the_padded_loop(tmp_path, fixtures_dir, monkeypatch, accum):
+@pytest.mark.parametrize(("accum", "ckpt"), [(1, False), (2, False), (2, "low_memory")])
+def test_train_chatglm3_fast_path_matches_the_padded_loop(tmp_path, fixtures_dir, monkeypatch, accum, ckpt):
     """The training loop through lorakit_engine.kernels (packed rows, fused loss, fused LoRA) gives the padded
     loop's losses, gradient norms, eval losses and adapter (float32, dropout 0). Forced on the CPU here, where
-    packed attention is SDPA with a block mask; on CUDA it is varlen attention."""
+    packed attention is SDPA with a block mask; on CUDA it is varlen attention. With `gradient_checkpointing:
+    low_memory` the fast path recomputes layers and MLP chunks (the padded loop: plain checkpointing)."""
     model_dir = fixtures_dir / "models" / "chatglm3-single"
     over = {
         "model.family": "chatglm",
@@ -291,6 +292,7 @@ def test_train_chatglm3_fast_path_matches_the_padded_loop(tmp_path, fixtures_dir
         "train.total_steps": 4,
         "train.batch_size": 3,
         "train.grad_accum": accum,
+        "train.gradient_checkpointing": ckpt,
     }
     runs = {}
     for mode in ("0", "1"):
@@ -301,7 +303,12 @@ def test_train_chatglm3_fast_path_matches_the_padded_loop(tmp_path, fixtures_dir
         result = train_mod.run(read_plan(write_plan(root, plan)), events.append)
         runs[mode] = (events, result)
     (plain, r0), (fast, r1) = runs["0"], runs["1"]
-    assert any("fast path" in e.get("message", "") for e in fast if e["type"] == "log")
+    mode = {False: "none", "low_memory": "low_memory"}[ckpt]
+    assert any(
+        "fast path: packed rows" in e.get("message", "") and e["message"].endswith(f"checkpointing: {mode}")
+        for e in fast
+        if e["type"] == "log"
+    )
     assert not any("fast path" in e.get("message", "") for e in plain if e["type"] == "log")
     for kind, key in (("step", "loss"), ("step", "grad_norm"), ("eval", "loss")):
         a = [e[key] for e in of_type(plain, kind)]
@@ -315,3 +322,20 @@ def test_train_chatglm3_fast_path_matches_the_padded_loop(tmp_path, fixtures_dir
     assert wa.keys() == wb.keys()
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
+
+
+def test_profile_of_chosen_steps_is_written_per_rank(tmp_path, fixtures_dir, monkeypatch):
+    """LORAKIT_PROFILE=<dir> with LORAKIT_PROFILE_STEPS=first:count writes profile-rank0.txt over those steps,
+    also when training ends inside them; a malformed value is a clear error before training."""
+    model_dir = fixtures_dir / "models" / "tiny-llama"
+    root = tmp_path / "run"
+    plan = read_plan(write_plan(root, make_plan(root, model_dir, **{"train.total_steps": 3})))
+    monkeypatch.setenv("LORAKIT_PROFILE", str(tmp_path / "prof"))
+    monkeypatch.setenv("LORAKIT_PROFILE_STEPS", "2:5")  # past the last step: written at the end
+    train_mod.run(plan, lambda e: None)
+    text = (tmp_path / "prof" / "profile-rank0.txt").read_text()
+    assert text.startswith("rank 0, steps 2..3") and "step wall ms: 2: " in text and ", 3: " in text
+    monkeypatch.setenv("LORAKIT_PROFILE_STEPS", "11")
+    with pytest.raises(EngineError, match="LORAKIT_PROFILE_STEPS='11'") as e:
+        train_mod.run(plan, lambda e: None)
+    assert e.value.code == "BAD_ENVIRONMENT"

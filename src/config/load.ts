@@ -104,6 +104,28 @@ export function configIssues(
           hint: `${guess ? `did you mean '${guess}'? ` : ""}expected one of: ${values.join(", ")}`,
         }),
       );
+    } else if (issue.code === "invalid_union" && issue.errors.length > 0) {
+      // One of several shapes (true | false | "low_memory"): every branch's expected type or values.
+      const options = [
+        ...new Set(
+          issue.errors
+            .flat()
+            .flatMap((i) =>
+              i.code === "invalid_value" && "values" in i
+                ? i.values.map(String)
+                : i.code === "invalid_type"
+                  ? [i.expected === "boolean" ? "true, false" : i.expected]
+                  : [],
+            ),
+        ),
+      ];
+      const guess = typeof got === "string" ? nearest(got, options) : undefined;
+      errors.push(
+        new LorakitError("CONFIG_BAD_VALUE", `'${keyPathText(p)}' is ${typeName(got)}`, {
+          where,
+          hint: `${guess ? `did you mean '${guess}'? ` : ""}expected one of: ${options.join(", ")}`,
+        }),
+      );
     } else if (issue.code === "invalid_type") {
       const missing = got === undefined;
       errors.push(

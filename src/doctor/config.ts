@@ -4,6 +4,8 @@
 import { readFileSync } from "node:fs";
 import type { LoadedConfig } from "../config/load.js";
 import type { RunConfig } from "../config/schema.js";
+import { longSamples, packRows } from "../data/pack.js";
+import type { SplitManifest } from "../data/prepare.js";
 import { nearest } from "../errors.js";
 import { FAMILIES, type Family } from "../models/families.js";
 import type { Hardware } from "./env.js";
@@ -15,6 +17,10 @@ export interface DatasetFacts {
   evalSamples: number;
   /** Tokens of the training split (one epoch). */
   trainTokens: number;
+  /** Tokens of each training sample, in order (read when train.pack_tokens is set: its rows need them). */
+  trainLengths?: readonly number[];
+  /** Where each training sample came from (prepared data's manifest). */
+  trainOrigins?: SplitManifest["origins"];
   source: "prepared" | "estimated";
   /** How the numbers were obtained. */
   basis: string;
@@ -26,9 +32,20 @@ export const LR_LOW = 1e-5;
 export const SMALL_DATASET = 1000;
 export const MIN_STEPS = 20;
 
-/** Optimizer steps of a run (the plan's total_steps): a micro-batch is batch_size per device × devices. */
-export function plannedSteps(samples: number, c: RunConfig["train"]): number {
-  const micro = Math.ceil(samples / (c.batch_size * c.devices));
+/** Optimizer steps of a run (the plan's total_steps): a micro-batch is batch_size per device × devices, or with
+ * train.pack_tokens one row per device (src/data/pack.ts; without the lengths, at least tokens / pack_tokens). */
+export function plannedSteps(
+  data: Pick<DatasetFacts, "trainSamples" | "trainTokens" | "trainLengths">,
+  c: RunConfig["train"],
+): number {
+  const pack = c.pack_tokens;
+  const micro =
+    pack === undefined
+      ? Math.ceil(data.trainSamples / (c.batch_size * c.devices))
+      : Math.ceil(
+          (data.trainLengths ? packRows(data.trainLengths, pack).length : Math.ceil(data.trainTokens / pack)) /
+            c.devices,
+        );
   const perEpoch = Math.ceil(micro / c.grad_accum);
   const total = Math.max(1, Math.ceil(perEpoch * c.epochs));
   return c.max_steps !== undefined ? Math.min(total, c.max_steps) : total;
@@ -91,10 +108,15 @@ export function estimateDataset(loaded: LoadedConfig): DatasetFacts {
     trainSamples = train.length - evalSamples;
     trainTokens = Math.round((trainTokens * trainSamples) / train.length);
   }
+  const lengths =
+    c.train.pack_tokens !== undefined
+      ? { trainLengths: train.slice(0, trainSamples).map((r) => Math.min(c.data.max_length, roughTokens(r))) }
+      : {};
   return {
     trainSamples,
     evalSamples,
     trainTokens,
+    ...lengths,
     source: "estimated",
     basis:
       "records counted in the data files; tokens ≈ CJK characters × 0.75 + other characters / 3.5, capped at max_length (prepared data gives exact counts)",
@@ -176,7 +198,7 @@ export function lrFindings(c: RunConfig, family: Family, data: DatasetFacts | nu
   const lr = c.train.lr ?? family.lr;
   const { r, alpha } = c.lora;
   const scale = alpha / r;
-  const steps = data ? plannedSteps(data.trainSamples, c.train) : null;
+  const steps = data ? plannedSteps(data, c.train) : null;
   const base = {
     lr,
     lr_source: c.train.lr !== undefined ? "train.lr" : `the ${family.name} family's default`,
@@ -235,7 +257,7 @@ export function precisionFindings(c: RunConfig, hw: Hardware | null): Finding[] 
 export function stepsAndEvalFindings(loaded: LoadedConfig, data: DatasetFacts): Finding[] {
   const c = loaded.config;
   const out: Finding[] = [];
-  const steps = plannedSteps(data.trainSamples, c.train);
+  const steps = plannedSteps(data, c.train);
   if (steps < MIN_STEPS) {
     out.push(
       makeFinding("CONFIG_STEPS_FEW", {
@@ -262,6 +284,24 @@ export function stepsAndEvalFindings(loaded: LoadedConfig, data: DatasetFacts): 
   return out;
 }
 
+/** train.pack_tokens shorter than a training sample (prepared data only: estimated lengths are too rough). */
+export function packFindings(c: RunConfig, data: DatasetFacts): Finding[] {
+  const pack = c.train.pack_tokens;
+  if (pack === undefined || data.source !== "prepared" || !data.trainLengths) return [];
+  const long = longSamples(data.trainLengths, pack);
+  if (!long) return [];
+  const o = data.trainOrigins;
+  const at = o?.samples[long.sample];
+  return [
+    makeFinding("CONFIG_PACK_TOKENS_SHORT", {
+      ...long,
+      origin: at && o ? `${o.files[at[0]] ?? "?"}:${at[1]}` : "origin unknown",
+      pack_tokens: pack,
+      max_length: c.data.max_length,
+    }),
+  ];
+}
+
 export interface ConfigCheckInput {
   loaded: LoadedConfig;
   family: Family;
@@ -278,7 +318,7 @@ export function configFindings(inp: ConfigCheckInput): Finding[] {
   out.push(...lrFindings(c, inp.family, inp.data));
   out.push(...precisionFindings(c, inp.hardware));
   out.push(...targetFindings(c.lora.targets ?? inp.family.targets, inp.family));
-  if (inp.data) out.push(...stepsAndEvalFindings(inp.loaded, inp.data));
+  if (inp.data) out.push(...stepsAndEvalFindings(inp.loaded, inp.data), ...packFindings(c, inp.data));
   else out.push(makeFinding("CONFIG_DATA_UNCOUNTED", { error: inp.dataError ?? "unknown" }));
   return out;
 }

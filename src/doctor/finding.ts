@@ -188,6 +188,13 @@ export const CODES = {
     "no held-out samples: {reason}",
     "Set data.eval_split (e.g. 0.05) or data.eval, so overfitting shows and the best checkpoint can be kept.",
   ),
+  CONFIG_PACK_TOKENS_SHORT: spec(
+    "config",
+    "error",
+    "truncation",
+    "training sample {sample} ({origin}) has {length} tokens, more than a train.pack_tokens row of {pack_tokens} ({count} sample(s) are; the longest has {longest})",
+    "Raise train.pack_tokens to ≥ {longest}, or lower data.max_length to ≤ {pack_tokens} (longer samples are then cut).",
+  ),
   CONFIG_DATA_UNCOUNTED: spec(
     "config",
     "info",

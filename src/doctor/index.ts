@@ -155,16 +155,17 @@ export async function runPreflight(o: PreflightOptions): Promise<PreflightResult
       : c.train.precision;
   const lora = shape ? loraParams(shape, targets, c.lora.r) : 0;
   if (probe) {
-    const steps = dataset ? plannedSteps(dataset.trainSamples, c.train) : null;
+    const steps = dataset ? plannedSteps(dataset, c.train) : null;
     let cpuWork: Parameters<typeof envFindings>[1]["cpuWork"];
     if (shape && dataset && steps !== null) {
       const perSample = dataset.trainSamples > 0 ? dataset.trainTokens / dataset.trainSamples : 0;
       const full = dataset.trainTokens * c.train.epochs;
-      const capped = Math.min(full, steps * c.train.batch_size * c.train.grad_accum * perSample);
+      const perMicro = c.train.pack_tokens ?? c.train.batch_size * perSample; // a row holds ≤ pack_tokens
+      const capped = Math.min(full, steps * c.train.grad_accum * perMicro);
       cpuWork = {
         tokens: Math.round(capped),
         tokensBasis: `${dataset.trainTokens} train tokens × ${c.train.epochs} epochs${capped < full ? `, capped at max_steps ${c.train.max_steps}` : ""} (${dataset.source})`,
-        flopsPerToken: (c.train.gradient_checkpointing ? 6 : 4) * shape.matmulParams + 6 * lora,
+        flopsPerToken: (c.train.gradient_checkpointing !== false ? 6 : 4) * shape.matmulParams + 6 * lora,
       };
     }
     envOut.push(
@@ -185,7 +186,7 @@ export async function runPreflight(o: PreflightOptions): Promise<PreflightResult
     "config",
     `lr ${lr ?? "?"}${c.train.lr === undefined ? " (family default)" : ""}, LoRA r ${c.lora.r} alpha ${c.lora.alpha} on ${targets.join(", ") || "?"}, ${precision}${
       dataset
-        ? `, ${plannedSteps(dataset.trainSamples, c.train)} steps over ${dataset.trainSamples} samples (${dataset.source})`
+        ? `, ${plannedSteps(dataset, c.train)} steps over ${dataset.trainSamples} samples (${dataset.source})`
         : ""
     }`,
     cfgOut,
@@ -199,9 +200,11 @@ export async function runPreflight(o: PreflightOptions): Promise<PreflightResult
     const inputs: MemoryInputs = {
       shape,
       precision,
-      microBatch: c.train.batch_size,
-      seqLen: c.data.max_length,
-      checkpointing: c.train.gradient_checkpointing,
+      // train.pack_tokens: one row of pack_tokens tokens a micro-batch (padding-free on the fast path).
+      microBatch: c.train.pack_tokens === undefined ? c.train.batch_size : 1,
+      seqLen: c.train.pack_tokens ?? c.data.max_length,
+      ...(c.train.pack_tokens !== undefined ? { packed: true } : {}),
+      checkpointing: c.train.gradient_checkpointing !== false, // low_memory: estimated as plain checkpointing
       r: c.lora.r,
       targets,
       dropout: c.lora.dropout,

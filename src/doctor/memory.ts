@@ -163,6 +163,8 @@ export interface MemoryInputs {
   device: "cuda" | "cpu";
   /** Tokens per chunk when the loss is computed in chunks (the full logits never exist). */
   logitsChunk?: number;
+  /** train.pack_tokens: a micro-batch is one row of `seqLen` tokens (microBatch 1). */
+  packed?: boolean;
 }
 
 export interface MemoryEstimate {
@@ -257,6 +259,11 @@ export function fitMicroBatch(m: MemoryInputs, free: number, gradAccum: number):
 }
 
 function suggestionText(fit: Fit | null, m: MemoryInputs, gradAccum: number): string {
+  if (m.packed) {
+    const first =
+      fit?.gradient_checkpointing && !m.checkpointing ? "Set train.gradient_checkpointing: true, or lower" : "Lower";
+    return `${first} train.pack_tokens (rows of ${m.seqLen} tokens), load a smaller model, or use a GPU with more memory.`;
+  }
   if (!fit) {
     return `Not even 1 sample of ${m.seqLen} tokens fits: lower data.max_length, load a smaller model, or use a GPU with more memory.`;
   }
@@ -296,7 +303,9 @@ export function memoryFindings(
     suggestion: fit
       ? { batch_size: fit.batch_size, grad_accum: fit.grad_accum, gradient_checkpointing: fit.gradient_checkpointing }
       : null,
-    basis: "every micro-batch padded to max_length (the worst batch, where the peak happens)",
+    basis: m.packed
+      ? "every micro-batch one full row of train.pack_tokens tokens (the worst batch, where the peak happens)"
+      : "every micro-batch padded to max_length (the worst batch, where the peak happens)",
   };
   const fix = suggestionText(fit, m, ctx.gradAccum);
   return [makeFinding(est.need > ctx.free ? "MEMORY_WONT_FIT" : "MEMORY_TIGHT", evidence, { fix })];

@@ -62,6 +62,8 @@ export async function prepareAndCheck(
       trainSamples: prepared.train.samples,
       evalSamples: prepared.eval?.samples ?? 0,
       trainTokens: prepared.train.tokens,
+      trainLengths: prepared.trainLengths ?? undefined,
+      trainOrigins: prepared.result.manifest.origins,
       source: "prepared",
       basis: `prepared data ${prepared.result.dir}`,
     },

@@ -3,6 +3,7 @@
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import type { LoadedConfig } from "../config/load.js";
+import { preparedLengths } from "../data/pack.js";
 import { type PrepareResult, prepareDataset } from "../data/prepare.js";
 import type { Tokenizer } from "../data/tokenizer.js";
 import type { ModelInfo } from "../models/inspect.js";
@@ -20,6 +21,8 @@ export interface PreparedRun {
   result: PrepareResult;
   train: { dir: string; samples: number; tokens: number };
   eval: { dir: string; samples: number; tokens: number } | null;
+  /** Tokens of each training sample, in order: read when train.pack_tokens is set (its rows need them). */
+  trainLengths: number[] | null;
   heldOut: HeldOutItem[];
   stopIds: number[];
   padId: number;
@@ -108,6 +111,7 @@ export async function prepareForRun(
     result,
     train: result.train,
     eval: result.eval,
+    trainLengths: loaded.config.train.pack_tokens !== undefined ? preparedLengths(result.train.dir) : null,
     heldOut,
     stopIds: result.template.stopIds,
     padId,

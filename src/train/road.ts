@@ -57,6 +57,7 @@ export async function smokeRun(py: PythonEnv, plan: Plan, runDir: string, opts: 
       save_every: 1,
       keep_checkpoints: 1,
       devices: 1,
+      shard: "none",
     },
     data: { ...plan.data, eval: null },
     samples: { ...plan.samples, items: plan.samples.items.slice(0, 1), max_new_tokens: 4, before: false },
@@ -143,7 +144,14 @@ export function buildPlan(
   opts: { resume: boolean; failAtStep?: number },
 ): Plan {
   const c = loaded.config;
-  const total = plannedSteps(prepared.train.samples, c.train);
+  const total = plannedSteps(
+    {
+      trainSamples: prepared.train.samples,
+      trainTokens: prepared.train.tokens,
+      trainLengths: prepared.trainLengths ?? undefined,
+    },
+    c.train,
+  );
   return {
     version: 1,
     run_dir: runDir,
@@ -166,6 +174,7 @@ export function buildPlan(
       epochs: c.train.epochs,
       batch_size: c.train.batch_size,
       grad_accum: c.train.grad_accum,
+      ...(c.train.pack_tokens !== undefined ? { pack_tokens: c.train.pack_tokens } : {}),
       lr: c.train.lr ?? model.family.lr,
       scheduler: c.train.scheduler,
       warmup_steps: Math.round(c.train.warmup_ratio * total),
@@ -181,6 +190,8 @@ export function buildPlan(
       patience: c.train.patience,
       device: c.train.device,
       devices: c.train.devices,
+      // "auto" stays unsharded until the doctor's memory estimate reaches the plan (see TrainConfig.shard).
+      shard: c.train.shard === "fsdp" ? "fsdp" : "none",
     },
     samples: {
       items: prepared.heldOut.map((s) => ({ index: s.index, prompt_ids: s.promptIds })),
@@ -338,7 +349,7 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
       summary: {
         model: `${loaded.modelDir} (${model.modelType})`,
         data: `${prepared.train.samples} train / ${prepared.eval?.samples ?? 0} eval samples, ${prepared.train.tokens} train tokens`,
-        steps: `${plan.train.total_steps} optimizer steps, batch ${c.train.batch_size} × accumulation ${c.train.grad_accum}, lr ${plan.train.lr}`,
+        steps: `${plan.train.total_steps} optimizer steps, ${c.train.pack_tokens !== undefined ? `rows of ≤ ${c.train.pack_tokens} tokens` : `batch ${c.train.batch_size}`} × accumulation ${c.train.grad_accum}, lr ${plan.train.lr}`,
         lora: `r ${plan.lora.r}, alpha ${plan.lora.alpha}, dropout ${plan.lora.dropout} on ${plan.lora.targets.join(", ")}`,
         "held-out exact match": `before ${pct(exactMatch.before)} → after ${pct(exactMatch.after)} (${exactMatch.n} samples)`,
         ...(error ? { error: `${error.code}: ${error.message.split("\n")[0]}` } : {}),
