@@ -56,6 +56,8 @@ ALL = (
     "lk_recipe",
     "hf_tuned",
     "lk_packed",
+    "lk_packed_12k",
+    "lk_packed_8k",
     "lk_packed_eager",
     "lk_packed_peft",
     "hf_8k",
@@ -64,6 +66,7 @@ ALL = (
     "hf_alllinear16",
     "lk_alllinear16",
 )
+MEMORY_PEAK: set[str] = set()  # --memory-peak
 GLM_QKV = ["q_proj", "k_proj", "v_proj"]
 GLM_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"]
 LK_QKV = ["query_key_value"]
@@ -358,6 +361,12 @@ def run_lk(
         **(fast or {}),
     )
     model.train()
+    table, glm_table = model.get_input_embeddings().weight, glm.model.embed_tokens.weight
+    table_on_host = table.device.type == "cpu"
+    if (
+        table_on_host
+    ):  # low memory: the token table in host memory, shared with glm meanwhile (no device copy)
+        glm_table.data = table.data
     params = [p for p in model.parameters() if p.requires_grad]
     assert all(p.dtype == torch.float32 for p in params)
     steps = len(windows)
@@ -379,6 +388,10 @@ def run_lk(
         return total / n_window, sum(p.n_real for p in packs), sum(p.input_ids.numel() for p in packs)
 
     fresh_memory()
+    recording = name in MEMORY_PEAK and DEV == "cuda"
+    if recording:  # every allocation's Python stack, for the breakdown at the peak (slows the steps down)
+        base = torch.cuda.memory_allocated()
+        torch.cuda.memory._record_memory_history(max_entries=1_000_000, stacks="python")
     times, losses, real, computed = [], [], 0, 0
     sync()
     last = time.perf_counter()
@@ -410,12 +423,53 @@ def run_lk(
             "first_step_s": round(times[0], 2),
         },
     )
+    if recording:
+        snapshot = torch.cuda.memory._snapshot()
+        torch.cuda.memory._record_memory_history(enabled=None)
+        res["memory_peak"] = memory_peak(snapshot, base)
+        res["note"] = "steps timed while recording allocations: not a throughput figure"
     if profile_steps and DEV == "cuda":
         res["profile"] = profile(lambda: [step(w) for w in windows[:profile_steps]], real / steps, out_dir)
+    if table_on_host:
+        glm_table.data = table.data.to(DEV)
     model.base_model.model.transformer = None  # drop the activations' owners before the next variant
     opt.state.clear()
     fresh_memory()
     return res
+
+
+def memory_peak(snapshot: dict, base: int, top: int = 14) -> dict:
+    """Where the peak lies: replay the allocator trace to its highest point and group the blocks alive there
+    by the innermost lorakit/bench frame of the stack that allocated them. `base` was allocated before the
+    recording began (weights, adapters, optimizer state)."""
+    trace = [e for e in snapshot["device_traces"][0] if e["action"] in ("alloc", "free_completed")]
+    cur = peak = peak_at = 0
+    for i, e in enumerate(trace):
+        cur += e["size"] if e["action"] == "alloc" else -e["size"]
+        if cur > peak:
+            peak, peak_at = cur, i
+    live: dict[int, dict] = {}
+    for e in trace[: peak_at + 1]:
+        if e["action"] == "alloc":
+            live[e["addr"]] = e
+        else:
+            live.pop(e["addr"], None)
+    groups: dict[str, int] = {}
+    for e in live.values():
+        where = "(no python frame)"
+        for f in e.get("frames", []):
+            if "lorakit_engine" in f["filename"] or f["filename"].endswith("bench.py"):
+                short = f["filename"].split("lorakit_engine/")[-1].split("/")[-1]
+                where = f"{short}:{f['line']} {f['name']}"
+                break
+        groups[where] = groups.get(where, 0) + e["size"]
+    gib = 1024**3
+    ranked = sorted(groups.items(), key=lambda kv: -kv[1])[:top]
+    return {
+        "before_recording_gib": round(base / gib, 3),
+        "peak_gib": round((base + peak) / gib, 3),
+        "live_at_peak_gib": [[k, round(v / gib, 3)] for k, v in ranked],
+    }
 
 
 def category(name: str) -> str:
@@ -424,7 +478,7 @@ def category(name: str) -> str:
         return "attention"
     if any(k in n for k in ("gemm", "nvjet", "cutlass", "xmma", "cublas", "sm90_", "matmul")):
         return "gemm"
-    if n.startswith(("swiglu_", "rotary_")):
+    if n.startswith(("swiglu_", "rotary_", "rms_norm_")):
         return "triton (lorakit kernels)"
     if n.startswith("triton"):
         return "triton (torch.compile)"
@@ -627,7 +681,13 @@ def main():
     ap.add_argument("--micro", action="store_true")
     ap.add_argument("--tiny", action="store_true", help="tiny model shape on the CPU: checks the script only")
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/bench-out"))
+    ap.add_argument(
+        "--memory-peak",
+        default="",
+        help="lorakit variants (comma separated) that record every allocation: a breakdown at the peak",
+    )
     args = ap.parse_args()
+    MEMORY_PEAK.update(v for v in args.memory_peak.split(",") if v)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     global DEV
@@ -682,6 +742,8 @@ def main():
             profile_steps=2,
             out_dir=out_dir,
         ),
+        "lk_packed_12k": lambda: run_lk(glm, packed_windows(data, 12288, S(14)), "lk_packed_12k", LK_QKV, 8),
+        "lk_packed_8k": lambda: run_lk(glm, packed_windows(data, 8192, S(20)), "lk_packed_8k", LK_QKV, 8),
         "lk_packed_eager": lambda: run_lk(
             glm, packed_windows(data, args.budget, S(8)), "lk_packed_eager", LK_QKV, 8, compile=False
         ),

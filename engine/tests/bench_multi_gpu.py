@@ -15,6 +15,8 @@ one per GPU; then the two-GPU runs, one after the other.
 
 Real tokens/s = the real (non-padding) tokens of the timed steps (computed from the data and the engine's own
 batch order) ÷ the wall time between their step events. `--smoke` runs a tiny model on the CPU (gloo).
+`--shard` trains the 2-GPU runs with `train.shard: fsdp` (the base split over the GPUs, FSDP2) instead of a
+whole copy on each.
 """
 
 from __future__ import annotations
@@ -72,6 +74,52 @@ def build_model(folder: Path, shape: dict, device: str) -> int:
     return shape["layers"] * per_layer + h * shape["vocab"]
 
 
+GLM6B = {  # ChatGLM3-6B: the native model and the fast path (packed rows, fused loss and LoRA)
+    "num_layers": 28,
+    "hidden_size": 4096,
+    "ffn_hidden_size": 13696,
+    "num_attention_heads": 32,
+    "kv_channels": 128,
+    "multi_query_group_num": 2,
+    "vocab": 65024,
+}
+
+
+def build_glm6b(folder: Path) -> int:
+    """A random-weight ChatGLM3-6B-shaped checkpoint in the official layout (config.json with every key of
+    the real one, bf16 safetensors made on the GPU); returns N (5.98e9 with the output layer)."""
+    from fixtures.chatglm import config_json
+    from safetensors.torch import save_file
+
+    config = config_json(GLM6B["vocab"])
+    config.update({k: v for k, v in GLM6B.items() if k != "vocab"}, torch_dtype="bfloat16")
+    h, f, v = config["hidden_size"], config["ffn_hidden_size"], GLM6B["vocab"]
+    qkv = (config["num_attention_heads"] + 2 * config["multi_query_group_num"]) * config["kv_channels"]
+    if not (folder / "config.json").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        gen = torch.Generator(device="cuda").manual_seed(0)
+
+        def rand(*shape, scale=None):
+            x = torch.randn(shape, generator=gen, device="cuda")
+            return (x * (scale if scale is not None else shape[-1] ** -0.5)).to(torch.bfloat16).cpu()
+
+        tensors = {"transformer.embedding.word_embeddings.weight": rand(v, h, scale=1.0)}
+        for n in range(config["num_layers"]):
+            p = f"transformer.encoder.layers.{n}."
+            tensors[p + "input_layernorm.weight"] = torch.ones(h, dtype=torch.bfloat16)
+            tensors[p + "self_attention.query_key_value.weight"] = rand(qkv, h)
+            tensors[p + "self_attention.query_key_value.bias"] = rand(qkv, scale=0.02)
+            tensors[p + "self_attention.dense.weight"] = rand(h, h)
+            tensors[p + "post_attention_layernorm.weight"] = torch.ones(h, dtype=torch.bfloat16)
+            tensors[p + "mlp.dense_h_to_4h.weight"] = rand(2 * f, h)
+            tensors[p + "mlp.dense_4h_to_h.weight"] = rand(h, f)
+        tensors["transformer.encoder.final_layernorm.weight"] = torch.ones(h, dtype=torch.bfloat16)
+        tensors["transformer.output_layer.weight"] = rand(v, h)
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return 5_980_000_000
+
+
 def workload(kind: str, n: int, vocab: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
     rng = np.random.default_rng(seed)
     out = []
@@ -88,7 +136,7 @@ def workload(kind: str, n: int, vocab: int, seed: int = 0) -> list[tuple[list[in
 
 def plan_for(root: Path, model_dir: Path, samples, args, devices: int) -> Path:
     over = {
-        "train.total_steps": args.steps,
+        "train.total_steps": args.steps + (2 if args.profile else 0),  # profiled after the timed steps
         "train.epochs": 1,
         "train.batch_size": args.batch,
         "train.grad_accum": args.accum,
@@ -97,13 +145,18 @@ def plan_for(root: Path, model_dir: Path, samples, args, devices: int) -> Path:
         "train.precision": "fp32" if args.smoke else "bf16",
         "train.device": "cpu" if args.smoke else "cuda",
         "train.devices": devices,
+        "train.shard": "fsdp" if args.shard and devices > 1 else "none",
+        "train.pack_tokens": args.pack_tokens,
         "train.log_every": 10,
         "train.keep_checkpoints": 1,
-        "lora.targets": TARGETS,
+        "lora.targets": ["query_key_value"] if args.model == "glm6b" else TARGETS,
+        "lora.alpha": 32 if args.model == "glm6b" else 16,
         "lora.dropout": 0.1,
         "samples.items": [],
         "samples.before": False,
     }
+    if args.model == "glm6b":
+        over.update({"model.family": "chatglm", "model.model_type": "chatglm"})
     return write_plan(root, make_plan(root, model_dir, train=samples, eval=False, **over))
 
 
@@ -115,6 +168,8 @@ def launch(plan: Path, devices: int, env: dict, out: Path, logs: Path, name: str
     else:
         cmd = [sys.executable, *engine]
     env = dict(env)
+    if env.get("LORAKIT_PROFILE"):
+        env["LORAKIT_PROFILE"] = str(Path(env["LORAKIT_PROFILE"]) / name)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     events = open(out / f"events-{name}.jsonl", "w")
@@ -128,14 +183,20 @@ def measure(name: str, plan_path: Path, devices: int, args, n_params: int, out: 
     events = [json.loads(x) for x in lines if x.startswith("{")]
     steps = {e["step"]: e for e in events if e["type"] == "step"}
     errors = [e for e in events if e["type"] == "error"]
-    if errors or len(steps) != args.steps:
+    if errors or len(steps) < args.steps:
         return {"name": name, "failed": errors[0]["message"] if errors else f"{len(steps)} steps"}
     data = Prepared(plan_path.parent / plan["data"]["train"]["dir"])
     lengths = (data.offsets[1:] - data.offsets[:-1]).tolist()
-    order = Batches(data, args.batch, plan["train"]["seed"], 0).order(0)
+    batches = Batches(data, args.batch, plan["train"]["seed"], 0, pack_tokens=args.pack_tokens)
+    order = batches.order(0)
     g = args.batch * devices
 
     def micro(i):
+        if (
+            args.pack_tokens
+        ):  # one packed row per rank, each computed without padding: one "sample" of its size
+            rows = [batches.rows[r] for r in order[i * devices : (i + 1) * devices]]
+            return [sum(lengths[j] for j in row) for row in rows]
         return [lengths[j] for j in order[i * g : (i + 1) * g]]
 
     # Padded sizes (samples × longest) per rank and step: the ranks meet once a step, so the step waits for
@@ -148,8 +209,9 @@ def measure(name: str, plan_path: Path, devices: int, args, n_params: int, out: 
             real += sum(ls)
             for r, part in enumerate(deal(ls, devices)):
                 dealt[r] += len(part) * max((ls[k] for k in part), default=0)
+            per_rank = 1 if args.pack_tokens else args.batch
             for r in range(devices):
-                x = ls[r * args.batch : (r + 1) * args.batch]
+                x = ls[r * per_rank : (r + 1) * per_rank]
                 plain[r] += len(x) * max(x, default=0)
         padded += dealt.sum()
         slowest += dealt.max() * devices
@@ -183,6 +245,16 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/lorakit-mgpu"))
     ap.add_argument("--phase-s", type=float, default=110, help="time limit of each phase")
     ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU (gloo)")
+    ap.add_argument("--model", choices=("llama1b", "glm6b"), default="llama1b")
+    ap.add_argument("--profile", action="store_true", help="torch.profiler over steps 11-13 of every run")
+    ap.add_argument("--shard", action="store_true", help="the 2-GPU runs shard the base (FSDP2)")
+    ap.add_argument(
+        "--pack-tokens",
+        type=int,
+        default=None,
+        help="train.pack_tokens: rows of ≤ N tokens (counted as computed without padding: the fast path)",
+    )
+    ap.add_argument("--gpus", type=int, choices=(1, 2), default=2, help="1: only the single-GPU runs")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -194,8 +266,15 @@ def main() -> int:
     env.setdefault("OMP_NUM_THREADS", "1" if args.smoke else "4")
 
     t0 = time.monotonic()
-    model_dir = args.work / "model"
-    n_params = build_model(model_dir, shape, "cpu" if args.smoke else "cuda")
+    if args.profile:  # the two steps after the timed ones
+        env["LORAKIT_PROFILE"] = str(args.out / "profile")
+        env["LORAKIT_PROFILE_STEPS"] = f"{args.steps + 1}:2"
+    model_dir = args.work / ("model" if args.model == "llama1b" else "glm6b")
+    if args.model == "glm6b":
+        shape = {**shape, "vocab": GLM6B["vocab"]}
+        n_params = build_glm6b(model_dir)
+    else:
+        n_params = build_model(model_dir, shape, "cpu" if args.smoke else "cuda")
     print(f"model {shape} N={n_params / 1e9:.3f}e9 built in {time.monotonic() - t0:.0f}s", flush=True)
     if not args.smoke:
         print(
@@ -207,7 +286,7 @@ def main() -> int:
     plans = {}
     for kind in ("chat", "fixed"):
         samples = workload(kind, args.samples, shape["vocab"])
-        for devices in (1, 2):
+        for devices in (1, 2)[: args.gpus]:
             name = f"{kind}-{devices}gpu"
             plans[name] = (plan_for(args.work / name, model_dir, samples, args, devices), devices)
 
@@ -224,9 +303,13 @@ def main() -> int:
                 rc = "killed (--phase-s)"
             print(f"{n}: exit {rc} after {time.monotonic() - started:.0f}s: {' '.join(cmd[1:])}", flush=True)
 
-    phase([("chat-1gpu", None if args.smoke else 0), ("fixed-1gpu", None if args.smoke else 1)])
-    phase([("chat-2gpu", None)])
-    phase([("fixed-2gpu", None)])
+    if args.gpus == 2:
+        phase([("chat-1gpu", None if args.smoke else 0), ("fixed-1gpu", None if args.smoke else 1)])
+        phase([("chat-2gpu", None)])
+        phase([("fixed-2gpu", None)])
+    else:  # one GPU: the two single-GPU runs one after the other
+        phase([("chat-1gpu", None if args.smoke else 0)])
+        phase([("fixed-1gpu", None if args.smoke else 0)])
     with open(args.out / "stderr.txt", "w") as f:
         for name in plans:
             f.write(f"==== {name}\n{(args.work / f'stderr-{name}.txt').read_text()}\n")
@@ -235,7 +318,9 @@ def main() -> int:
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     by = {r["name"]: r for r in results}
     lines = [
-        f"per-device batch {args.batch} x accumulation {args.accum}, "
+        f"per-device batch {args.batch} x accumulation {args.accum}"
+        f"{', the 2-GPU runs sharded (FSDP2)' * args.shard}"
+        f"{f', rows of ≤ {args.pack_tokens} tokens (train.pack_tokens)' if args.pack_tokens else ''}, "
         f"steps {args.warm + 1}-{args.steps} timed",
         "| workload | GPUs | real tokens/s | per GPU | per GPU vs 1 GPU | step ms | padding eff. "
         "| rank balance (dealt / sliced) | MFU (4N) | peak GiB |",
