@@ -1,5 +1,5 @@
 // Shared by the TypeScript tests: in-process CLI runs with captured streams, temp dirs, fixtures.
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { PassThrough } from "node:stream";
@@ -12,6 +12,17 @@ export const fixture = (...p: string[]) => path.join(FIXTURES, ...p);
 
 export function tmpDir(prefix = "lorakit-test-"): string {
   return mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+/** `dir/train.json`: 24 alpaca records, six code words to memorise (the training tests' small task). */
+export function writeCodeWords(dir: string): void {
+  const words = ["apple", "river", "stone", "cloud", "ember", "frost"];
+  const records = Array.from({ length: 24 }, (_, i) => ({
+    instruction: `What is the code word number ${i % 6}?`,
+    input: "",
+    output: `The code word is ${words[i % 6]}.`,
+  }));
+  writeFileSync(path.join(dir, "train.json"), JSON.stringify(records, null, 1));
 }
 
 export interface CliResult {

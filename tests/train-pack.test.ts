@@ -10,7 +10,7 @@ import { flat, writeSafetensors } from "../src/data/safetensors.js";
 import { type DatasetFacts, estimateDataset, packFindings, plannedSteps } from "../src/doctor/config.js";
 import { ROOT } from "../src/engine/python.js";
 import { LorakitError } from "../src/errors.js";
-import { fixture, runCli, tmpDir } from "./helpers.js";
+import { fixture, runCli, tmpDir, writeCodeWords } from "./helpers.js";
 
 interface Case {
   name: string;
@@ -27,12 +27,7 @@ const train = (yaml: string) =>
   parseConfigText(`model: m\ndata:\n  train: t.json\ntrain:\n${yaml}`, "/x/run.yaml").config.train;
 
 function writeRun(dir: string, packTokens: number, extra: Record<string, unknown> = {}): string {
-  const records = Array.from({ length: 24 }, (_, i) => ({
-    instruction: `What is the code word number ${i % 6}?`,
-    input: "",
-    output: `The code word is ${["apple", "river", "stone", "cloud", "ember", "frost"][i % 6]}.`,
-  }));
-  writeFileSync(path.join(dir, "train.json"), JSON.stringify(records, null, 1));
+  writeCodeWords(dir);
   const cfg = {
     model: fixture("models", "tiny-llama"),
     data: { train: "train.json", eval_split: 0.2, system: "You are terse.", max_length: 96 },

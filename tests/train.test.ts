@@ -8,15 +8,10 @@ import { describe, expect, it } from "vitest";
 import { loadConfig } from "../src/config/load.js";
 import type { Event } from "../src/config/schema.js";
 import { runRoad } from "../src/train/road.js";
-import { fixture, runCli, tmpDir } from "./helpers.js";
+import { fixture, runCli, tmpDir, writeCodeWords } from "./helpers.js";
 
 function writeRun(dir: string, model: string, extra: Record<string, unknown> = {}): string {
-  const records = Array.from({ length: 24 }, (_, i) => ({
-    instruction: `What is the code word number ${i % 6}?`,
-    input: "",
-    output: `The code word is ${["apple", "river", "stone", "cloud", "ember", "frost"][i % 6]}.`,
-  }));
-  writeFileSync(path.join(dir, "train.json"), JSON.stringify(records, null, 1));
+  writeCodeWords(dir);
   const cfg = {
     model,
     data: { train: "train.json", eval_split: 0.2, system: "You are terse.", max_length: 96 },
