@@ -52,7 +52,8 @@ def greedy(
     net = _unwrap(model)
     was_training = net.training
     net.eval()
-    device = next(net.parameters()).device
+    # the model's own device where it says (a native ChatGLM3's token table may sit in host memory)
+    device = getattr(net, "device", None) or next(net.parameters()).device
     stops = set(stop_ids)
     out: list[tuple[list[int], bool]] = []
     try:

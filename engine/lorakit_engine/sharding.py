@@ -32,7 +32,7 @@ from .distributed import Dist
 from .protocol import Emit, EngineError, log
 
 
-def wanted(plan: dict, dist: Dist, emit: Emit) -> bool:
+def wanted(plan: dict, dist: Dist, emit: Emit, dtype: torch.dtype) -> bool:
     """Whether this run shards: `train.shard` is "fsdp" (absent in older plans: "none") and there is more
     than one process. A single process has nothing to shard over: a log line says so and training goes on."""
     if plan["train"].get("shard", "none") != "fsdp":
@@ -40,10 +40,11 @@ def wanted(plan: dict, dist: Dist, emit: Emit) -> bool:
     if dist.world == 1:
         log(emit, "train.shard is fsdp but this is one process: nothing to shard over, the model stays whole")
         return False
-    if plan["train"]["precision"] == "fp16":
+    if dtype == torch.float16:  # fp16 asked for, or `auto` on a GPU without bf16
         raise EngineError(
             "SHARD_UNSUPPORTED",
-            "train.shard fsdp does not support fp16 (its loss scaler would skip steps rank by rank)",
+            f"train.shard fsdp does not support fp16 (precision {plan['train']['precision']}; its loss "
+            "scaler would skip steps rank by rank)",
             "Set train.precision to bf16 (or fp32), or train.shard to none.",
         )
     return True

@@ -470,7 +470,7 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
         ckpt.clear_partial(run_dir)
     dist.start(device)
     seed_all(t["seed"])
-    sharded = sharding.wanted(plan, dist, emit)
+    sharded = sharding.wanted(plan, dist, emit, dtype)
     load_on = torch.device("cpu") if sharded else device  # sharded: each rank's slice goes to the device
 
     say(f"loading {plan['model']['path']} as {dtype} on {load_on}")
@@ -750,6 +750,8 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
             break
 
     profiler.finish()
+    # A stop read during the last step came after all the work: the run is complete, not stopped early.
+    stopped = stopped and step < t["total_steps"]
     save()
     train_s = time.monotonic() - t0
     reload_diff = None

@@ -367,3 +367,21 @@ def test_sharded_stop_and_resume_exactly_also_from_an_unsharded_checkpoint(tmp_p
     for part in (first, second):
         assert_same(metrics(part)[0], ref_steps)
     assert max_diff(mixed / "run" / "adapter", whole / "run" / "adapter") < 1e-5
+
+
+def test_sharding_refuses_fp16_also_when_auto_resolves_to_it():
+    """train.shard fsdp with fp16 is refused whether fp16 was asked for or `auto` chose it (a GPU without
+    bf16); one process has nothing to shard over and says so."""
+    from types import SimpleNamespace
+
+    from lorakit_engine import sharding
+    from lorakit_engine.protocol import EngineError
+
+    plan = {"train": {"shard": "fsdp", "precision": "auto"}}
+    two, one, logs = SimpleNamespace(world=2), SimpleNamespace(world=1), []
+    with pytest.raises(EngineError, match="precision auto") as e:
+        sharding.wanted(plan, two, logs.append, torch.float16)
+    assert e.value.code == "SHARD_UNSUPPORTED"
+    assert sharding.wanted(plan, two, logs.append, torch.bfloat16) is True
+    assert sharding.wanted(plan, one, logs.append, torch.float16) is False
+    assert "nothing to shard over" in logs[-1]["message"]

@@ -189,8 +189,13 @@ def test_token_table_on_the_host_gives_the_same_loss_and_gradients_on_cuda(fixtu
     torch.testing.assert_close(loss_host, loss_dev, atol=ATOL, rtol=SUM_RTOL)
     for name in grads_dev:
         torch.testing.assert_close(grads_host[name], grads_dev[name], atol=ATOL, rtol=0)
+    from lorakit_engine.generate import greedy  # samples during a low-memory run: the table on the host
+
+    prompts = [[5, 9, 14, 3], [7, 2]]
+    on_host = greedy(model, prompts, max_new_tokens=6, stop_ids=[], pad_id=0)
     configure_fast_path(model, embedding_on_host=False)
     assert model.get_input_embeddings().weight.device.type == "cuda"
+    assert greedy(model, prompts, max_new_tokens=6, stop_ids=[], pad_id=0) == on_host
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused bf16 kernels need a GPU")

@@ -339,3 +339,23 @@ def test_profile_of_chosen_steps_is_written_per_rank(tmp_path, fixtures_dir, mon
     with pytest.raises(EngineError, match="LORAKIT_PROFILE_STEPS='11'") as e:
         train_mod.run(plan, lambda e: None)
     assert e.value.code == "BAD_ENVIRONMENT"
+
+
+def test_a_stop_during_the_last_step_finishes_the_run(tmp_path, model_dir):
+    """Control lines take effect after the step that read them: a stop read at the start of the last step
+    comes after all the work, so the run ends complete (final eval, adapter, not stopped early)."""
+    from lorakit_engine.control import Controls
+
+    root = tmp_path / "run"
+    plan = read_plan(write_plan(root, make_plan(root, model_dir, **{"train.total_steps": 3})))
+    controls, events = Controls(), []
+
+    def emit(e):
+        events.append(e)
+        if e["type"] == "step" and e["step"] == 2:  # read when step 3, the last, starts
+            controls.put("stop")
+
+    result = train_mod.run(plan, emit, controls)
+    done = events[-1]
+    assert done["type"] == "done" and done["step"] == 3 and done["stopped_early"] is False
+    assert not result.stopped_early and of_type(events, "eval")

@@ -179,7 +179,11 @@ class RMSNorm(nn.Module):
         if self.fast.compile and x.is_cuda:
             # Triton (frozen weight, the LoRA case); compiled only where the weight trains
             y = triton_rms_norm(x, self.weight, self.eps)
-            return y if y is not None else op("rms_norm", True)(x, self.weight, self.eps)
+            if y is not None:
+                return y
+            # compiled only for a trained weight: a compiled function inside checkpointing can fail the
+            # recomputation check (kernels/rmsnorm.py), so a frozen weight without Triton stays eager
+            return op("rms_norm", self.weight.requires_grad)(x, self.weight, self.eps)
         return op("rms_norm", False)(x, self.weight, self.eps)
 
 
