@@ -18,7 +18,7 @@ sys.path[:0] = [str(ROOT / "engine"), str(ROOT / "engine" / "tests")]
 from fixtures.build_all import main as build_fixtures  # noqa: E402
 from lorakit_engine import train as train_mod  # noqa: E402
 from lorakit_engine.protocol import read_plan  # noqa: E402
-from prepared import make_plan, memorize_set, of_type, write_plan  # noqa: E402
+from prepared import CHATGLM3, make_plan, memorize_set, of_type, write_plan  # noqa: E402
 
 
 def main() -> int:
@@ -35,10 +35,7 @@ def main() -> int:
             model_dir,
             train=memorize_set(24),
             **{
-                "model.family": "chatglm",
-                "model.model_type": "chatglm",
-                "lora.targets": ["query_key_value"],
-                "lora.dropout": 0.0,
+                **CHATGLM3,
                 "train.total_steps": 12,
                 "train.batch_size": 4,
                 "train.device": "cuda",

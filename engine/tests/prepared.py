@@ -21,6 +21,13 @@ ENGINE = Path(__file__).resolve().parents[1]
 REPO = ENGINE.parent
 PROTOCOL = REPO / "protocol"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# make_plan overrides for the native ChatGLM3 fixtures: LoRA on query_key_value, no dropout
+CHATGLM3 = {
+    "model.family": "chatglm",
+    "model.model_type": "chatglm",
+    "lora.targets": ["query_key_value"],
+    "lora.dropout": 0.0,
+}
 EOS = 2
 
 

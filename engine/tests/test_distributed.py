@@ -161,15 +161,21 @@ RESUME = {
 }
 
 
+def reference_run(root, plan) -> tuple[dict, dict]:
+    """The uninterrupted two-process run of `plan(root)` that a stopped and resumed one must equal."""
+    events, rc, stderr = torchrun(write_plan(root, plan(root)))
+    assert rc == 0, stderr[-3000:]
+    steps, evals = metrics(events)
+    assert sorted(steps) == list(range(1, 9))
+    return steps, evals
+
+
 def test_two_processes_stop_crash_and_resume_exactly(tmp_path, model_dir):
     def plan(root, **extra):
         return make_plan(root, model_dir, train=memorize_set(N_SAMPLES), **{**RESUME, **extra})
 
     whole = tmp_path / "whole"
-    ref_events, rc, stderr = torchrun(write_plan(whole, plan(whole)))
-    assert rc == 0, stderr[-3000:]
-    ref_steps, ref_evals = metrics(ref_events)
-    assert sorted(ref_steps) == list(range(1, 9))
+    ref_steps, ref_evals = reference_run(whole, plan)
 
     parts = tmp_path / "parts"
     plan_path = write_plan(parts, plan(parts))
@@ -332,10 +338,7 @@ def test_sharded_stop_and_resume_exactly_also_from_an_unsharded_checkpoint(tmp_p
         return make_plan(root, model_dir, train=memorize_set(N_SAMPLES), **{**RESUME, **SHARDED, **extra})
 
     whole = tmp_path / "whole"
-    ref_events, rc, stderr = torchrun(write_plan(whole, plan(whole)))
-    assert rc == 0, stderr[-3000:]
-    ref_steps, ref_evals = metrics(ref_events)
-    assert sorted(ref_steps) == list(range(1, 9))
+    ref_steps, ref_evals = reference_run(whole, plan)
 
     # Stopped sharded, resumed sharded.
     parts = tmp_path / "parts"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from prepared import REPO, make_plan, memorize_set, of_type, run_engine, write_plan, write_prepared
+from prepared import CHATGLM3, REPO, make_plan, memorize_set, of_type, run_engine, write_plan, write_prepared
 from test_resume import metrics, run_until
 
 from lorakit_engine import checkpoint as ckpt
@@ -111,10 +111,7 @@ def test_packed_rows_on_the_fast_path_match_the_padded_rows(tmp_path, fixtures_d
     and the padded loop (each row's samples padded to its longest) train on the same rows and agree."""
     model_dir = fixtures_dir / "models" / "chatglm3-single"
     over = {
-        "model.family": "chatglm",
-        "model.model_type": "chatglm",
-        "lora.targets": ["query_key_value"],
-        "lora.dropout": 0.0,
+        **CHATGLM3,
         "train.total_steps": 5,
         "train.grad_accum": 2,
         "train.pack_tokens": 30,

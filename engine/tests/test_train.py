@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from prepared import TARGETS, losses, make_plan, memorize_set, of_type, run_engine, write_plan
+from prepared import CHATGLM3, TARGETS, losses, make_plan, memorize_set, of_type, run_engine, write_plan
 from safetensors import safe_open
 
 from lorakit_engine import train as train_mod
@@ -285,10 +285,7 @@ def test_train_chatglm3_fast_path_matches_the_padded_loop(tmp_path, fixtures_dir
     low_memory` the fast path recomputes layers and MLP chunks (the padded loop: plain checkpointing)."""
     model_dir = fixtures_dir / "models" / "chatglm3-single"
     over = {
-        "model.family": "chatglm",
-        "model.model_type": "chatglm",
-        "lora.targets": ["query_key_value"],
-        "lora.dropout": 0.0,
+        **CHATGLM3,
         "train.total_steps": 4,
         "train.batch_size": 3,
         "train.grad_accum": accum,

@@ -17,18 +17,13 @@ frozen and Triton passes a one-time check, else returns None and the caller take
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 
 from .elementwise import rms_norm as rms_norm_eager
-from .selfcheck import once_per_device
+from .selfcheck import next_pow2, once_per_device, rows, triton_can_run
 
 MAX_BLOCK = 16384
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
 
 
 @functools.cache
@@ -65,21 +60,16 @@ def _kernels():
     return rms_norm_fwd, rms_norm_bwd
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    x2 = x.reshape(-1, x.shape[-1])
-    return x2 if x2.stride(-1) == 1 else x2.contiguous()
-
-
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, eps):
         fwd, _ = _kernels()
-        x2 = _rows(x)
+        x2 = rows(x)
         w = weight.contiguous()
         y = torch.empty_like(x2)
         n = x2.shape[1]
         if x2.shape[0]:
-            fwd[(x2.shape[0],)](x2, w, y, n, x2.stride(0), y.stride(0), eps, BLOCK=_next_pow2(n))
+            fwd[(x2.shape[0],)](x2, w, y, n, x2.stride(0), y.stride(0), eps, BLOCK=next_pow2(n))
         ctx.save_for_backward(x2, w)
         ctx.eps = eps
         ctx.shape = x.shape
@@ -89,18 +79,14 @@ class _RMSNorm(torch.autograd.Function):
     def backward(ctx, dy):
         _, bwd = _kernels()
         x2, w = ctx.saved_tensors
-        dy2 = _rows(dy)
+        dy2 = rows(dy)
         dx = torch.empty_like(x2)
         n = x2.shape[1]
         if x2.shape[0]:
             bwd[(x2.shape[0],)](
-                x2, w, dy2, dx, n, x2.stride(0), dy2.stride(0), dx.stride(0), ctx.eps, BLOCK=_next_pow2(n)
+                x2, w, dy2, dx, n, x2.stride(0), dy2.stride(0), dx.stride(0), ctx.eps, BLOCK=next_pow2(n)
             )
         return dx.view(ctx.shape), None, None
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @once_per_device
@@ -126,7 +112,7 @@ def triton_works(device: str) -> bool:
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
     """The Triton RMSNorm where it applies (frozen weight, CUDA or interpreter, width ≤ 16,384), else None."""
-    usable = (x.is_cuda or _interpreting()) and not weight.requires_grad and x.shape[-1] <= MAX_BLOCK
+    usable = triton_can_run(x) and not weight.requires_grad and x.shape[-1] <= MAX_BLOCK
     if usable and weight.shape == x.shape[-1:] and triton_works(str(x.device)):
         return _RMSNorm.apply(x, weight, eps)
     return None

@@ -15,16 +15,11 @@ else falls back to the eager or compiled expression in elementwise.py.
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 
 from .elementwise import rotary as rotary_eager
-from .selfcheck import once_per_device
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
+from .selfcheck import next_pow2, once_per_device, triton_can_run
 
 
 @functools.cache
@@ -66,7 +61,7 @@ def _launch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) 
         _kernels()[(b * t,)](
             x, cos, sin, out,
             x.stride(1), x.stride(2), cos.stride(1), out.stride(1), out.stride(2),
-            h, SIGN=sign, HP=_next_pow2(h), R=r, P=d - 2 * r, PP=_next_pow2(max(1, d - 2 * r)),
+            h, SIGN=sign, HP=next_pow2(h), R=r, P=d - 2 * r, PP=next_pow2(max(1, d - 2 * r)),
         )  # fmt: skip
     return out
 
@@ -77,7 +72,7 @@ def _fits(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
         return False
     b, t, _, d = x.shape
     r = cos.shape[-1]
-    if cos.shape[:2] != (b, t) or cos.shape[2] != 1 or 2 * r > d or r != _next_pow2(r):
+    if cos.shape[:2] != (b, t) or cos.shape[2] != 1 or 2 * r > d or r != next_pow2(r):
         return False
     if x.stride(-1) != 1 or cos.stride(-1) != 1:
         return False
@@ -120,7 +115,7 @@ def triton_works(device: str) -> bool:
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, fallback=rotary_eager) -> torch.Tensor:
     """x rotated like elementwise.rotary; the Triton kernels where they apply, else `fallback`."""
-    usable = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    usable = triton_can_run(x)
     if usable and x.dtype == cos.dtype and _fits(x, cos, sin) and triton_works(str(x.device)):
         return _Rotary.apply(x, cos, sin)
     return fallback(x, cos, sin)

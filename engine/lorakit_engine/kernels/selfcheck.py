@@ -1,4 +1,6 @@
-"""One-time self-checks of the fast kernels (Triton, torch.compile, varlen attention), apart from the caller.
+"""What the Triton kernels share: where they may run, their row layout, and their one-time self-checks.
+
+One-time self-checks of the fast kernels (Triton, torch.compile, varlen attention), apart from the caller.
 
 A check runs the kernel forward and backward on a small input and compares it with the eager function. It
 is first asked for inside the model's forward, possibly inside activation checkpointing. Run there, the
@@ -12,6 +14,7 @@ runs in a thread of its own, on the device it is asked about, with autograd in i
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections.abc import Callable
 
@@ -38,3 +41,18 @@ def once_per_device(check: Callable[[str], bool]) -> Callable[[str], bool]:
         return bool(result and result[0])
 
     return isolated
+
+
+def triton_can_run(x: torch.Tensor) -> bool:
+    """A Triton kernel may take x: on CUDA, or anywhere under Triton's CPU interpreter (the tests)."""
+    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def rows(x: torch.Tensor) -> torch.Tensor:
+    """x as [rows, last dim] with a unit stride along the last dim (a copy only where needed)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()

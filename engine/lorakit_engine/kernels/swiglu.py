@@ -18,7 +18,7 @@ import functools
 import torch
 
 from .elementwise import swiglu as swiglu_eager
-from .selfcheck import once_per_device
+from .selfcheck import once_per_device, rows, triton_can_run
 
 BLOCK = 1024
 
@@ -56,16 +56,11 @@ def _kernels():
     return swiglu_fwd, swiglu_bwd
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    x2 = x.reshape(-1, x.shape[-1])
-    return x2 if x2.stride(-1) == 1 else x2.contiguous()
-
-
 class _SwiGLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h):
         fwd, _ = _kernels()
-        h2 = _rows(h)
+        h2 = rows(h)
         f = h2.shape[1] // 2
         out = torch.empty(h2.shape[0], f, device=h.device, dtype=h.dtype)
         if h2.shape[0]:
@@ -79,7 +74,7 @@ class _SwiGLU(torch.autograd.Function):
         _, bwd = _kernels()
         (h2,) = ctx.saved_tensors
         f = h2.shape[1] // 2
-        dy2 = _rows(dy)
+        dy2 = rows(dy)
         dh = torch.empty_like(h2)
         if h2.shape[0]:
             grid = (h2.shape[0], (f + BLOCK - 1) // BLOCK)
@@ -110,13 +105,7 @@ def triton_works(device: str) -> bool:
 
 def swiglu(h: torch.Tensor, use_triton: bool = True) -> torch.Tensor:
     """silu(a) · b for the halves a | b of h's last dim."""
-    if use_triton and (h.is_cuda or _interpreting()) and h.shape[-1] % 2 == 0:
+    if use_triton and triton_can_run(h) and h.shape[-1] % 2 == 0:
         if triton_works(str(h.device)):
             return _SwiGLU.apply(h)
     return swiglu_eager(h)
-
-
-def _interpreting() -> bool:
-    import os
-
-    return os.environ.get("TRITON_INTERPRET") == "1"
