@@ -86,6 +86,12 @@ def assert_same(got: dict, ref: dict) -> None:
         assert g[2] == pytest.approx(r[2]) and g[3] == r[3], (step, g, r)
 
 
+# Adam moves every weight by up to lr (1e-2 here) per step whatever its gradient's size, so a weight whose
+# gradient is ~0 can land elsewhere by a small fraction of lr when float32 sums are taken in another order (two
+# processes' all-reduce vs one): adapters agree to 1% of one step's largest move, losses to 1e-5.
+ADAPTER_TOL = 1e-4
+
+
 def max_diff(a_dir, b_dir) -> float:
     a = load_file(str(a_dir / "adapter_model.safetensors"))
     b = load_file(str(b_dir / "adapter_model.safetensors"))
@@ -124,7 +130,7 @@ def test_two_processes_train_what_one_process_trains(tmp_path, model_dir):
     assert_same(steps, ref_steps)
     assert evals.keys() == ref_evals.keys() == {3, 6}
     assert all(abs(evals[k] - ref_evals[k]) < 1e-5 for k in evals)
-    assert max_diff(two / "run" / "adapter", one / "run" / "adapter") < 1e-5
+    assert max_diff(two / "run" / "adapter", one / "run" / "adapter") < ADAPTER_TOL
 
     # Once each, from rank 0 alone: the other rank's stdout stays empty, its logs go to stderr, marked.
     kinds = [e["type"] for e in events]
@@ -215,7 +221,7 @@ def test_two_processes_stop_crash_and_resume_exactly(tmp_path, model_dir):
         assert all(abs(ev[k] - ref_evals[k]) < 1e-5 for k in ev)
     got = set().union(*(metrics(p)[0].keys() for p in (first, second, third)))
     assert got == set(ref_steps)
-    assert max_diff(parts / "run" / "adapter", whole / "run" / "adapter") < 1e-5
+    assert max_diff(parts / "run" / "adapter", whole / "run" / "adapter") < ADAPTER_TOL
 
 
 # ---------------------------------------------------------------- in process
@@ -309,8 +315,8 @@ def test_sharded_processes_train_what_one_process_trains(tmp_path, model_dir):
     assert outputs(events, "before") == outputs(ref_events, "before") and len(outputs(events, "after")) == 2
 
     # Whole tensors in peft's format and in the optimizer state, as an unsharded run writes them.
-    assert max_diff(two / "run" / "adapter", one / "run" / "adapter") < 1e-5
-    assert max_diff(two / "run" / "checkpoints" / "step-6", one / "run" / "checkpoints" / "step-6") < 1e-5
+    assert max_diff(two / "run" / "adapter", one / "run" / "adapter") < ADAPTER_TOL
+    assert max_diff(two / "run" / "checkpoints" / "step-6", one / "run" / "checkpoints" / "step-6") < ADAPTER_TOL
     opt = torch.load(two / "run" / "checkpoints" / "step-6" / "optimizer.pt", weights_only=True)
     ref_opt = torch.load(one / "run" / "checkpoints" / "step-6" / "optimizer.pt", weights_only=True)
     assert opt["state"].keys() == ref_opt["state"].keys()
@@ -355,7 +361,7 @@ def test_sharded_stop_and_resume_exactly_also_from_an_unsharded_checkpoint(tmp_p
         s, ev = metrics(part)
         assert_same(s, ref_steps)
         assert all(abs(ev[k] - ref_evals[k]) < 1e-5 for k in ev)
-    assert max_diff(parts / "run" / "adapter", whole / "run" / "adapter") < 1e-5
+    assert max_diff(parts / "run" / "adapter", whole / "run" / "adapter") < ADAPTER_TOL
 
     # Stopped unsharded (plain data parallel, the same global batch), resumed sharded: the same run.
     mixed = tmp_path / "mixed"
@@ -369,7 +375,7 @@ def test_sharded_stop_and_resume_exactly_also_from_an_unsharded_checkpoint(tmp_p
     assert of_type(second, "start")[0]["start_step"] == stop1
     for part in (first, second):
         assert_same(metrics(part)[0], ref_steps)
-    assert max_diff(mixed / "run" / "adapter", whole / "run" / "adapter") < 1e-5
+    assert max_diff(mixed / "run" / "adapter", whole / "run" / "adapter") < ADAPTER_TOL
 
 
 def test_sharding_refuses_fp16_also_when_auto_resolves_to_it():
