@@ -1,5 +1,5 @@
 // Shared by the TypeScript tests: in-process CLI runs with captured streams, temp dirs, fixtures.
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { PassThrough } from "node:stream";
@@ -9,6 +9,31 @@ import { ROOT } from "../src/engine/python.js";
 
 export const FIXTURES = path.join(ROOT, "tests", ".fixtures");
 export const fixture = (...p: string[]) => path.join(FIXTURES, ...p);
+
+/** The official ChatGLM3-6B tokenizer files, beside the repository: model data, never committed; present in CI. */
+export const CHATGLM3_6B = path.resolve(ROOT, "..", "shared", "models", "chatglm3-6b");
+const CHATGLM3_6B_FILES = ["tokenizer.model", "tokenizer_config.json", "config.json"];
+
+/** CHATGLM3_6B, after checking that its files and the fixtures built from them are there; otherwise an error
+ * that says what is missing and what to do (the tests that need them fail: they never skip). */
+export function officialChatglm3(): string {
+  const missing = CHATGLM3_6B_FILES.map((f) => path.join(CHATGLM3_6B, f)).filter((f) => !existsSync(f));
+  if (missing.length > 0) {
+    throw new Error(
+      `the official ChatGLM3-6B tokenizer files are missing: ${missing.join(", ")}. ` +
+        "Put tokenizer.model, tokenizer_config.json and config.json of THUDM/chatglm3-6b in ../shared/models/chatglm3-6b/ " +
+        "beside the repository (CI has them); the fixture builder then makes tests/.fixtures/chatglm3-6b.",
+    );
+  }
+  const built = fixture("chatglm3-6b", "expected.json");
+  if (!existsSync(built)) {
+    throw new Error(
+      `${built} was not built although ${CHATGLM3_6B} is there: ` +
+        "run `python engine/tests/fixtures/build_all.py --out tests/.fixtures --force` with the engine's Python",
+    );
+  }
+  return CHATGLM3_6B;
+}
 
 export function tmpDir(prefix = "lorakit-test-"): string {
   return mkdtempSync(path.join(os.tmpdir(), prefix));

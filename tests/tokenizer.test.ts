@@ -8,35 +8,11 @@ import path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { CHATGLM3_SPECIALS, loadTokenizer, type Tokenizer } from "../src/data/tokenizer.js";
 import { LorakitError } from "../src/errors.js";
+import { type Expected, referenceSuite } from "./tokenizer-reference.js";
 
 const ROOT = path.resolve(import.meta.dirname, "..");
 const FIXTURES = path.join(ROOT, "tests", ".fixtures", "tokenizers");
 const CORPUS = path.join(ROOT, "tests", "fixtures", "tokenizer-corpus.json");
-
-interface Case {
-  text: string;
-  ids: number[];
-  pieces: string[];
-  decoded: string;
-  ids_special: number[];
-  decoded_special?: string;
-  decoded_special_skip?: string;
-}
-
-interface Expected {
-  kind: "sentencepiece" | "tokenizer.json";
-  sha256: string;
-  vocab_size: number;
-  sp_size?: number;
-  special_tokens: Record<string, number>;
-  bos_id?: number;
-  eos_id?: number;
-  unk_id?: number;
-  cases: Case[];
-  /** Seeded random strings (fuzz_texts in the builder). */
-  fuzz_cases: Case[];
-  decode_cases: Array<{ ids: number[]; decoded: string; decoded_skip: string }>;
-}
 
 const expected = JSON.parse(readFileSync(path.join(FIXTURES, "expected.json"), "utf8")) as {
   corpus_sha256: string;
@@ -52,78 +28,13 @@ it("expected.json was built from the current corpus", () => {
   expect(texts.length).toBeGreaterThanOrEqual(60);
 });
 
-describe.each(NAMES)("%s", (name) => {
-  const exp = expected.tokenizers[name] as Expected;
-  const all = [...exp.cases, ...exp.fuzz_cases];
-  let tok: Tokenizer;
-  beforeAll(async () => {
-    tok = await loadTokenizer(path.join(FIXTURES, name));
-  });
-
-  it("has the reference vocabulary, special tokens and kind", () => {
-    expect(tok.kind).toBe(exp.kind);
-    expect(tok.vocabSize).toBe(exp.vocab_size);
-    expect(Object.fromEntries(tok.specialTokens)).toEqual(exp.special_tokens);
-    for (const [t, id] of Object.entries(exp.special_tokens)) {
-      expect(tok.tokenToId(t)).toBe(id);
-      expect(tok.idToToken(id)).toBe(t);
-    }
-    expect(tok.hash).toMatch(/^[0-9a-f]{64}$/);
-  });
-
-  it("encodes every corpus (and fuzz) text to the reference ids and pieces", () => {
-    const bad: string[] = [];
-    for (const c of all) {
-      const ids = tok.encode(c.text);
-      if (JSON.stringify(ids) !== JSON.stringify(c.ids)) bad.push(`${JSON.stringify(c.text)}: ${ids} ≠ ${c.ids}`);
-      else expect(tok.pieces(ids)).toEqual(c.pieces);
-    }
-    expect(bad).toEqual([]);
-  });
-
-  it("decodes to the reference text; round-trips where the reference does", () => {
-    for (const c of all) {
-      expect(tok.decode(c.ids), JSON.stringify(c.text)).toBe(c.decoded);
-      if (c.decoded === c.text) expect(tok.decode(tok.encode(c.text))).toBe(c.text);
-    }
-  });
-
-  it("with parseSpecial, maps special spellings to their ids like the reference", () => {
-    const bad: string[] = [];
-    for (const c of all) {
-      const ids = tok.encode(c.text, { parseSpecial: true });
-      if (JSON.stringify(ids) !== JSON.stringify(c.ids_special))
-        bad.push(`${JSON.stringify(c.text)}: ${ids} ≠ ${c.ids_special}`);
-      if (c.decoded_special !== undefined) expect(tok.decode(c.ids_special)).toBe(c.decoded_special);
-      if (c.decoded_special_skip !== undefined) {
-        expect(tok.decode(c.ids_special, { skipSpecial: true })).toBe(c.decoded_special_skip);
-      }
-    }
-    expect(bad).toEqual([]);
-  });
-
-  it("never produces a special id from text without parseSpecial", () => {
-    const special = new Set(tok.specialTokens.values());
-    for (const c of all) {
-      for (const t of tok.specialTokens.keys()) {
-        if (!c.text.includes(t)) continue;
-        expect(tok.encode(c.text).filter((id) => special.has(id))).toEqual([]);
-      }
-    }
-  });
-
-  it("decodes arbitrary id sequences (broken UTF-8, specials) like the reference", () => {
-    for (const d of exp.decode_cases) {
-      expect(tok.decode(d.ids), JSON.stringify(d.ids)).toBe(d.decoded);
-      expect(tok.decode(d.ids, { skipSpecial: true }), JSON.stringify(d.ids)).toBe(d.decoded_skip);
-    }
-  });
-
-  it("rejects ids outside the vocabulary", () => {
-    expect(() => tok.decode([tok.vocabSize])).toThrow(LorakitError);
-    expect(() => tok.pieces([-1])).toThrow(/not in the vocabulary/);
-  });
-});
+for (const name of NAMES) {
+  referenceSuite(
+    name,
+    () => loadTokenizer(path.join(FIXTURES, name)),
+    () => expected.tokenizers[name] as Expected,
+  );
+}
 
 describe("ChatGLM3 scheme (spm-chatglm3)", () => {
   const exp = expected.tokenizers["spm-chatglm3"] as Expected;
@@ -223,6 +134,28 @@ describe("loadTokenizer", () => {
     const h = createHash("sha256").update(`tokenizer.json\n${json.length}\n`).update(json).digest("hex");
     expect(tok.hash).toBe(h);
     expect(tok.eosId).toBeUndefined(); // no tokenizer_config.json: no names
+  });
+
+  it("reads a tokenizer_config.json that starts with a byte-order mark", async () => {
+    const dir = path.join(tmp, "bom-config");
+    mkdirSync(dir);
+    const src = path.join(FIXTURES, "spm-chatglm3");
+    writeFileSync(path.join(dir, "tokenizer.model"), readFileSync(path.join(src, "tokenizer.model")));
+    writeFileSync(
+      path.join(dir, "tokenizer_config.json"),
+      `\uFEFF${readFileSync(path.join(src, "tokenizer_config.json"))}`,
+    );
+    const tok = await loadTokenizer(dir);
+    expect(tok.tokenToId("<|user|>")).toBe(
+      (expected.tokenizers["spm-chatglm3"] as Expected).special_tokens["<|user|>"],
+    );
+  });
+
+  it("writes a lone surrogate (no reference library takes one) as U+FFFD, as UTF-8 encoders do", async () => {
+    for (const name of NAMES) {
+      const tok = await loadTokenizer(path.join(FIXTURES, name));
+      expect(tok.encode("a\uD800b\uDC00"), name).toEqual(tok.encode("a\uFFFDb\uFFFD"));
+    }
   });
 
   it("reads eos/pad names from tokenizer_config.json (ChatML fixture)", async () => {

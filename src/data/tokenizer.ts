@@ -55,12 +55,20 @@ export async function loadTokenizer(modelDir: string): Promise<Tokenizer> {
     return new HfJsonTokenizer(parseJson(mainBytes, mainFile) as TokenizerJson, digest, names, mainFile);
   }
   const model = SentencePieceModel.fromBytes(new Uint8Array(mainBytes), mainFile);
+  // ChatGLM3's tokenizer code pads with <unk>; its tokenizer_config.json names no pad token.
+  if (isChatglm(config) && names.pad === undefined) names.pad = model.idToPiece(model.unkId);
   return new SentencePieceTokenizer(model, appendedTokens(config, model.size), digest, names, configFile);
+}
+
+function isChatglm(config: Record<string, unknown> | undefined): boolean {
+  const autoMap = JSON.stringify((config?.auto_map as unknown) ?? "");
+  return config?.tokenizer_class === "ChatGLMTokenizer" || autoMap.includes("ChatGLMTokenizer");
 }
 
 function parseJson(bytes: Buffer, file: string): unknown {
   try {
-    return JSON.parse(bytes.toString("utf8"));
+    // A leading U+FEFF here is the file's byte-order mark (Windows editors write one), not content.
+    return JSON.parse(bytes.toString("utf8").replace(/^\uFEFF/, ""));
   } catch (err) {
     throw new LorakitError("TOKENIZER_BAD_JSON", `${file} is not valid JSON (${(err as Error).message})`, {
       where: { file },
@@ -91,8 +99,7 @@ function tokenNames(config: Record<string, unknown> | undefined): TokenNames {
 /** Tokens after the SentencePiece vocabulary: ChatGLM3's nine, and tokenizer_config's added_tokens_decoder. */
 function appendedTokens(config: Record<string, unknown> | undefined, spSize: number): AppendedToken[] {
   const out: AppendedToken[] = [];
-  const autoMap = JSON.stringify((config?.auto_map as unknown) ?? "");
-  if (config?.tokenizer_class === "ChatGLMTokenizer" || autoMap.includes("ChatGLMTokenizer")) {
+  if (isChatglm(config)) {
     CHATGLM3_SPECIALS.forEach((content, i) => {
       out.push({ content, id: spSize + i, special: true });
     });

@@ -6,6 +6,7 @@ import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { LorakitError } from "../../errors.js";
 import { checkIds, resolveNamedId } from "./special-ids.js";
 import type { DecodeOptions, EncodeOptions, Tokenizer, TokenNames } from "./types.js";
+import { strictUtf8 } from "./utf8.js";
 
 export interface AddedTokenJson {
   id: number;
@@ -120,8 +121,6 @@ export class HfJsonTokenizer implements Tokenizer {
     return this.full.id_to_token(id);
   }
 }
-
-const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
 
 /** Rust's ByteFallback decoder: a run of <0xNN> tokens that is not valid UTF-8 becomes one U+FFFD per byte
  * (the library substitutes per malformed subsequence instead). */

@@ -1,6 +1,7 @@
 // Reads a SentencePiece `tokenizer.model`: the protobuf `sentencepiece.ModelProto` (proto2), decoded by
 // hand for the fields that change how text is tokenized. Field numbers follow sentencepiece_model.proto.
 import { LorakitError } from "../../errors.js";
+import { lenientUtf8, strictUtf8 } from "./utf8.js";
 
 export const PieceType = {
   NORMAL: 1,
@@ -129,10 +130,8 @@ class Reader {
   }
 }
 
-const utf8 = new TextDecoder("utf-8", { fatal: true });
-
 function str(r: Reader): string {
-  return utf8.decode(r.bytes());
+  return strictUtf8.decode(r.bytes());
 }
 
 function readPiece(r: Reader): SentencePieceEntry {
@@ -215,7 +214,7 @@ export function parseModelProto(buf: Uint8Array, file: string): ModelProto {
       denormalizer: denormalizer ? readNormalizer(denormalizer) : undefined,
     };
   } catch (err) {
-    const head = new TextDecoder().decode(buf.subarray(0, 64));
+    const head = lenientUtf8.decode(buf.subarray(0, 64));
     const tiktoken = /^[A-Za-z0-9+/=]+ \d+\r?\n/.test(head);
     throw new LorakitError(
       "TOKENIZER_BAD_MODEL",

@@ -4,7 +4,8 @@
 // (byte fallback) or one merged <unk>. Decoding reassembles byte runs and turns ▁ back into spaces.
 import { LorakitError } from "../../errors.js";
 import { type ModelProto, ModelType, PieceType, parseModelProto } from "./protobuf.js";
-import { SentencePieceNormalizer, utf8CharLen } from "./spm-normalizer.js";
+import { SentencePieceNormalizer } from "./spm-normalizer.js";
+import { decodeBytesPerChar, utf8Encoder } from "./utf8.js";
 
 const SPACE_SYMBOL = "\u2581";
 const CACHE_LIMIT = 50_000; // entries; the cache is dropped when full
@@ -42,7 +43,7 @@ export class SentencePieceModel {
 
   constructor(proto: ModelProto, file: string) {
     const unsupported = (what: string, hint: string) =>
-      new LorakitError("TOKENIZER_UNSUPPORTED", `${file}: ${what}`, { where: { file }, hint });
+      new LorakitError("TOKENIZER_UNSUPPORTED", what, { where: { file }, hint });
     if (proto.trainer.modelType !== ModelType.BPE) {
       const name = Object.entries(ModelType).find(([, v]) => v === proto.trainer.modelType)?.[0] ?? "unknown";
       throw unsupported(
@@ -202,8 +203,8 @@ export class SentencePieceModel {
       }
       const freeze = len > 0;
       if (!freeze) {
-        const c = text.charCodeAt(i);
-        len = c >= 0xd800 && c < 0xdc00 && i + 1 < text.length ? 2 : 1;
+        // One code point: a surrogate pair whole (normalized text never holds a lone surrogate).
+        len = (text.codePointAt(i) as number) > 0xffff ? 2 : 1;
       }
       start.push(i);
       end.push(i + len);
@@ -285,7 +286,7 @@ export class SentencePieceModel {
     let bosWsSeen = false;
     const flush = () => {
       if (bytes.length > 0) {
-        text += decodeBytes(bytes);
+        text += decodeBytesPerChar(Uint8Array.from(bytes));
         bytes = [];
       }
     };
@@ -318,26 +319,6 @@ export class SentencePieceModel {
     flush();
     return text;
   }
-}
-
-const utf8 = new TextDecoder();
-const utf8Encoder = new TextEncoder();
-
-function decodeBytes(bytes: number[]): string {
-  const b = Uint8Array.from(bytes);
-  let out = "";
-  let pos = 0;
-  while (pos < b.length) {
-    const n = utf8CharLen(b, pos);
-    if (n === 0) {
-      out += "\uFFFD";
-      pos += 1;
-    } else {
-      out += utf8.decode(b.subarray(pos, pos + n));
-      pos += n;
-    }
-  }
-  return out;
 }
 
 /** A binary max-heap of candidate merges: higher score first, then smaller left index. */

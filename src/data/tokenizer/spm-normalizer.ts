@@ -4,36 +4,11 @@
 // C++ library so that malformed input and longest-prefix rules come out the same.
 import { LorakitError } from "../../errors.js";
 import type { NormalizerSpec } from "./protobuf.js";
+import { lenientUtf8, utf8CharLen, utf8Encoder } from "./utf8.js";
 
 const SPACE_SYMBOL = new Uint8Array([0xe2, 0x96, 0x81]); // U+2581 ▁
 const REPLACEMENT = new Uint8Array([0xef, 0xbf, 0xbd]); // U+FFFD
 const SPACE = new Uint8Array([0x20]);
-
-/** Length of one well-formed UTF-8 character at `pos`, or 0 when malformed (SentencePiece's DecodeUTF8 rules). */
-export function utf8CharLen(b: Uint8Array, pos: number, end = b.length): number {
-  const c0 = b[pos] as number;
-  const n = end - pos;
-  const trail = (i: number) => ((b[pos + i] as number) & 0xc0) === 0x80;
-  const valid = (cp: number) => cp < 0xd800 || (cp >= 0xe000 && cp <= 0x10ffff);
-  if (c0 < 0x80) return 1;
-  if (n >= 2 && (c0 & 0xe0) === 0xc0) {
-    const cp = ((c0 & 0x1f) << 6) | ((b[pos + 1] as number) & 0x3f);
-    return trail(1) && cp >= 0x80 && valid(cp) ? 2 : 0;
-  }
-  if (n >= 3 && (c0 & 0xf0) === 0xe0) {
-    const cp = ((c0 & 0x0f) << 12) | (((b[pos + 1] as number) & 0x3f) << 6) | ((b[pos + 2] as number) & 0x3f);
-    return trail(1) && trail(2) && cp >= 0x800 && valid(cp) ? 3 : 0;
-  }
-  if (n >= 4 && (c0 & 0xf8) === 0xf0) {
-    const cp =
-      ((c0 & 0x07) << 18) |
-      (((b[pos + 1] as number) & 0x3f) << 12) |
-      (((b[pos + 2] as number) & 0x3f) << 6) |
-      ((b[pos + 3] as number) & 0x3f);
-    return trail(1) && trail(2) && trail(3) && cp >= 0x10000 && valid(cp) ? 4 : 0;
-  }
-  return 0;
-}
 
 /** A byte trie over user-defined pieces: longest match wins. */
 class PrefixMatcher {
@@ -41,11 +16,10 @@ class PrefixMatcher {
   readonly empty: boolean;
 
   constructor(words: readonly string[]) {
-    const enc = new TextEncoder();
     for (const w of words) {
       let level = this.root;
       let node: TrieNode | undefined;
-      for (const byte of enc.encode(w)) {
+      for (const byte of utf8Encoder.encode(w)) {
         node = level.get(byte);
         if (!node) {
           node = { end: false, next: new Map() };
@@ -156,8 +130,6 @@ class ByteBuilder {
 export class SentencePieceNormalizer {
   private readonly charsmap: CharsMap | undefined;
   private readonly matcher: PrefixMatcher;
-  private readonly encoder = new TextEncoder();
-  private readonly decoder = new TextDecoder();
 
   constructor(
     private readonly spec: NormalizerSpec,
@@ -183,7 +155,7 @@ export class SentencePieceNormalizer {
   normalize(text: string): string {
     if (text.length === 0) return "";
     const spec = this.spec;
-    const b = this.encoder.encode(text);
+    const b = utf8Encoder.encode(text);
     const end = b.length;
     let pos = 0;
     if (spec.removeExtraWhitespaces) {
@@ -220,6 +192,6 @@ export class SentencePieceNormalizer {
     if (spec.removeExtraWhitespaces) {
       while (out.endsWith(ws)) out.length -= ws.length;
     }
-    return this.decoder.decode(out.buf.subarray(0, out.length));
+    return lenientUtf8.decode(out.buf.subarray(0, out.length));
   }
 }
