@@ -62,7 +62,7 @@ describe("lorakit data", () => {
     expect(r.stderr).toBe("");
     expect(r.code).toBe(0);
     expect(r.stdout).toContain("trained");
-    expect(r.stdout).toMatch(/sample 1 \(.*train\.jsonl:2\)/);
+    expect(r.stdout).toMatch(/sample 1 \(.*train\.jsonl:2, record 1\)/);
     const bad = await runCli(["data", "run.yaml", "--sample", "99"], { cwd: dir });
     expect(bad.code).toBe(1);
     expect(bad.stderr).toContain("--sample 99");

@@ -74,6 +74,29 @@ describe("read", () => {
     expect(r.skipped).toHaveLength(1);
   });
 
+  it("tells the records of a one-line JSON array apart by their index in the file", () => {
+    const file = path.join(tmpDir(), "minified.json");
+    writeFileSync(
+      file,
+      '[{"instruction":"a","output":"1"},{"instruction":"b","output":"2",},{"instruction":"c","output":"3"}]',
+    );
+    const e = caught(() => readSamples([file]));
+    expect(e).toMatchObject({ code: "DATA_BAD_JSON", where: { file, line: 1, sample: 1 } });
+    expect(formatError(e)).toContain("minified.json:1, sample 1");
+    const r = readSamples([file], { skipBadLines: true });
+    expect(r.records.map((x) => [x.origin.line, x.origin.sample])).toEqual([
+      [1, 0],
+      [1, 2],
+    ]);
+    expect(r.skipped).toMatchObject([{ line: 1, sample: 1 }]);
+    const jsonl = readSamples([data("bad-lines.jsonl")], { skipBadLines: true });
+    expect(jsonl.records.map((x) => [x.origin.line, x.origin.sample])).toEqual([
+      [1, 0],
+      [3, 2],
+      [6, 4],
+    ]);
+  });
+
   it("caps the list of problems and says how many more", () => {
     const dir = tmpDir();
     const file = path.join(dir, "many.jsonl");
@@ -108,7 +131,7 @@ describe("formats", () => {
       { role: "assistant", content: "嘘——都说许愿说破是不灵的。" },
     ]);
     expect(convs[3]?.messages[1]?.content).toBe("你是谁？\n请用一句话回答。");
-    expect(convs[3]?.origin).toEqual({ file: data("huanhuan.json"), line: 17 });
+    expect(convs[3]?.origin).toEqual({ file: data("huanhuan.json"), line: 17, sample: 3 });
   });
 
   it("reads alpaca history, OpenAI messages, ShareGPT and ChatGLM3 conversations", () => {

@@ -73,7 +73,7 @@ export const command: Command = {
       });
       out(
         io,
-        `\nsample ${i} (${conv.origin.file}:${conv.origin.line}): ${view.ids.length} tokens, ${view.trained.filter(Boolean).length} trained${view.truncated ? ", truncated" : ""}`,
+        `\nsample ${i} (${conv.origin.file}:${conv.origin.line}${conv.origin.sample !== undefined ? `, record ${conv.origin.sample}` : ""}): ${view.ids.length} tokens, ${view.trained.filter(Boolean).length} trained${view.truncated ? ", truncated" : ""}`,
       );
       printTokens(io, view);
     }

@@ -18,7 +18,9 @@ export interface DataCheckInput {
 }
 
 const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
-const where = (o: { file: string; line: number }) => `${o.file}:${o.line}`;
+/** file:line, and the record's index in its file (every record of a one-line JSON array is on line 1). */
+const where = (o: { file: string; line: number; sample?: number }) =>
+  `${o.file}:${o.line}${o.sample !== undefined ? ` (sample ${o.sample})` : ""}`;
 
 /** Findings for one split's statistics (`split` names it in the evidence). */
 function statsFindings(stats: DataStats, split: "train" | "eval", input: DataCheckInput): Finding[] {
