@@ -387,7 +387,8 @@ describe("stats", () => {
       trainedShare: 6 / 40,
       truncated: { samples: 1, trainedTokensLost: 4, trainedShareLost: 0.4 },
       nothingTrained: { samples: 1, origins: [{ file: "f", line: 3 }] },
-      endsWithStop: { samples: 1, share: 1 / 3 },
+      // Judged on the samples not cut and with something trained: the first one only.
+      endsWithStop: { samples: 1, of: 1, share: 1, missing: [] },
       trainedInPrompt: { tokens: 1, share: 1 / 6 },
       duplicates: { samples: 1 },
       overlap: { samples: 1 },

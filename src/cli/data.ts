@@ -50,7 +50,10 @@ export const command: Command = {
       io,
       `truncated   ${stats.truncated.samples} samples (${pct(stats.truncated.share)}), ${stats.truncated.trainedTokensLost} trained tokens lost`,
     );
-    out(io, `ends        ${pct(stats.endsWithStop.share)} of samples learn a stop token at the end`);
+    out(
+      io,
+      `ends        ${pct(stats.endsWithStop.share)} of the ${stats.endsWithStop.of} samples not cut learn a stop token at the end`,
+    );
     out(io, `duplicates  ${stats.duplicates.samples}; train/eval overlap ${stats.overlap.samples}`);
     const { conversations } = loadConversations(loaded.trainFiles, {
       format: loaded.config.data.format,

@@ -37,13 +37,16 @@ function statsFindings(stats: DataStats, split: "train" | "eval", input: DataChe
       }),
     );
   }
-  if (stats.endsWithStop.share < t.stopShare) {
+  // Judged on the samples not cut by max_length: a cut sample lacks its stop because of the cut (DATA_TRUNCATED).
+  if (stats.endsWithStop.of > 0 && stats.endsWithStop.share < t.stopShare) {
     out.push(
       makeFinding("DATA_NO_STOP", {
         split,
         share: pct(stats.endsWithStop.share),
         samples_ending_with_stop: stats.endsWithStop.samples,
+        samples_not_cut: stats.endsWithStop.of,
         samples: stats.samples,
+        at: stats.endsWithStop.missing.slice(0, 5).map(where),
       }),
     );
   }
