@@ -227,6 +227,24 @@ print(json.dumps({"n": len(p), "ids": ids.tolist(), "labels": labels.tolist(), "
     expect(r.train.stats.overlap.samples).toBe(1);
   });
 
+  it("counts tool results learned on purpose (`loss: true`) apart from a prompt trained by mistake", async () => {
+    const file = path.join(tmpDir(), "tools.jsonl");
+    const turns = (obsLoss: boolean | undefined) => ({
+      conversations: [
+        { role: "user", content: "北京天气？" },
+        { role: "assistant", metadata: "get_weather", content: "tool_call(city='北京')" },
+        { role: "observation", content: "晴，21度", ...(obsLoss === undefined ? {} : { loss: obsLoss }) },
+        { role: "assistant", content: "北京今天晴。" },
+      ],
+    });
+    writeFileSync(file, `${JSON.stringify(turns(true))}\n${JSON.stringify(turns(undefined))}\n`);
+    const r = await prepareDataset(options({ files: [file], system: undefined }), tmpDir());
+    const s = r.train.stats;
+    expect(s.trainedInPrompt.asked).toBeGreaterThan(0);
+    expect(s.trainedInPrompt.tokens).toBe(0);
+    expect(s.endsWithStop).toMatchObject({ of: 2, share: 1 });
+  });
+
   it("flags role markers typed as text (the Self-LLM recipe's flaw)", async () => {
     const dir = tmpDir();
     const file = path.join(dir, "markers.jsonl");
@@ -389,7 +407,7 @@ describe("stats", () => {
       nothingTrained: { samples: 1, origins: [{ file: "f", line: 3 }] },
       // Judged on the samples not cut and with something trained: the first one only.
       endsWithStop: { samples: 1, of: 1, share: 1, missing: [] },
-      trainedInPrompt: { tokens: 1, share: 1 / 6 },
+      trainedInPrompt: { tokens: 1, share: 1 / 6, asked: 0 },
       duplicates: { samples: 1 },
       overlap: { samples: 1 },
     });

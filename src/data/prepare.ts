@@ -210,6 +210,14 @@ export function buildSample(
     const r = labeled.roles[i] as keyof typeof byRole;
     byRole[r] = (byRole[r] ?? 0) + 1;
   });
+  // Trained tokens of non-assistant turns that carry `loss: true`: asked for, not a masking mistake.
+  let asked = 0;
+  for (const span of rendered.spans) {
+    const m = conv.messages[span.message];
+    if (!m || m.role === "assistant" || m.loss !== true) continue;
+    for (let i = span.start; i < Math.min(span.end, labeled.labels.length); i++)
+      if (labeled.labels[i] !== IGNORE && labeled.roles[i] !== "assistant") asked++;
+  }
   const stop = new Set(template.stopIds);
   const facts: SampleFacts = {
     origin: conv.origin,
@@ -220,6 +228,7 @@ export function buildSample(
     truncated: labeled.truncated,
     endsWithStop: last >= 0 && stop.has(last),
     trainedByRole: byRole,
+    trainedAsked: asked,
     key: sha256(conversationKey(conv)),
     specialSpelling: (opts.spellings ?? []).some((s) => conv.messages.some((m) => m.content.includes(s))),
     contentSpecials: rendered.contentSpecials,

@@ -21,6 +21,8 @@ export interface SampleFacts {
   /** The last trained label is one of the stop ids. */
   endsWithStop: boolean;
   trainedByRole: Partial<Record<Role, number>>;
+  /** Trained tokens of non-assistant turns the data asked to learn (`loss: true`): not a masking mistake. */
+  trainedAsked?: number;
   /** Normalized conversation (duplicates and overlap). */
   key: string;
   /** Message content spells a special token (e.g. `<|user|>` typed as text). */
@@ -53,8 +55,11 @@ export interface DataStats {
   nothingTrained: { samples: number; origins: Origin[] };
   /** Of the samples not cut and with something trained (`of`), those whose trained labels end with a stop id. */
   endsWithStop: { samples: number; of: number; share: number; missing: Origin[] };
-  /** Trained tokens inside system/user/observation/tool turns (the prompt being learned). */
-  trainedInPrompt: { tokens: number; share: number };
+  /**
+   * Trained tokens inside system/user/observation/tool turns that no `loss: true` asked for (the prompt being
+   * learned by mistake); `asked`: those the data marked to learn.
+   */
+  trainedInPrompt: { tokens: number; share: number; asked: number };
   duplicates: { samples: number; examples: Origin[][] };
   /** Samples of this split whose conversation is also in the other split. */
   overlap: { samples: number; origins: Origin[] };
@@ -109,6 +114,7 @@ export function computeStats(samples: readonly SampleFacts[], otherKeys?: Readon
   let endsOf = 0;
   const missing: Origin[] = [];
   let prompt = 0;
+  let asked = 0;
   let parsed = 0;
   const nothing: Origin[] = [];
   let nothingN = 0;
@@ -128,6 +134,7 @@ export function computeStats(samples: readonly SampleFacts[], otherKeys?: Readon
       else if (missing.length < LIST) missing.push(s.origin);
     }
     for (const [role, n] of Object.entries(s.trainedByRole)) if (role !== "assistant") prompt += n ?? 0;
+    asked += s.trainedAsked ?? 0;
     if (s.trained === 0) {
       nothingN++;
       if (nothing.length < LIST) nothing.push(s.origin);
@@ -161,7 +168,7 @@ export function computeStats(samples: readonly SampleFacts[], otherKeys?: Readon
     nothingTrained: { samples: nothingN, origins: nothing },
     // With no sample to judge (all cut or untrained) the share is 1: nothing shows a missing stop.
     endsWithStop: { samples: ends, of: endsOf, share: endsOf > 0 ? ends / endsOf : 1, missing },
-    trainedInPrompt: { tokens: prompt, share: share(prompt, trained) },
+    trainedInPrompt: { tokens: prompt - asked, share: share(prompt - asked, trained), asked },
     duplicates: {
       samples: dupGroups.reduce((n, g) => n + g.length - 1, 0),
       examples: dupGroups.slice(0, LIST).map((g) => g.slice(0, 5)),
