@@ -45,6 +45,71 @@ describe("lorakit tokenize", () => {
     const text = await runCli(["tokenize", "--model", fixture("models", "chatglm3-single"), "--chat", chat]);
     expect(text.stdout).toMatch(/\bT "/);
   });
+
+  it("--chat shows a conversation ending with a user turn as the inference prompt, generation prompt included", async () => {
+    const dir = tmpDir();
+    const model = fixture("models", "chatglm3-single");
+    const turns = [
+      { role: "system", content: "现在你要扮演皇帝身边的女人--甄嬛" },
+      { role: "user", content: "你是谁？" },
+    ];
+    // A bare OpenAI message array, and the same as an object.
+    writeFileSync(path.join(dir, "bare.json"), JSON.stringify(turns));
+    writeFileSync(path.join(dir, "object.json"), JSON.stringify({ messages: turns }));
+    const bare = await runCli(["tokenize", "--model", model, "--chat", path.join(dir, "bare.json"), "--json"]);
+    expect(bare.stderr).toBe("");
+    expect(bare.code).toBe(0);
+    const v = JSON.parse(bare.stdout) as { prompt: boolean; ids: number[]; trained: boolean[] };
+    expect(v.prompt).toBe(true);
+    expect(v.ids.slice(0, 3)).toEqual([1001, 1003, 1005]); // [gMASK] sop <|system|>
+    expect(v.ids.at(-1)).toBe(1007); // <|assistant|>: the model answers next
+    expect(v.trained.some(Boolean)).toBe(false);
+    const obj = await runCli(["tokenize", "--model", model, "--chat", path.join(dir, "object.json"), "--json"]);
+    expect(JSON.parse(obj.stdout)).toEqual(v);
+    const text = await runCli(["tokenize", "--model", model, "--chat", path.join(dir, "bare.json")]);
+    expect(text.stdout).toMatch(/inference prompt: \d+ tokens, ending with the generation prompt/);
+    expect(text.stdout).toContain('"<|assistant|>"');
+
+    // A tool call awaiting its result's answer: the observation, then the generation prompt.
+    const tool = path.join(dir, "tool.json");
+    writeFileSync(
+      tool,
+      JSON.stringify([
+        { role: "user", content: "北京天气？" },
+        { role: "assistant", metadata: "get_weather", content: "tool_call(city='北京')" },
+        { role: "tool", content: "晴" },
+      ]),
+    );
+    const t = JSON.parse((await runCli(["tokenize", "--model", model, "--chat", tool, "--json"])).stdout) as {
+      ids: number[];
+      pieces: string[];
+    };
+    expect(t.ids.filter((id) => id === 1008)).toHaveLength(1); // <|observation|>
+    expect(t.ids.at(-1)).toBe(1007);
+  });
+
+  it("--chat reads a data file (JSON array or JSONL) and shows record --sample N", async () => {
+    const dir = tmpDir();
+    const model = fixture("models", "chatglm3-single");
+    const rows = [
+      { instruction: "first", input: "", output: "one" },
+      { instruction: "second", input: "", output: "two" },
+    ];
+    writeFileSync(path.join(dir, "rows.json"), JSON.stringify(rows));
+    writeFileSync(path.join(dir, "rows.jsonl"), `${rows.map((r) => JSON.stringify(r)).join("\n")}\n`);
+    for (const f of ["rows.json", "rows.jsonl"]) {
+      const args = ["tokenize", "--model", model, "--chat", path.join(dir, f), "--sample", "1"];
+      const r = await runCli(args);
+      expect(r.code, f).toBe(0);
+      expect(r.stdout, f).toMatch(/record 1 of 2/);
+      const text = (JSON.parse((await runCli([...args, "--json"])).stdout) as { pieces: string[] }).pieces.join("");
+      expect(text, f).toContain("second");
+      expect(text, f).not.toContain("first");
+    }
+    const out = await runCli(["tokenize", "--model", model, "--chat", path.join(dir, "rows.json"), "--sample", "2"]);
+    expect(out.code).toBe(1);
+    expect(out.stderr).toMatch(/--sample 2: \S*rows\.json holds 2 conversation/);
+  });
 });
 
 describe("lorakit data", () => {
@@ -62,7 +127,7 @@ describe("lorakit data", () => {
     expect(r.stderr).toBe("");
     expect(r.code).toBe(0);
     expect(r.stdout).toContain("trained");
-    expect(r.stdout).toMatch(/sample 1 \(.*train\.jsonl:2\)/);
+    expect(r.stdout).toMatch(/sample 1 \(.*train\.jsonl:2, record 1\)/);
     const bad = await runCli(["data", "run.yaml", "--sample", "99"], { cwd: dir });
     expect(bad.code).toBe(1);
     expect(bad.stderr).toContain("--sample 99");

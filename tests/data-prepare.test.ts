@@ -227,6 +227,24 @@ print(json.dumps({"n": len(p), "ids": ids.tolist(), "labels": labels.tolist(), "
     expect(r.train.stats.overlap.samples).toBe(1);
   });
 
+  it("counts tool results learned on purpose (`loss: true`) apart from a prompt trained by mistake", async () => {
+    const file = path.join(tmpDir(), "tools.jsonl");
+    const turns = (obsLoss: boolean | undefined) => ({
+      conversations: [
+        { role: "user", content: "北京天气？" },
+        { role: "assistant", metadata: "get_weather", content: "tool_call(city='北京')" },
+        { role: "observation", content: "晴，21度", ...(obsLoss === undefined ? {} : { loss: obsLoss }) },
+        { role: "assistant", content: "北京今天晴。" },
+      ],
+    });
+    writeFileSync(file, `${JSON.stringify(turns(true))}\n${JSON.stringify(turns(undefined))}\n`);
+    const r = await prepareDataset(options({ files: [file], system: undefined }), tmpDir());
+    const s = r.train.stats;
+    expect(s.trainedInPrompt.asked).toBeGreaterThan(0);
+    expect(s.trainedInPrompt.tokens).toBe(0);
+    expect(s.endsWithStop).toMatchObject({ of: 2, share: 1 });
+  });
+
   it("flags role markers typed as text (the Self-LLM recipe's flaw)", async () => {
     const dir = tmpDir();
     const file = path.join(dir, "markers.jsonl");
@@ -237,6 +255,95 @@ print(json.dumps({"n": len(p), "ids": ids.tolist(), "labels": labels.tolist(), "
     const r = await prepareDataset(options({ files: [file] }), tmpDir());
     expect(r.train.stats.specialSpellings).toMatchObject({ samples: 1, parsedAsSpecial: 0 });
     expect(r.train.stats.specialSpellings.origins[0]?.line).toBe(1);
+  });
+});
+
+describe("the eval split", () => {
+  const rows = (n: number) =>
+    Array.from({ length: n }, (_, i) => ({ instruction: `question ${i}`, input: "", output: `answer ${i}` }));
+  const held = (r: Awaited<ReturnType<typeof prepareDataset>>) =>
+    (r.manifest.eval?.origins ?? []).map((o) => `${path.basename(o.file)}#${o.sample}`);
+  const trained = (r: Awaited<ReturnType<typeof prepareDataset>>) =>
+    r.manifest.origins.samples.map(([f, , i]) => `${path.basename(r.manifest.origins.files[f] ?? "")}#${i}`);
+
+  it("holds out its share of a one-line JSON array (json.dump(rows, f)), an indented one, JSONL and several files", async () => {
+    const dir = tmpDir();
+    const files = {
+      minified: path.join(dir, "minified.json"),
+      indented: path.join(dir, "indented.json"),
+      jsonl: path.join(dir, "rows.jsonl"),
+    };
+    writeFileSync(files.minified, JSON.stringify(rows(400)));
+    writeFileSync(files.indented, JSON.stringify(rows(400), null, 2));
+    writeFileSync(
+      files.jsonl,
+      `${rows(400)
+        .map((r) => JSON.stringify(r))
+        .join("\n")}\n`,
+    );
+    const results: Record<string, Awaited<ReturnType<typeof prepareDataset>>> = {};
+    for (const [name, file] of Object.entries(files)) {
+      const r = await prepareDataset(options({ files: [file], split: 0.1, maxLength: 64 }), tmpDir());
+      results[name] = r;
+      const n = r.eval?.samples ?? 0;
+      expect(n, name).toBeGreaterThanOrEqual(25); // 10% of 400, give or take the hash's luck
+      expect(n, name).toBeLessThanOrEqual(55);
+      expect(n + r.train.samples, name).toBe(400); // no sample lost
+      const t = new Set(trained(r));
+      expect(
+        held(r).filter((x) => t.has(x)),
+        name,
+      ).toEqual([]); // no overlap
+      expect(new Set([...t, ...held(r)]).size, name).toBe(400);
+      expect(r.eval?.stats.overlap.samples, name).toBe(0);
+    }
+    // The split follows the records, not the file's layout: the same records are held out in all three.
+    const ids = (name: string) =>
+      held(results[name] as Awaited<ReturnType<typeof prepareDataset>>).map((x) => x.split("#")[1]);
+    expect(ids("minified")).toEqual(ids("indented"));
+    expect(ids("minified")).toEqual(ids("jsonl"));
+    // Every record of the minified file is on line 1; the index tells them apart.
+    expect(new Set(results.minified?.manifest.eval?.origins.map((o) => o.line))).toEqual(new Set([1]));
+    // Deterministic: the same split again (fresh cache).
+    const again = await prepareDataset(options({ files: [files.minified], split: 0.1, maxLength: 64 }), tmpDir());
+    expect(held(again)).toEqual(held(results.minified as Awaited<ReturnType<typeof prepareDataset>>));
+
+    // Several files: each file's records keyed by their own index.
+    const second = path.join(dir, "second.json");
+    writeFileSync(second, JSON.stringify(rows(600).slice(400)));
+    const both = await prepareDataset(
+      options({ files: [files.minified, second], split: 0.1, maxLength: 64 }),
+      tmpDir(),
+    );
+    expect((both.eval?.samples ?? 0) + both.train.samples).toBe(600);
+    expect(both.eval?.samples).toBeGreaterThanOrEqual(40);
+    expect(both.eval?.samples).toBeLessThanOrEqual(80);
+    const heldBoth = held(both);
+    expect(heldBoth.some((x) => x.startsWith("second.json#"))).toBe(true);
+    expect(heldBoth.filter((x) => x.startsWith("minified.json#"))).toEqual(
+      held(results.minified as Awaited<ReturnType<typeof prepareDataset>>),
+    );
+    expect(new Set([...trained(both), ...heldBoth]).size).toBe(600);
+  });
+
+  it("still finds duplicates and train/eval overlap among the records of one line", async () => {
+    const dir = tmpDir();
+    const train = path.join(dir, "train.json");
+    const ev = path.join(dir, "eval.json");
+    const r = rows(10);
+    writeFileSync(train, JSON.stringify([...r, r[3], r[3], r[7]]));
+    writeFileSync(ev, JSON.stringify([r[7], { instruction: "eval only", input: "", output: "x" }]));
+    const p = await prepareDataset(options({ files: [train], evalFiles: [ev] }), tmpDir());
+    expect(p.train.stats.duplicates.samples).toBe(3);
+    expect(p.train.stats.duplicates.examples.map((g) => g.map((o) => o.sample))).toEqual([
+      [3, 10, 11],
+      [7, 12],
+    ]);
+    expect(p.eval?.stats.overlap).toMatchObject({ samples: 1, origins: [{ file: ev, line: 1, sample: 0 }] });
+    expect(p.train.stats.overlap.samples).toBe(2); // r[7] twice in train
+    // Held-out duplicates of a split file stay together: exact copies hash alike.
+    const s = await prepareDataset(options({ files: [train], split: 0.3 }), tmpDir());
+    expect(s.eval?.stats.overlap.samples).toBe(0);
   });
 });
 
@@ -298,8 +405,9 @@ describe("stats", () => {
       trainedShare: 6 / 40,
       truncated: { samples: 1, trainedTokensLost: 4, trainedShareLost: 0.4 },
       nothingTrained: { samples: 1, origins: [{ file: "f", line: 3 }] },
-      endsWithStop: { samples: 1, share: 1 / 3 },
-      trainedInPrompt: { tokens: 1, share: 1 / 6 },
+      // Judged on the samples not cut and with something trained: the first one only.
+      endsWithStop: { samples: 1, of: 1, share: 1, missing: [] },
+      trainedInPrompt: { tokens: 1, share: 1 / 6, asked: 0 },
       duplicates: { samples: 1 },
       overlap: { samples: 1 },
     });

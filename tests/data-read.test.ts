@@ -74,6 +74,29 @@ describe("read", () => {
     expect(r.skipped).toHaveLength(1);
   });
 
+  it("tells the records of a one-line JSON array apart by their index in the file", () => {
+    const file = path.join(tmpDir(), "minified.json");
+    writeFileSync(
+      file,
+      '[{"instruction":"a","output":"1"},{"instruction":"b","output":"2",},{"instruction":"c","output":"3"}]',
+    );
+    const e = caught(() => readSamples([file]));
+    expect(e).toMatchObject({ code: "DATA_BAD_JSON", where: { file, line: 1, sample: 1 } });
+    expect(formatError(e)).toContain("minified.json:1, sample 1");
+    const r = readSamples([file], { skipBadLines: true });
+    expect(r.records.map((x) => [x.origin.line, x.origin.sample])).toEqual([
+      [1, 0],
+      [1, 2],
+    ]);
+    expect(r.skipped).toMatchObject([{ line: 1, sample: 1 }]);
+    const jsonl = readSamples([data("bad-lines.jsonl")], { skipBadLines: true });
+    expect(jsonl.records.map((x) => [x.origin.line, x.origin.sample])).toEqual([
+      [1, 0],
+      [3, 2],
+      [6, 4],
+    ]);
+  });
+
   it("caps the list of problems and says how many more", () => {
     const dir = tmpDir();
     const file = path.join(dir, "many.jsonl");
@@ -104,11 +127,15 @@ describe("formats", () => {
     expect(convs).toHaveLength(6);
     expect(convs[0]?.messages).toEqual([
       { role: "system", content: "现在你要扮演皇帝身边的女人--甄嬛" },
-      { role: "user", content: "小姐，别的秀女都在求中选，唯有咱们小姐想被撂牌子，菩萨一定记得真真儿的——" },
-      { role: "assistant", content: "嘘——都说许愿说破是不灵的。" },
+      {
+        role: "user",
+        content: "小姐，别的秀女都在求中选，唯有咱们小姐想被撂牌子，菩萨一定记得真真儿的——",
+        key: "instruction",
+      },
+      { role: "assistant", content: "嘘——都说许愿说破是不灵的。", key: "output" },
     ]);
     expect(convs[3]?.messages[1]?.content).toBe("你是谁？\n请用一句话回答。");
-    expect(convs[3]?.origin).toEqual({ file: data("huanhuan.json"), line: 17 });
+    expect(convs[3]?.origin).toEqual({ file: data("huanhuan.json"), line: 17, sample: 3 });
   });
 
   it("reads alpaca history, OpenAI messages, ShareGPT and ChatGLM3 conversations", () => {
@@ -128,18 +155,20 @@ describe("formats", () => {
 
     const m = load(data("messages-bom-crlf.jsonl"), { system: "default" });
     expect(m[0]?.messages[0]).toEqual({ role: "system", content: "default" });
-    expect(m[1]?.messages[0]).toEqual({ role: "system", content: "Be brief." });
+    expect(m[1]?.messages[0]).toEqual({ role: "system", content: "Be brief.", key: "messages[0]" });
 
     const s = load(data("sharegpt.jsonl"));
     expect(s[0]?.messages.map((x) => x.role)).toEqual(["system", "user", "assistant"]);
     expect(s[1]?.messages.map((x) => x.role)).toEqual(["user", "assistant", "user", "assistant"]);
 
     const g = load(data("chatglm3.jsonl"));
-    expect(g[0]?.tools).toEqual([{ name: "get_weather", parameters: { city: "string" } }]);
+    expect(g[0]?.tools).toBeUndefined(); // the tools are the system turn's, not the record's
+    expect(g[0]?.messages[0]?.tools).toEqual([{ name: "get_weather", parameters: { city: "string" } }]);
     expect(g[0]?.messages[2]).toEqual({
       role: "assistant",
       metadata: "get_weather",
       content: "```python\ntool_call(city='北京')\n```",
+      key: "conversations[2]",
     });
     expect(g[0]?.messages[3]?.role).toBe("observation");
     expect(g[1]?.messages[1]?.loss).toBe(false);
@@ -170,8 +199,76 @@ describe("formats", () => {
       role: "assistant",
       metadata: "track",
       content: "```python\ntool_call(symbol='AAPL', n=2, ok=True, s=\"it's\")\n```",
+      key: "conversations[1]",
     });
-    expect(c?.messages[2]).toEqual({ role: "observation", content: '{"p": 1}' });
+    expect(c?.messages[2]).toEqual({ role: "observation", content: '{"p": 1}', key: "conversations[1]" });
+  });
+
+  it("reads ChatGLM3's tool format in OpenAI messages too: metadata, a system turn's tools, tool results", () => {
+    const tools = [{ name: "get_weather", parameters: { city: "string" } }];
+    const [c] = normalizeRecords([
+      {
+        value: {
+          tools: JSON.stringify(tools), // a JSON string, as some exports write it
+          messages: [
+            { role: "system", content: "s", tools },
+            { role: "user", content: "北京？" },
+            { role: "assistant", metadata: "get_weather", content: "tool_call(city='北京')" },
+            { role: "tool", content: "晴", name: "get_weather", tool_call_id: "1" },
+            { role: "observation", content: "more" },
+            { role: "assistant", content: "晴。" },
+          ],
+        },
+        origin: { file: "f", line: 1, sample: 0 },
+      },
+    ]).conversations;
+    expect(c?.tools).toEqual(tools);
+    expect(c?.messages).toEqual([
+      { role: "system", content: "s", tools, key: "messages[0]" },
+      { role: "user", content: "北京？", key: "messages[1]" },
+      { role: "assistant", metadata: "get_weather", content: "tool_call(city='北京')", key: "messages[2]" },
+      { role: "tool", content: "晴", key: "messages[3]" },
+      { role: "observation", content: "more", key: "messages[4]" },
+      { role: "assistant", content: "晴。", key: "messages[5]" },
+    ]);
+  });
+
+  it("refuses tool data it cannot place, located: tools on a user turn, OpenAI tool_calls", () => {
+    const e = caught(() =>
+      normalizeRecords([
+        {
+          value: {
+            conversations: [
+              { role: "user", content: "q", tools: [{ name: "f" }] },
+              { role: "assistant", content: "", tool_calls: [{ id: "1" }] },
+              { role: "assistant", content: "a" },
+            ],
+          },
+          origin: { file: "f.json", line: 1, sample: 4 },
+        },
+      ]),
+    );
+    expect(e.all().map((x) => [x.code, x.where?.key, x.where?.sample])).toEqual([
+      ["DATA_BAD_KEY", "conversations[0].tools", 4],
+      ["DATA_UNSUPPORTED", "conversations[1].tool_calls", 4],
+    ]);
+  });
+
+  it("takes a turn's `loss` as given; without it only assistant turns are learned", () => {
+    const rec = (turns: unknown[]) => [{ value: { conversations: turns }, origin: { file: "f", line: 1 } }];
+    // Only a tool result marked to learn: something is learned, so the sample stands.
+    const [c] = normalizeRecords(
+      rec([
+        { role: "user", content: "q" },
+        { role: "assistant", content: "a", loss: false },
+        { role: "observation", content: "o", loss: true },
+      ]),
+    ).conversations;
+    expect(c?.messages.map((m) => m.loss)).toEqual([undefined, false, true]);
+    // Nothing learned: refused for training, fine as a prompt (`lorakit tokenize --chat`).
+    const prompt = rec([{ role: "user", content: "only a question" }]);
+    expect(caught(() => normalizeRecords(prompt)).code).toBe("DATA_NO_ASSISTANT");
+    expect(normalizeRecords(prompt, { prompt: true }).conversations).toHaveLength(1);
   });
 
   it("reports every problem with file:line, key path and the nearest valid key or value", () => {

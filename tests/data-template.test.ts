@@ -1,7 +1,7 @@
 // Chat templates and label masks: ChatGLM3 golden vectors (shared with pytest), ChatML built-in and the
 // checkpoint's jinja template against transformers' apply_chat_template, special spellings typed in
 // content, mask_history and truncation.
-import { copyFileSync, readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import type { Conversation, Message } from "../src/data/formats.js";
@@ -21,14 +21,18 @@ import { ROOT } from "../src/engine/python.js";
 import { LorakitError } from "../src/errors.js";
 import { fixture, tmpDir } from "./helpers.js";
 
-interface GoldenCase {
-  name: string;
-  format: "alpaca" | "conversations";
-  system?: string;
-  record: unknown;
+interface GoldenVectors {
   ids: number[];
   labels: number[];
   prompt_ids: number[];
+}
+interface GoldenCase extends GoldenVectors {
+  name: string;
+  format: "alpaca" | "messages" | "conversations";
+  system?: string;
+  record: unknown;
+  /** The same vectors on the official ChatGLM3-6B tokenizer.model. */
+  real: GoldenVectors;
 }
 interface JinjaCase {
   name: string;
@@ -85,18 +89,94 @@ beforeAll(async () => {
   bl = await loadTokenizer(fixture("tokenizers", "bpe-bytelevel"));
 });
 
+/** A golden case's record rendered by the TypeScript side: what the Python reference computed. */
+function goldenVectors(c: GoldenCase, tok: Tokenizer): GoldenVectors {
+  const [cv] = normalizeRecords([{ value: c.record, origin }], {
+    format: c.format,
+    ...(c.system ? { system: c.system } : {}),
+  }).conversations;
+  const t = chatglm3Template(tok);
+  const l = buildLabels(t.render(cv as Conversation), { maxLength: 100_000 });
+  return { ids: l.ids, labels: l.labels, prompt_ids: t.renderPrompt(cv as Conversation) };
+}
+
+/** The official ChatGLM3-6B tokenizer, or why it cannot be used here. */
+async function officialTokenizer(): Promise<Tokenizer | string> {
+  const dir = path.join(ROOT, "..", "shared", "models", "chatglm3-6b");
+  if (!existsSync(path.join(dir, "tokenizer.model"))) return `no official tokenizer.model in ${dir}`;
+  try {
+    return await loadTokenizer(dir);
+  } catch (e) {
+    // The TypeScript reader rejected this file (piece 31168, U+FEFF) until the tokenizer fix of issue 12.
+    if (e instanceof LorakitError && e.code === "TOKENIZER_UNSUPPORTED" && /31168/.test(e.message))
+      return `the TypeScript tokenizer rejects the official file: ${e.message}`;
+    throw e;
+  }
+}
+
 describe("chatglm3 (finetune_demo semantics)", () => {
   it.each(golden.cases.map((c) => [c.name, c] as const))("reproduces the golden vector: %s", (_, c) => {
-    const [cv] = normalizeRecords([{ value: c.record, origin }], {
-      format: c.format,
-      ...(c.system ? { system: c.system } : {}),
-    }).conversations;
+    expect(goldenVectors(c, glm)).toEqual({ ids: c.ids, labels: c.labels, prompt_ids: c.prompt_ids });
+  });
+
+  it("reproduces the golden vectors on the official ChatGLM3-6B tokenizer", async (ctx) => {
+    const real = await officialTokenizer();
+    if (typeof real === "string") return ctx.skip(real);
+    for (const c of golden.cases) expect(goldenVectors(c, real), c.name).toEqual(c.real);
+  });
+
+  it("renders tool calls as the official code does: metadata after the role token, tools as JSON", () => {
+    const c = golden.cases.find((x) => x.name === "top-level-and-system-tools") as GoldenCase;
+    const [cv] = normalizeRecords([{ value: c.record, origin }], { format: c.format }).conversations;
+    const r = chatglm3Template(glm).render(cv as Conversation);
+    // Decoded text: every encode() starts with SentencePiece's "▁", shown as a space after "\n".
+    const text = glm.decode(r.ids, { skipSpecial: false });
+    // The record's tools: a system message of their own, first; the system turn's tools: after its content.
+    expect(text).toContain(
+      '[gMASK]sop<|system|>\n Answer the following questions as best as you can. You have access to the following tools:\n[\n    {\n        "name": "search",\n        "description": "Search the web 🔎 «quoted»",',
+    );
+    expect(text).toContain('}\n]<|system|>\n Be concise.\n[\n    {\n        "name": "calc",');
+    expect(text).toContain(
+      "<|assistant|>calc\n ```python\ntool_call(expr='6*7')\n```<|observation|>\n 42<|assistant|>",
+    );
+    // Each call is learned with what ends it (<|observation|>); the observations are not.
+    const spans = r.spans.map((s) => glm.decode(r.ids.slice(s.start, s.end), { skipSpecial: false }));
+    expect(spans).toEqual([
+      "calc\n ```python\ntool_call(expr='6*7')\n```<|observation|>",
+      "search\n ```python\ntool_call(q='42')\n```<|observation|>",
+    ]);
+    expect(r.spans.map((s) => s.message)).toEqual([2, 4]); // indices of conv.messages, not of the rendered list
+  });
+
+  it("keeps consecutive trained turns apart: a reply, then a call", () => {
+    const r = chatglm3Template(glm).render(
+      conv([
+        { role: "user", content: "q" },
+        { role: "assistant", content: "let me check" },
+        { role: "assistant", content: "call()", metadata: "tool" },
+        { role: "observation", content: "r" },
+      ]),
+    );
+    const spans = r.spans.map((s) => [s.message, glm.decode(r.ids.slice(s.start, s.end), { skipSpecial: false })]);
+    expect(spans).toEqual([
+      [1, "\n let me check<|assistant|>"],
+      [2, "tool\n call()<|observation|>"],
+    ]);
+  });
+
+  it("learns a non-assistant turn only when its `loss` says so, and keeps its role", () => {
     const t = chatglm3Template(glm);
-    const r = t.render(cv as Conversation);
-    const l = buildLabels(r, { maxLength: 100_000 });
-    expect(l.ids).toEqual(c.ids);
-    expect(l.labels).toEqual(c.labels);
-    expect(t.renderPrompt(cv as Conversation)).toEqual(c.prompt_ids);
+    const r = t.render(
+      conv([
+        { role: "user", content: "q" },
+        { role: "assistant", content: "call()", metadata: "f" },
+        { role: "observation", content: "result", loss: true },
+        { role: "assistant", content: "a" },
+      ]),
+    );
+    expect(r.spans.map((s) => s.message)).toEqual([1, 2, 3]);
+    const obs = r.spans[1] as { start: number; end: number };
+    expect(new Set(r.roles.slice(obs.start, obs.end))).toEqual(new Set(["observation"]));
   });
 
   it("learns the token after each reply, not <|assistant|>, and keeps typed role markers as text", () => {
@@ -196,6 +276,43 @@ describe("chatml built-in", () => {
   });
 });
 
+describe("tool data in built-ins without a tool format", () => {
+  it("renders tool results where the template names them, and refuses metadata and tools, located", () => {
+    const [cv] = normalizeRecords([
+      {
+        value: {
+          conversations: [
+            { role: "user", content: "q" },
+            { role: "assistant", metadata: "f", content: "f()" },
+            { role: "observation", content: "r" },
+            { role: "assistant", content: "a" },
+          ],
+        },
+        origin: { file: "d.json", line: 1, sample: 9 },
+      },
+    ]).conversations;
+    const c = cv as Conversation;
+    const noMeta: Conversation = { ...c, messages: c.messages.map(({ metadata: _, ...m }) => m) };
+    // ChatML names the tool turn `tool`.
+    const chatml = chatmlTemplate(bl);
+    expect(bl.decode(chatml.render(noMeta).ids, { skipSpecial: false })).toContain("<|im_start|>tool\nr<|im_end|>");
+    expect(() => chatml.render(c)).toThrow(
+      expect.objectContaining({
+        code: "TEMPLATE_TOOLS_UNSUPPORTED",
+        where: { file: "d.json", line: 1, sample: 9, key: "conversations[1].metadata" },
+      }),
+    );
+    expect(() => chatml.renderPrompt({ ...noMeta, tools: [{ name: "f" }] })).toThrow(/tool definitions/);
+    const tok = charTokenizer(["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"]);
+    expect(() => deepseekTemplate(tok).render(noMeta)).toThrow(
+      expect.objectContaining({
+        code: "TEMPLATE_ROLE_UNSUPPORTED",
+        where: expect.objectContaining({ key: "conversations[2].role" }),
+      }),
+    );
+  });
+});
+
 describe("jinja (the checkpoint's chat_template)", () => {
   let cases: JinjaCase[];
   beforeAll(() => {
@@ -261,6 +378,70 @@ describe("jinja (the checkpoint's chat_template)", () => {
     expect(r.contentSpecials).toBe(1);
     expect(r.ids.filter((x) => x === bl.tokenToId("<|im_end|>"))).toHaveLength(3);
     expect(trainedText(bl, r.ids, r.trained)).toBe("ok<|im_end|>");
+  });
+
+  it("passes tools, metadata and a system turn's tools as transformers' apply_chat_template(tools=…) does", () => {
+    const { tool_cases: toolCases } = JSON.parse(readFileSync(fixture("templates", "expected-jinja.json"), "utf8")) as {
+      tool_cases: (Omit<JinjaCase, "content_spells_special"> & { chat_template: string; tools: unknown })[];
+    };
+    expect(toolCases.length).toBeGreaterThan(0);
+    for (const c of toolCases) {
+      const t = jinjaTemplate(c.chat_template, bl);
+      const cv = conv(c.messages, { tools: c.tools });
+      const ids = c.add_generation_prompt ? t.renderPrompt(cv) : t.render(cv).ids;
+      expect(bl.decode(ids, { skipSpecial: false }), c.name).toBe(c.text);
+      expect(ids, `${c.name} agp=${c.add_generation_prompt}`).toEqual(c.ids);
+    }
+  });
+
+  it("refuses tool data a template would drop, located: tools, metadata, a system turn's tools, tool results", () => {
+    const t = tpl(); // ChatML: renders role and content only
+    const where = { file: "data.jsonl", line: 7, sample: 6 };
+    const call = (over: Partial<Message>): Conversation => ({
+      messages: [
+        { role: "user", content: "q", key: "conversations[0]" },
+        { role: "assistant", content: "call()", key: "conversations[1]", ...over },
+      ],
+      origin: where,
+    });
+    const err = (fn: () => unknown) => {
+      try {
+        fn();
+      } catch (e) {
+        return e as LorakitError;
+      }
+      throw new Error("expected an error");
+    };
+    expect(err(() => t.render(call({ metadata: "get_weather" })))).toMatchObject({
+      code: "TEMPLATE_TOOLS_UNSUPPORTED",
+      where: { ...where, key: "conversations[1].metadata" },
+    });
+    expect(err(() => t.render({ ...call({}), tools: [{ name: "f" }] }))).toMatchObject({
+      code: "TEMPLATE_TOOLS_UNSUPPORTED",
+      where: { key: "tools" },
+    });
+    const sys: Conversation = {
+      ...call({}),
+      messages: [{ role: "system", content: "s", tools: [{ name: "f" }], key: "messages[0]" }, ...call({}).messages],
+    };
+    expect(err(() => t.render(sys))).toMatchObject({ where: { key: "messages[0].tools" } });
+    expect(err(() => t.renderPrompt({ ...call({}), tools: [{ name: "f" }] }))).toMatchObject({
+      where: { key: "tools" },
+    });
+    // A template that knows user/assistant/system only: an observation turn would vanish.
+    const narrow = jinjaTemplate(
+      "{% for m in messages %}{% if m.role in ['user', 'assistant', 'system'] %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}",
+      bl,
+    );
+    const withResult: Conversation = {
+      messages: [...call({}).messages, { role: "observation", content: "42", key: "conversations[2]" }],
+      origin: where,
+    };
+    expect(err(() => narrow.render(withResult))).toMatchObject({
+      code: "TEMPLATE_TOOLS_UNSUPPORTED",
+      where: { key: "conversations[2].role" },
+    });
+    expect(() => t.render(withResult)).not.toThrow(); // ChatML writes any role's name
   });
 
   it("reports a template that fails on a sample with the sample's origin", () => {

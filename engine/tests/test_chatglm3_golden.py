@@ -1,9 +1,18 @@
 """ChatGLM3 golden vectors: an independent implementation of the official finetune_demo semantics.
 
-The inputs live in tests/fixtures/chatglm3-golden.json (records in alpaca or ChatGLM3 `conversations`
-form); this module computes their ids, labels and generation prompt with the `sentencepiece` library on
-the spm-chatglm3 fixture tokenizer (special tokens = the SentencePiece vocabulary size + their offset) and
-asserts they equal the JSON. The TypeScript renderer is held to the same JSON by tests/data-template.test.ts.
+The inputs live in tests/fixtures/chatglm3-golden.json (records in alpaca, OpenAI `messages` or ChatGLM3
+`conversations` form, tool conversations included); this module computes their ids, labels and generation
+prompt with the `sentencepiece` library and asserts they equal the JSON: `ids`/`labels`/`prompt_ids` on
+the spm-chatglm3 fixture tokenizer, `real` on the official ChatGLM3-6B tokenizer.model
+(../shared/models/chatglm3-6b; special tokens = the SentencePiece vocabulary size + their offset). The
+TypeScript renderer is held to the same JSON by tests/data-template.test.ts.
+
+The semantics, from ChatGLM3's own code: `[gMASK] sop`, per message `<|role|>` + encode(metadata + "\\n") +
+encode(content), eos; a system message's `tools` appended to its content as "\\n" + json.dumps(tools,
+indent=4, ensure_ascii=False) (the tokenizer's build_chat_input); the record's top-level `tools` as a system
+message of their own, first (finetune_demo's format_conversation); the first finetune_demo's `tool` turn as an
+assistant call with metadata and an observation without loss; the loss mask shifted right by one into the
+labels. Without a `loss` flag assistant messages are learned and the others are not.
 
 Regenerate the expected values (after changing the cases) with:
     python engine/tests/test_chatglm3_golden.py --write
@@ -20,6 +29,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "fixtures" / "chatglm3-golden.json"
+REAL = REPO.parent / "shared" / "models" / "chatglm3-6b" / "tokenizer.model"
 SPECIALS = [
     "[MASK]",
     "[gMASK]",
@@ -53,8 +63,23 @@ class GLM3:
         return [self.special[f"<|{role}|>"], *self.encode(f"{metadata}\n"), *self.encode(content)]
 
 
-def to_messages(case: dict) -> tuple[list[dict], object]:
-    """The record as finetune_demo messages (role, content, metadata, loss) and its tools."""
+def dumps(tools: object) -> str:
+    return json.dumps(tools, indent=4, ensure_ascii=False)
+
+
+def old_tool_turn(turn: dict) -> list[dict]:
+    """The first finetune_demo's `tool` turn: the call as Python code, then what the tool returned."""
+    args = ", ".join(f"{k}={v!r}" for k, v in turn["parameters"].items())
+    call = {"role": "assistant", "metadata": turn["name"], "content": f"```python\ntool_call({args})\n```"}
+    if "loss" in turn:
+        call["loss"] = turn["loss"]
+    obs = turn["observation"]
+    result = obs if isinstance(obs, str) else json.dumps(obs, ensure_ascii=False)
+    return [call, {"role": "observation", "content": result}]
+
+
+def to_messages(case: dict) -> list[dict]:
+    """The record as the messages ChatGLM3 renders (role, metadata, content, loss), tools written in."""
     rec = case["record"]
     system = case.get("system")
     if case["format"] == "alpaca":
@@ -62,61 +87,37 @@ def to_messages(case: dict) -> tuple[list[dict], object]:
         if rec.get("system") or system:
             msgs.append({"role": "system", "content": rec.get("system") or system})
         user = "\n".join(p for p in (rec["instruction"], rec.get("input") or "") if p)
-        return [
-            *msgs,
-            {"role": "user", "content": user},
-            {"role": "assistant", "content": rec["output"]},
-        ], None
-    tools = rec.get("tools")
+        return [*msgs, {"role": "user", "content": user}, {"role": "assistant", "content": rec["output"]}]
+    turns = rec["messages" if case["format"] == "messages" else "conversations"]
     msgs = []
-    for turn in rec["conversations"]:
-        if turn["role"] == "tool":  # the first finetune_demo's form: the call, then what it returned
-            args = ", ".join(f"{k}={v!r}" for k, v in turn["parameters"].items())
-            call = {
-                "role": "assistant",
-                "metadata": turn["name"],
-                "content": f"```python\ntool_call({args})\n```",
-            }
-            if "loss" in turn:
-                call["loss"] = turn["loss"]
-            obs = turn["observation"]
-            msgs += [
-                call,
-                {
-                    "role": "observation",
-                    "content": obs if isinstance(obs, str) else json.dumps(obs, ensure_ascii=False),
-                },
-            ]
+    for turn in turns:
+        if turn["role"] == "tool" and ("parameters" in turn or "observation" in turn):
+            msgs += old_tool_turn(turn)
             continue
-        if turn["role"] == "system" and "tools" in turn:
-            tools = turn["tools"]
-        msgs.append({k: v for k, v in turn.items() if k != "tools"})
+        m = {k: turn[k] for k in ("role", "metadata", "content", "loss") if k in turn}
+        if m["role"] == "tool":  # OpenAI's name for a tool result
+            m["role"] = "observation"
+        if "tools" in turn:
+            m["content"] += "\n" + dumps(turn["tools"])
+        msgs.append(m)
     if system and not any(m["role"] == "system" for m in msgs):
         msgs.insert(0, {"role": "system", "content": system})
-    return msgs, tools
+    if "tools" in rec:
+        msgs.insert(0, {"role": "system", "content": TOOLS_SYSTEM + "\n" + dumps(rec["tools"])})
+    return msgs
 
 
-def with_tools(msgs: list[dict], tools: object) -> list[dict]:
-    if tools is None:
-        return msgs
-    dumped = json.dumps(tools, indent=4, ensure_ascii=False)
-    out = [dict(m) for m in msgs]
-    for m in out:
-        if m["role"] == "system":
-            m["content"] = m["content"] + "\n" + dumped
-            return out
-    return [{"role": "system", "content": TOOLS_SYSTEM + "\n" + dumped}, *out]
+def learned(m: dict) -> bool:
+    return m.get("loss", m["role"] == "assistant")
 
 
 def render(tok: GLM3, msgs: list[dict]) -> tuple[list[int], list[int]]:
     """finetune_demo: per-token loss mask, eos appended, the mask shifted right by one into labels."""
     ids, mask = [tok.special["[gMASK]"], tok.special["sop"]], [False, False]
     for m in msgs:
-        role = "observation" if m["role"] == "tool" else m["role"]
-        loss = role == "assistant" and m.get("loss", True)
-        new = tok.single_message(role, m.get("metadata", ""), m["content"])
+        new = tok.single_message(m["role"], m.get("metadata", ""), m["content"])
         ids += new
-        mask += [loss] * len(new)
+        mask += [learned(m)] * len(new)
     ids.append(tok.eos)
     mask.append(False)
     shifted = [False, *mask[:-1]]
@@ -128,14 +129,12 @@ def prompt(tok: GLM3, msgs: list[dict]) -> list[int]:
         msgs = msgs[:-1]
     ids = [tok.special["[gMASK]"], tok.special["sop"]]
     for m in msgs:
-        role = "observation" if m["role"] == "tool" else m["role"]
-        ids += tok.single_message(role, m.get("metadata", ""), m["content"])
+        ids += tok.single_message(m["role"], m.get("metadata", ""), m["content"])
     return [*ids, tok.special["<|assistant|>"]]
 
 
 def expected(tok: GLM3, case: dict) -> dict:
-    msgs, tools = to_messages(case)
-    msgs = with_tools(msgs, tools)
+    msgs = to_messages(case)
     ids, labels = render(tok, msgs)
     return {"ids": ids, "labels": labels, "prompt_ids": prompt(tok, msgs)}
 
@@ -149,6 +148,13 @@ def glm3(fixtures_dir: Path) -> GLM3:
     return GLM3(fixtures_dir / "tokenizers" / "spm-chatglm3" / "tokenizer.model")
 
 
+@pytest.fixture(scope="module")
+def real() -> GLM3:
+    if not REAL.exists():
+        pytest.skip(f"the official ChatGLM3-6B tokenizer.model is not at {REAL}")
+    return GLM3(REAL)
+
+
 @pytest.mark.parametrize("name", [c["name"] for c in _cases()["cases"]])
 def test_golden_case(glm3: GLM3, name: str) -> None:
     case = next(c for c in _cases()["cases"] if c["name"] == name)
@@ -156,6 +162,20 @@ def test_golden_case(glm3: GLM3, name: str) -> None:
     assert got["ids"] == case["ids"]
     assert got["labels"] == case["labels"]
     assert got["prompt_ids"] == case["prompt_ids"]
+
+
+@pytest.mark.parametrize("name", [c["name"] for c in _cases()["cases"]])
+def test_golden_case_real_tokenizer(real: GLM3, name: str) -> None:
+    case = next(c for c in _cases()["cases"] if c["name"] == name)
+    assert expected(real, case) == case["real"]
+
+
+def test_real_tokenizer_facts(real: GLM3) -> None:
+    """The ids ChatGLM3-6B's code gives its special tokens, and the leading "▁" piece before each text."""
+    assert real.sp.vocab_size() == 64789
+    assert [real.special[t] for t in SPECIALS] == list(range(64789, 64798))
+    assert real.eos == 2
+    assert real.encode("\n") == [30910, 13]  # finetune_demo's sanity check prints '' 30910, '\n' 13
 
 
 def test_golden_semantics(glm3: GLM3) -> None:
@@ -180,8 +200,12 @@ def write() -> None:
     out = REPO / "tests" / ".fixtures"
     build_fixtures(["--out", str(out)])
     tok = GLM3(out / "tokenizers" / "spm-chatglm3" / "tokenizer.model")
+    if not REAL.exists():
+        raise SystemExit(f"the official tokenizer.model is needed for the `real` vectors: {REAL}")
+    official = GLM3(REAL)
     for case in data["cases"]:
         case.update(expected(tok, case))
+        case["real"] = expected(official, case)
     GOLDEN.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     biome = REPO / "node_modules" / ".bin" / "biome"
     if biome.exists():  # the repository's JSON style (number lists filled to the line width)

@@ -50,7 +50,10 @@ export const command: Command = {
       io,
       `truncated   ${stats.truncated.samples} samples (${pct(stats.truncated.share)}), ${stats.truncated.trainedTokensLost} trained tokens lost`,
     );
-    out(io, `ends        ${pct(stats.endsWithStop.share)} of samples learn a stop token at the end`);
+    out(
+      io,
+      `ends        ${pct(stats.endsWithStop.share)} of the ${stats.endsWithStop.of} samples not cut learn a stop token at the end`,
+    );
     out(io, `duplicates  ${stats.duplicates.samples}; train/eval overlap ${stats.overlap.samples}`);
     const { conversations } = loadConversations(loaded.trainFiles, {
       format: loaded.config.data.format,
@@ -73,7 +76,7 @@ export const command: Command = {
       });
       out(
         io,
-        `\nsample ${i} (${conv.origin.file}:${conv.origin.line}): ${view.ids.length} tokens, ${view.trained.filter(Boolean).length} trained${view.truncated ? ", truncated" : ""}`,
+        `\nsample ${i} (${conv.origin.file}:${conv.origin.line}${conv.origin.sample !== undefined ? `, record ${conv.origin.sample}` : ""}): ${view.ids.length} tokens, ${view.trained.filter(Boolean).length} trained${view.truncated ? ", truncated" : ""}`,
       );
       printTokens(io, view);
     }

@@ -1,9 +1,13 @@
 // `lorakit tokenize --model DIR "text"`: pieces and ids of a text with the model's own tokenizer;
-// `--chat FILE`: a conversation rendered with the model's template, every token marked trained or not.
+// `--chat FILE`: a conversation rendered with the model's template, every token marked trained or not. A
+// conversation that ends with a user (or tool-result) turn is shown as the inference prompt, generation
+// prompt included. FILE holds one conversation in any data format, a bare OpenAI message array, or a data
+// file (JSON array or JSONL) whose record `--sample N` is shown.
 import { readFileSync } from "node:fs";
 import path from "node:path";
-import { normalizeRecords } from "../data/formats.js";
+import { type Conversation, normalizeRecords } from "../data/formats.js";
 import { viewSample } from "../data/prepare.js";
+import { type RawRecord, readSamples } from "../data/read.js";
 import { chooseTemplate } from "../data/template.js";
 import { loadTokenizer } from "../data/tokenizer.js";
 import { LorakitError } from "../errors.js";
@@ -13,7 +17,47 @@ import { err, out } from "./io.js";
 import type { Command } from "./main.js";
 import { printTokens } from "./tokens-view.js";
 
-const usage = 'lorakit tokenize --model DIR ("text" | --chat FILE) [--json] [--special] [--max-length N]';
+const usage = 'lorakit tokenize --model DIR ("text" | --chat FILE [--sample N]) [--json] [--special] [--max-length N]';
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+/** A turn of a bare OpenAI message array (not a record of some data format). */
+const isTurn = (v: unknown) =>
+  isObject(v) && typeof v.role === "string" && !("messages" in v || "conversations" in v || "instruction" in v);
+
+/** The records of a --chat file: one conversation object, a bare message array (one record), or a data file. */
+function chatRecords(file: string): RawRecord[] {
+  let value: unknown;
+  let parsed = true;
+  try {
+    value = JSON.parse(readFileSync(file, "utf8").replace(/^\uFEFF/, ""));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT")
+      throw new LorakitError("DATA_NOT_FOUND", `cannot read the conversation file: ${(e as Error).message}`, {
+        where: { file },
+        hint: "Give the path of a JSON file with one conversation.",
+      });
+    parsed = false; // JSON Lines, or malformed: the data reader says which, located
+  }
+  if (parsed && Array.isArray(value) && value.length > 0 && value.every(isTurn))
+    return [{ value: { messages: value }, origin: { file, line: 1, sample: 0 } }];
+  if (parsed && isObject(value)) return [{ value, origin: { file, line: 1, sample: 0 } }];
+  return readSamples([file]).records;
+}
+
+/** The conversation to show: record `sample` of the file, normalized (a conversation without an answer is fine). */
+function chatConversation(file: string, shown: string, sample: number): { conv: Conversation; of: number } {
+  const records = chatRecords(file);
+  const rec = records[sample];
+  if (!rec)
+    throw new LorakitError("CLI_BAD_ARGS", `--sample ${sample}: ${shown} holds ${records.length} conversation(s)`, {
+      where: { file },
+      hint: `Pick --sample 0..${records.length - 1}.`,
+    });
+  const { conversations } = normalizeRecords([rec], { prompt: true });
+  const conv = conversations[0];
+  if (!conv) throw new LorakitError("DATA_EMPTY", `${shown} holds no conversation`, { where: { file } });
+  return { conv, of: records.length };
+}
 
 export const command: Command = {
   summary: "show how the model's tokenizer and chat template see a text or a conversation",
@@ -24,6 +68,7 @@ export const command: Command = {
       {
         model: { type: "string" },
         chat: { type: "string" },
+        sample: { type: "string" },
         json: { type: "boolean" },
         special: { type: "boolean" },
         "max-length": { type: "string" },
@@ -34,33 +79,52 @@ export const command: Command = {
       err(io, `usage: ${usage}`);
       return 2;
     }
+    const sample = Number(values.sample ?? 0);
+    if (!Number.isInteger(sample) || sample < 0)
+      throw new LorakitError("CLI_BAD_ARGS", `--sample ${values.sample}: not a record index`, {
+        hint: "Give --sample a whole number from 0.",
+      });
     const modelDir = path.resolve(io.cwd, values.model);
     const tokenizer = await loadTokenizer(modelDir);
     if (values.chat) {
       const file = path.resolve(io.cwd, values.chat);
-      let value: unknown;
-      try {
-        value = JSON.parse(readFileSync(file, "utf8"));
-      } catch (e) {
-        throw new LorakitError("DATA_BAD_JSON", `cannot read ${values.chat}: ${(e as Error).message}`, {
-          where: { file },
-          hint: 'give a JSON file with one conversation, e.g. {"messages": [{"role": "user", "content": "…"}, …]}',
-        });
-      }
-      const record = Array.isArray(value) ? value[0] : value;
-      const { conversations } = normalizeRecords([{ value: record, origin: { file, line: 1 } }]);
-      const conv = conversations[0];
-      if (!conv) throw new LorakitError("DATA_EMPTY", `${values.chat} holds no conversation`, { where: { file } });
+      const { conv, of } = chatConversation(file, values.chat, sample);
       const model = inspectModel(modelDir);
       const template = chooseTemplate({ template: "auto", tokenizer, modelDir, modelType: model.modelType });
+      const which = of > 1 ? `record ${sample} of ${of}; ` : "";
+      if (conv.messages[conv.messages.length - 1]?.role !== "assistant") {
+        // What the model is given at inference: the conversation so far and the generation prompt.
+        const ids = template.renderPrompt(conv);
+        const pieces = tokenizer.pieces(ids);
+        const trained = ids.map(() => false);
+        if (values.json) {
+          out(io, JSON.stringify({ template: template.name, prompt: true, ids, pieces, trained }));
+          return 0;
+        }
+        out(
+          io,
+          `template ${template.name}; ${which}inference prompt: ${ids.length} tokens, ending with the generation prompt (nothing trained)`,
+        );
+        printTokens(io, { ids, pieces });
+        return 0;
+      }
       const view = viewSample(conv, template, tokenizer, { maxLength: Number(values["max-length"] ?? 1e9) });
       if (values.json) {
-        out(io, JSON.stringify({ template: template.name, ids: view.ids, pieces: view.pieces, trained: view.trained }));
+        out(
+          io,
+          JSON.stringify({
+            template: template.name,
+            prompt: false,
+            ids: view.ids,
+            pieces: view.pieces,
+            trained: view.trained,
+          }),
+        );
         return 0;
       }
       out(
         io,
-        `template ${template.name}; ${view.ids.length} tokens, ${view.trained.filter(Boolean).length} trained (T)`,
+        `template ${template.name}; ${which}${view.ids.length} tokens, ${view.trained.filter(Boolean).length} trained (T)`,
       );
       printTokens(io, view);
       return 0;

@@ -1,8 +1,15 @@
 // Sample formats, normalized to one Conversation shape: alpaca (`instruction`/`input`/`output`, the
 // Self-LLM huanhuan.json shape), OpenAI `messages`, ShareGPT `conversations` of `{from, value}`, and
-// ChatGLM3's `conversations` of `{role, content, loss?}` with tools. `auto` detects each record's
-// format from its keys; one file must keep to one format. Every problem names file:line, the key
-// path and the nearest valid key or value.
+// ChatGLM3's `conversations` of `{role, content, loss?}`. `auto` detects each record's format from its
+// keys; one file must keep to one format. Every problem names file:line, the key path and the nearest
+// valid key or value.
+//
+// ChatGLM3's tool format is read the same way in `messages` and in `conversations`: an assistant turn that
+// calls a tool carries `metadata` (the tool's name), a system turn may carry `tools` (the definitions), the
+// record may carry top-level `tools` (finetune_demo: a system turn of their own, first), `observation` (or
+// OpenAI's `tool`) turns hold what the tool returned, and the first finetune_demo's `{"role": "tool", name,
+// parameters, observation}` turn stands for a call and its observation. `loss` marks a turn learned or not;
+// without it assistant turns are learned and all others are not.
 
 import type { DATA_FORMATS } from "../config/schema.js";
 import { LorakitError, nearest } from "../errors.js";
@@ -14,18 +21,25 @@ export const ROLES: readonly Role[] = ["system", "user", "assistant", "observati
 export interface Message {
   role: Role;
   content: string;
-  /** Train on this message (assistant messages only; default true). */
+  /** Learn this message; without it assistant messages are learned and the others are not (see `trains`). */
   loss?: boolean;
   /** ChatGLM3 metadata after the role token (a tool call's function name). */
   metadata?: string;
+  /** Tool definitions a system message carries (ChatGLM3 appends them to its content as JSON). */
+  tools?: unknown;
+  /** Where the turn sits in its record (`conversations[2]`, `output`), for located errors. */
+  key?: string;
 }
 
 export interface Conversation {
   messages: Message[];
-  /** Tool definitions offered to the model (rendered into the system turn by templates that know tools). */
+  /** The record's top-level tool definitions (ChatGLM3: a system message of their own, first). */
   tools?: unknown;
   origin: Origin;
 }
+
+/** Whether a message is learned: its `loss` flag, else only assistant messages. */
+export const trains = (m: Message): boolean => m.loss ?? m.role === "assistant";
 
 export type DataFormat = (typeof DATA_FORMATS)[number];
 export type FormatName = Exclude<DataFormat, "auto">;
@@ -240,14 +254,14 @@ class Check {
   }
 }
 
-const OPENAI_ROLES: Record<string, Role> = {
+/** Roles of `messages` and ChatGLM3 `conversations` turns (OpenAI's `tool` is ChatGLM3's `observation`). */
+const TURN_ROLES: Record<string, Role> = {
   system: "system",
   user: "user",
   assistant: "assistant",
   tool: "tool",
   observation: "observation",
 };
-const GLM_ROLES: Record<string, Role> = { ...OPENAI_ROLES };
 
 function alpaca(c: Check, system: string | undefined): Message[] {
   const r = c.record;
@@ -255,8 +269,9 @@ function alpaca(c: Check, system: string | undefined): Message[] {
   const instruction = c.str(r, "instruction", "", "alpaca", true);
   const input = c.str(r, "input", "", "alpaca", false);
   const output = c.str(r, "output", "", "alpaca", true);
-  const sys = c.str(r, "system", "", "alpaca", false) ?? system;
-  if (sys) messages.push({ role: "system", content: sys });
+  const own = c.str(r, "system", "", "alpaca", false);
+  const sys = own ?? system;
+  if (sys) messages.push({ role: "system", content: sys, ...(own !== undefined ? { key: "system" } : {}) });
   const history = r.history;
   if (history !== undefined && history !== null) {
     if (!Array.isArray(history)) {
@@ -277,9 +292,9 @@ function alpaca(c: Check, system: string | undefined): Message[] {
           );
           return;
         }
-        const a: Message = { role: "assistant", content: pair[1] };
+        const a: Message = { role: "assistant", content: pair[1], key: `history[${i}][1]` };
         c.keyOf.set(a, `history[${i}][1]`);
-        messages.push({ role: "user", content: pair[0] }, a);
+        messages.push({ role: "user", content: pair[0], key: `history[${i}][0]` }, a);
       });
     }
   }
@@ -292,9 +307,9 @@ function alpaca(c: Check, system: string | undefined): Message[] {
         "`instruction` and `input` are both empty",
         "Give the sample a question or task in `instruction`.",
       );
-    const a: Message = { role: "assistant", content: output };
+    const a: Message = { role: "assistant", content: output, key: "output" };
     c.keyOf.set(a, "output");
-    messages.push({ role: "user", content: user }, a);
+    messages.push({ role: "user", content: user, key: "instruction" }, a);
   }
   return messages;
 }
@@ -314,27 +329,83 @@ function toolsOf(c: Check, v: unknown, key: string): unknown {
   }
 }
 
-function openai(c: Check): Message[] {
-  const turns = c.list("messages", "messages") ?? [];
+/** The first finetune_demo's tool turn: the call (an assistant message with metadata) and its observation. */
+function oldToolTurn(c: Check, turn: Record<string, unknown>, key: string, fmt: string): Message[] {
+  const loss = c.loss(turn, key);
+  const name = c.str(turn, "name", key, fmt, true);
+  const params = turn.parameters;
+  if (!isObject(params)) {
+    c.fail(
+      "DATA_BAD_TYPE",
+      `${key}.parameters`,
+      `\`${key}.parameters\` must be an object of arguments, found ${typeName(params)}`,
+      'Write the arguments as {"name": value}.',
+    );
+    return [];
+  }
+  if (name === undefined) return [];
+  const args = Object.entries(params)
+    .map(([k, v]) => `${k}=${pyRepr(v)}`)
+    .join(", ");
+  const call: Message = {
+    role: "assistant",
+    content: `\`\`\`python\ntool_call(${args})\n\`\`\``,
+    metadata: name,
+    key,
+  };
+  if (loss !== undefined) call.loss = loss;
+  c.keyOf.set(call, `${key}.parameters`);
+  const obs = turn.observation;
+  // The observation is never learned (the `loss` flag is the call's).
+  return [call, { role: "observation", content: typeof obs === "string" ? obs : pyJson(obs), key }];
+}
+
+/**
+ * The turns of OpenAI `messages` or ChatGLM3 `conversations`: role, content, loss, and the tool format
+ * (metadata, a system turn's tools, observation turns, the old `tool` turn).
+ */
+function roleTurns(c: Check, listKey: "messages" | "conversations"): Message[] {
+  const fmt = listKey;
+  const turns = c.list(listKey, fmt) ?? [];
   const out: Message[] = [];
   turns.forEach((t, i) => {
-    const key = `messages[${i}]`;
+    const key = `${listKey}[${i}]`;
     const turn = c.turn(t, key);
     if (!turn) return;
-    const role = c.role(turn.role, `${key}.role`, OPENAI_ROLES);
+    const role = c.role(turn.role, `${key}.role`, TURN_ROLES);
     if (turn.tool_calls !== undefined && turn.tool_calls !== null) {
       c.fail(
         "DATA_UNSUPPORTED",
         `${key}.tool_calls`,
         "OpenAI `tool_calls` are not supported yet",
-        "Write tool calls as ChatGLM3 `conversations` (an assistant turn with `metadata` = the tool name, then an `observation` turn).",
+        "Write each call as an assistant turn with `metadata` = the tool's name and the call as its content, then an `observation` turn with the result.",
       );
       return;
     }
-    const content = c.str(turn, "content", key, "messages", true);
+    if (!role) return;
+    if (role === "tool" && ("parameters" in turn || "observation" in turn)) {
+      out.push(...oldToolTurn(c, turn, key, fmt));
+      return;
+    }
+    const content = c.str(turn, "content", key, fmt, true);
+    const metadata = c.str(turn, "metadata", key, fmt, false);
     const loss = c.loss(turn, key);
-    if (!role || content === undefined) return;
-    const m: Message = { role, content, ...(loss !== undefined ? { loss } : {}) };
+    let tools: unknown;
+    if (turn.tools !== undefined && turn.tools !== null) {
+      if (role === "system") tools = toolsOf(c, turn.tools, `${key}.tools`);
+      else
+        c.fail(
+          "DATA_BAD_KEY",
+          `${key}.tools`,
+          `\`${key}.tools\` is on a ${role} turn: tool definitions belong to a system turn`,
+          "Move `tools` to the system turn (or to the record's top level).",
+        );
+    }
+    if (content === undefined) return;
+    const m: Message = { role, content, key };
+    if (loss !== undefined) m.loss = loss;
+    if (metadata) m.metadata = metadata;
+    if (tools !== undefined) m.tools = tools;
     c.keyOf.set(m, `${key}.content`);
     out.push(m);
   });
@@ -344,8 +415,10 @@ function openai(c: Check): Message[] {
 function sharegpt(c: Check, system: string | undefined): Message[] {
   const turns = c.list("conversations", "sharegpt") ?? [];
   const out: Message[] = [];
-  const sys = c.str(c.record, "system", "", "sharegpt", false) ?? system;
-  if (sys && !turns.some((t) => isObject(t) && t.from === "system")) out.push({ role: "system", content: sys });
+  const own = c.str(c.record, "system", "", "sharegpt", false);
+  const sys = own ?? system;
+  if (sys && !turns.some((t) => isObject(t) && t.from === "system"))
+    out.push({ role: "system", content: sys, ...(own !== undefined ? { key: "system" } : {}) });
   turns.forEach((t, i) => {
     const key = `conversations[${i}]`;
     const turn = c.turn(t, key);
@@ -353,88 +426,38 @@ function sharegpt(c: Check, system: string | undefined): Message[] {
     const role = c.role(turn.from, `${key}.from`, SHAREGPT_ROLES);
     const content = c.str(turn, "value", key, "sharegpt", true);
     if (!role || content === undefined) return;
-    const m: Message = { role, content };
+    const m: Message = { role, content, key };
     c.keyOf.set(m, `${key}.value`);
     out.push(m);
   });
   return out;
 }
 
-function chatglm3(c: Check): { messages: Message[]; tools?: unknown } {
-  const turns = c.list("conversations", "conversations") ?? [];
-  const out: Message[] = [];
-  let tools: unknown = c.record.tools === undefined ? undefined : toolsOf(c, c.record.tools, "tools");
-  turns.forEach((t, i) => {
-    const key = `conversations[${i}]`;
-    const turn = c.turn(t, key);
-    if (!turn) return;
-    const role = c.role(turn.role, `${key}.role`, GLM_ROLES);
-    if (!role) return;
-    const loss = c.loss(turn, key);
-    if (role === "tool" && "name" in turn) {
-      // The first finetune_demo's form: one `tool` turn = the call (assistant + metadata) and its observation.
-      const name = c.str(turn, "name", key, "conversations", true);
-      const params = turn.parameters;
-      if (!isObject(params)) {
-        c.fail(
-          "DATA_BAD_TYPE",
-          `${key}.parameters`,
-          `\`${key}.parameters\` must be an object of arguments, found ${typeName(params)}`,
-          'Write the arguments as {"name": value}.',
-        );
-        return;
-      }
-      const args = Object.entries(params)
-        .map(([k, v]) => `${k}=${pyRepr(v)}`)
-        .join(", ");
-      const obs = turn.observation;
-      if (name === undefined) return;
-      const call: Message = { role: "assistant", content: `\`\`\`python\ntool_call(${args})\n\`\`\``, metadata: name };
-      if (loss !== undefined) call.loss = loss;
-      c.keyOf.set(call, `${key}.parameters`);
-      out.push(call);
-      out.push({ role: "observation", content: typeof obs === "string" ? obs : pyJson(obs) });
-      return;
-    }
-    const content = c.str(turn, "content", key, "conversations", true);
-    const metadata = c.str(turn, "metadata", key, "conversations", false);
-    if (role === "system" && turn.tools !== undefined) tools = toolsOf(c, turn.tools, `${key}.tools`);
-    if (content === undefined) return;
-    const m: Message = { role, content };
-    if (loss !== undefined) m.loss = loss;
-    if (metadata) m.metadata = metadata;
-    c.keyOf.set(m, `${key}.content`);
-    out.push(m);
-  });
-  return { messages: out, ...(tools !== undefined ? { tools } : {}) };
-}
-
 /** The one Conversation a record holds (its problems pushed onto `errors`). */
-function normalizeOne(c: Check, format: FormatName, system: string | undefined): Conversation | undefined {
+function normalizeOne(c: Check, format: FormatName, opts: NormalizeOptions): Conversation | undefined {
+  const system = opts.system;
   let messages: Message[];
-  let tools: unknown;
   switch (format) {
     case "alpaca":
       messages = alpaca(c, system);
       break;
     case "messages":
-      messages = openai(c);
-      if (c.record.tools !== undefined) tools = toolsOf(c, c.record.tools, "tools");
+    case "conversations":
+      messages = roleTurns(c, format);
       break;
     case "sharegpt":
       messages = sharegpt(c, system);
-      if (c.record.tools !== undefined) tools = toolsOf(c, c.record.tools, "tools");
-      break;
-    case "conversations":
-      ({ messages, tools } = chatglm3(c));
       break;
   }
+  const top = c.record.tools;
+  const tools = format !== "alpaca" && top !== undefined && top !== null ? toolsOf(c, top, "tools") : undefined;
   if (format !== "alpaca" && format !== "sharegpt" && system && !messages.some((m) => m.role === "system"))
     messages.unshift({ role: "system", content: system });
   if (c.errors.length > 0) return undefined;
   const listKey = format === "alpaca" ? "output" : format === "messages" ? "messages" : "conversations";
   for (const m of messages) {
-    if (m.role === "assistant" && m.loss !== false && !m.content.trim()) {
+    // A tool call may have no text after its metadata (the call is the name); an answer may not be empty.
+    if (m.role === "assistant" && trains(m) && !m.content.trim() && !m.metadata) {
       c.fail(
         "DATA_EMPTY_RESPONSE",
         c.keyOf.get(m),
@@ -443,7 +466,7 @@ function normalizeOne(c: Check, format: FormatName, system: string | undefined):
       );
     }
   }
-  if (!messages.some((m) => m.role === "assistant" && m.loss !== false)) {
+  if (!opts.prompt && !messages.some(trains)) {
     c.fail(
       "DATA_NO_ASSISTANT",
       listKey,
@@ -459,6 +482,8 @@ export interface NormalizeOptions {
   format?: DataFormat;
   /** Default system prompt for samples that carry none. */
   system?: string;
+  /** Conversations to prompt with, not to train on: no turn needs to be learned (`lorakit tokenize --chat`). */
+  prompt?: boolean;
 }
 
 export interface Normalized {
@@ -529,7 +554,7 @@ export function normalizeRecords(records: readonly RawRecord[], opts: NormalizeO
       formats[file] ??= format;
     }
     const check = new Check(rec.origin, rec.value);
-    const conv = normalizeOne(check, format, opts.system);
+    const conv = normalizeOne(check, format, opts);
     if (conv) conversations.push(conv);
     errors.push(...check.errors);
   }
@@ -540,7 +565,7 @@ export function normalizeRecords(records: readonly RawRecord[], opts: NormalizeO
 /** A stable text for a conversation's content (duplicates, split overlap): roles, contents, tools. */
 export function conversationKey(conv: Conversation): string {
   return JSON.stringify([
-    conv.messages.map((m) => [m.role, m.content.trim(), m.metadata ?? "", m.loss ?? null]),
+    conv.messages.map((m) => [m.role, m.content.trim(), m.metadata ?? "", m.loss ?? null, m.tools ?? null]),
     conv.tools ?? null,
   ]);
 }

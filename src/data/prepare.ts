@@ -8,6 +8,8 @@
 // is held out when that hash falls below `split`. Appending rows never moves an existing record between
 // splits, and exact duplicates always land in the same split. At least one sample is held out when the
 // share would round to none (the record with the smallest hash). The eval origins go into the manifest.
+// Records are identified by file and index in the file (`origin.sample`), never by line: every record of a
+// minified one-line JSON array shares line 1.
 //
 // A sample with no trained token left (its answers cut away by max_length, or every assistant turn
 // `loss: false`) is dropped from training; the count and origins are in the manifest and its stats.
@@ -23,7 +25,8 @@ import { computeStats, type DataStats, type SampleFacts } from "./stats.js";
 import { type ChatTemplate, chooseTemplate, type Rendered, type TemplateOption } from "./template.js";
 import type { Tokenizer } from "./tokenizer.js";
 
-export const MANIFEST_VERSION = 1;
+/** Version 2: records keyed by their index in the file (the eval split of one-line JSON arrays changed). */
+export const MANIFEST_VERSION = 2;
 /** Held-out prompts kept in the eval manifest for before/after samples, unless `prompts` says otherwise. */
 const PROMPTS = 16;
 
@@ -62,8 +65,8 @@ export interface SplitManifest {
     dropped: number;
     max_id: number;
   };
-  /** Origins of the samples written, in order: [file index, line]. */
-  origins: { files: string[]; samples: [number, number][] };
+  /** Origins of the samples written, in order: [file index, line, record index in the file]. */
+  origins: { files: string[]; samples: [file: number, line: number, sample?: number][] };
   /** Dropped samples (the first 1000; `counts.dropped` has them all). */
   dropped: (Origin & { reason: string })[];
   stats: DataStats;
@@ -152,10 +155,15 @@ export function loadConversations(
     format: opts.format ?? "auto",
     ...(opts.system !== undefined ? { system: opts.system } : {}),
   });
-  // Keep each conversation's raw record (for the split hash): normalize keeps record order.
+  // Keep each conversation's raw record (for the split hash), by file and index in the file.
   const byOrigin = new Map<string, RawRecord>();
-  for (const r of read.records) byOrigin.set(`${r.origin.file}:${r.origin.line}`, r);
+  for (const r of read.records) byOrigin.set(recordKey(r.origin), r);
   return { read, conversations: norm.conversations, formats: norm.formats, raw: byOrigin };
+}
+
+/** A record's identity: its file and its index there (lines are shared by the records of a one-line array). */
+export function recordKey(o: Origin): string {
+  return `${o.file}\u0000${o.sample ?? `line ${o.line}`}`;
 }
 
 /** Held out when the hash of the record's JSON text falls below `split`. */
@@ -164,7 +172,11 @@ export function splitValue(record: unknown): number {
 }
 
 function pickEval(convs: readonly Conversation[], raw: Map<string, RawRecord>, split: number): boolean[] {
-  const h = convs.map((c) => splitValue(raw.get(`${c.origin.file}:${c.origin.line}`)?.value ?? null));
+  const h = convs.map((c) => {
+    const rec = raw.get(recordKey(c.origin));
+    if (!rec) throw new Error(`internal: no record for ${c.origin.file}:${c.origin.line}`);
+    return splitValue(rec.value);
+  });
   const held = h.map((x) => x < split);
   if (split > 0 && convs.length >= 2 && !held.some(Boolean)) held[h.indexOf(Math.min(...h))] = true;
   if (held.length > 0 && held.every(Boolean)) held[h.indexOf(Math.max(...h))] = false;
@@ -198,6 +210,14 @@ export function buildSample(
     const r = labeled.roles[i] as keyof typeof byRole;
     byRole[r] = (byRole[r] ?? 0) + 1;
   });
+  // Trained tokens of non-assistant turns that carry `loss: true`: asked for, not a masking mistake.
+  let asked = 0;
+  for (const span of rendered.spans) {
+    const m = conv.messages[span.message];
+    if (!m || m.role === "assistant" || m.loss !== true) continue;
+    for (let i = span.start; i < Math.min(span.end, labeled.labels.length); i++)
+      if (labeled.labels[i] !== IGNORE && labeled.roles[i] !== "assistant") asked++;
+  }
   const stop = new Set(template.stopIds);
   const facts: SampleFacts = {
     origin: conv.origin,
@@ -208,6 +228,7 @@ export function buildSample(
     truncated: labeled.truncated,
     endsWithStop: last >= 0 && stop.has(last),
     trainedByRole: byRole,
+    trainedAsked: asked,
     key: sha256(conversationKey(conv)),
     specialSpelling: (opts.spellings ?? []).some((s) => conv.messages.some((m) => m.content.includes(s))),
     contentSpecials: rendered.contentSpecials,
@@ -251,13 +272,13 @@ function splitManifest(
 ): SplitManifest {
   const files: string[] = [];
   const fileIdx = new Map<string, number>();
-  const samples: [number, number][] = kept.map((b) => {
+  const samples: SplitManifest["origins"]["samples"] = kept.map((b) => {
     let i = fileIdx.get(b.conv.origin.file);
     if (i === undefined) {
       i = files.push(b.conv.origin.file) - 1;
       fileIdx.set(b.conv.origin.file, i);
     }
-    return [i, b.conv.origin.line];
+    return b.conv.origin.sample === undefined ? [i, b.conv.origin.line] : [i, b.conv.origin.line, b.conv.origin.sample];
   });
   let tokens = 0;
   let trained = 0;

@@ -1,7 +1,9 @@
 // Reading sample files: a JSON array or JSON Lines, UTF-8 (a BOM is stripped and counted), CRLF or LF.
-// Every record keeps its origin (file and 1-based line: the JSONL line, or the line where an array
-// element starts). Malformed records are all reported at once; with `skipBadLines` they are skipped,
-// and each skip is returned so that nothing is ever dropped silently.
+// Every record keeps its origin: the file, the 1-based line (the JSONL line, or the line where an array
+// element starts: every element of a minified one-line array is on line 1) and `sample`, the record's
+// 0-based index in its file, which is what identifies a record. Malformed records are all reported at
+// once; with `skipBadLines` they are skipped, and each skip is returned so that nothing is ever dropped
+// silently.
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { LorakitError } from "../errors.js";
@@ -9,6 +11,8 @@ import { LorakitError } from "../errors.js";
 export interface Origin {
   file: string;
   line: number;
+  /** 0-based index of the record among the file's records (bad records skipped count too): its identity. */
+  sample?: number;
 }
 
 export interface RawRecord {
@@ -140,23 +144,20 @@ function parseJsonArray(text: string, file: string): Parsed {
     line = lineAt(text, start, at, line);
     at = start;
     const chunk = text.slice(start, end);
+    const sample = out.records.length + out.bad.length;
     try {
-      out.records.push({ value: JSON.parse(chunk), origin: { file, line } });
+      out.records.push({ value: JSON.parse(chunk), origin: { file, line, sample } });
     } catch (e) {
       const pos = parsePosition(e instanceof Error ? e.message : "");
       const errLine = pos === undefined ? line : lineAt(text, start + pos, start, line);
       const why = reason(e);
       out.bad.push({
-        origin: { file, line },
+        origin: { file, line, sample },
         reason: why,
-        error: new LorakitError(
-          "DATA_BAD_JSON",
-          `malformed JSON in array element ${out.records.length + out.bad.length}: ${why}`,
-          {
-            where: { file, line: errLine },
-            hint: "Fix the element (a missing comma or quote is the usual cause) or set data.skip_bad_lines to skip it.",
-          },
-        ),
+        error: new LorakitError("DATA_BAD_JSON", `malformed JSON in array element ${sample}: ${why}`, {
+          where: { file, line: errLine, sample },
+          hint: "Fix the element (a missing comma or quote is the usual cause) or set data.skip_bad_lines to skip it.",
+        }),
       });
     }
   }
@@ -169,7 +170,7 @@ function parseJsonLines(text: string, file: string): Parsed {
   for (let i = 0; i < lines.length; i++) {
     const raw = (lines[i] as string).replace(/\r$/, "");
     if (!raw.trim()) continue;
-    const origin = { file, line: i + 1 };
+    const origin = { file, line: i + 1, sample: out.records.length + out.bad.length };
     try {
       out.records.push({ value: JSON.parse(raw), origin });
     } catch (e) {

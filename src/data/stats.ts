@@ -1,6 +1,10 @@
 // Numbers about a prepared split that the doctor reads: lengths, the trained share and where the
 // trained tokens sit, truncation and its cost, samples with nothing trained, whether trained labels
 // end with a stop token, duplicates and train/eval overlap, and special-token spellings typed in text.
+//
+// One cause, one number: the stop-token share is taken over the samples that were not cut by max_length
+// and still train something. A cut sample lacks its stop because it was cut (counted under `truncated`); a
+// sample with nothing trained is counted under `nothingTrained`.
 
 import type { Role } from "./formats.js";
 import type { Origin } from "./read.js";
@@ -17,6 +21,8 @@ export interface SampleFacts {
   /** The last trained label is one of the stop ids. */
   endsWithStop: boolean;
   trainedByRole: Partial<Record<Role, number>>;
+  /** Trained tokens of non-assistant turns the data asked to learn (`loss: true`): not a masking mistake. */
+  trainedAsked?: number;
   /** Normalized conversation (duplicates and overlap). */
   key: string;
   /** Message content spells a special token (e.g. `<|user|>` typed as text). */
@@ -47,9 +53,13 @@ export interface DataStats {
   length: LengthStats;
   truncated: { samples: number; share: number; trainedTokensLost: number; trainedShareLost: number };
   nothingTrained: { samples: number; origins: Origin[] };
-  endsWithStop: { samples: number; share: number };
-  /** Trained tokens inside system/user/observation/tool turns (the prompt being learned). */
-  trainedInPrompt: { tokens: number; share: number };
+  /** Of the samples not cut and with something trained (`of`), those whose trained labels end with a stop id. */
+  endsWithStop: { samples: number; of: number; share: number; missing: Origin[] };
+  /**
+   * Trained tokens inside system/user/observation/tool turns that no `loss: true` asked for (the prompt being
+   * learned by mistake); `asked`: those the data marked to learn.
+   */
+  trainedInPrompt: { tokens: number; share: number; asked: number };
   duplicates: { samples: number; examples: Origin[][] };
   /** Samples of this split whose conversation is also in the other split. */
   overlap: { samples: number; origins: Origin[] };
@@ -101,7 +111,10 @@ export function computeStats(samples: readonly SampleFacts[], otherKeys?: Readon
   let trainedBefore = 0;
   let truncated = 0;
   let ends = 0;
+  let endsOf = 0;
+  const missing: Origin[] = [];
   let prompt = 0;
+  let asked = 0;
   let parsed = 0;
   const nothing: Origin[] = [];
   let nothingN = 0;
@@ -115,8 +128,13 @@ export function computeStats(samples: readonly SampleFacts[], otherKeys?: Readon
     trained += s.trained;
     trainedBefore += s.trainedBefore;
     if (s.truncated) truncated++;
-    if (s.endsWithStop) ends++;
+    if (!s.truncated && s.trained > 0) {
+      endsOf++;
+      if (s.endsWithStop) ends++;
+      else if (missing.length < LIST) missing.push(s.origin);
+    }
     for (const [role, n] of Object.entries(s.trainedByRole)) if (role !== "assistant") prompt += n ?? 0;
+    asked += s.trainedAsked ?? 0;
     if (s.trained === 0) {
       nothingN++;
       if (nothing.length < LIST) nothing.push(s.origin);
@@ -148,8 +166,9 @@ export function computeStats(samples: readonly SampleFacts[], otherKeys?: Readon
       trainedShareLost: share(trainedBefore - trained, trainedBefore),
     },
     nothingTrained: { samples: nothingN, origins: nothing },
-    endsWithStop: { samples: ends, share: share(ends, samples.length) },
-    trainedInPrompt: { tokens: prompt, share: share(prompt, trained) },
+    // With no sample to judge (all cut or untrained) the share is 1: nothing shows a missing stop.
+    endsWithStop: { samples: ends, of: endsOf, share: endsOf > 0 ? ends / endsOf : 1, missing },
+    trainedInPrompt: { tokens: prompt - asked, share: share(prompt - asked, trained), asked },
     duplicates: {
       samples: dupGroups.reduce((n, g) => n + g.length - 1, 0),
       examples: dupGroups.slice(0, LIST).map((g) => g.slice(0, 5)),

@@ -20,7 +20,7 @@ import { Template } from "@huggingface/jinja";
 import type { TEMPLATES } from "../config/schema.js";
 import { LorakitError } from "../errors.js";
 import { familyFor } from "../models/families.js";
-import { CHATGLM3_TOOLS_SYSTEM, type Conversation, type Message, type Role } from "./formats.js";
+import { CHATGLM3_TOOLS_SYSTEM, type Conversation, type Message, type Role, trains } from "./formats.js";
 import type { Tokenizer } from "./tokenizer.js";
 
 export type TemplateOption = (typeof TEMPLATES)[number];
@@ -98,8 +98,6 @@ function optional(tok: Tokenizer, spellings: readonly string[]): number[] {
   return spellings.map((s) => tok.tokenToId(s)).filter((x): x is number => x !== undefined);
 }
 
-const trains = (m: Message) => m.role === "assistant" && m.loss !== false;
-
 /** A trailing assistant message is the answer the prompt asks for: left out. */
 function promptMessages(conv: Conversation): Message[] {
   const msgs = conv.messages.slice();
@@ -107,15 +105,25 @@ function promptMessages(conv: Conversation): Message[] {
   return msgs;
 }
 
+/** A message's key path in its record, for errors (`messages[i]` when the conversation was built in code). */
+const keyOf = (conv: Conversation, i: number): string => conv.messages[i]?.key ?? `messages[${i}]`;
+
+/** Built-ins without a defined rendering of tool definitions or a call's metadata refuse them, located. */
 function noTools(conv: Conversation, name: string): void {
+  const tools = conv.messages.findIndex((m) => m.tools !== undefined);
   const meta = conv.messages.findIndex((m) => m.metadata !== undefined);
-  if (conv.tools === undefined && meta < 0) return;
+  let key: string;
+  let what = "tool definitions";
+  if (conv.tools !== undefined) key = "tools";
+  else if (tools >= 0) key = `${keyOf(conv, tools)}.tools`;
+  else if (meta >= 0) [key, what] = [`${keyOf(conv, meta)}.metadata`, "a tool call's metadata"];
+  else return;
   throw new LorakitError(
     "TEMPLATE_TOOLS_UNSUPPORTED",
-    `the built-in ${name} template does not render tools or tool calls`,
+    `the built-in ${name} template has no defined way to render ${what}, and lorakit does not drop them`,
     {
-      where: { ...conv.origin, ...(meta >= 0 ? { key: `messages[${meta}].metadata` } : { key: "tools" }) },
-      hint: "Use the checkpoint's own template (data.template: jinja) or chatglm3, which know tools.",
+      where: { ...conv.origin, key },
+      hint: "Use a template that knows tools: chatglm3 (ChatGLM3 models), or the checkpoint's own chat_template (data.template: jinja) when it renders them.",
     },
   );
 }
@@ -125,7 +133,10 @@ function noTools(conv: Conversation, name: string): void {
 /**
  * ChatGLM3, the official finetune_demo semantics: `[gMASK] sop`, per message `<|role|>` + encode(metadata +
  * "\n") + encode(content), eos at the end. The loss mask is shifted by one: `<|assistant|>` is not learned,
- * the token after each trained reply (the next role token, or eos) is.
+ * the token after each trained reply (the next role token, or eos) is. Tools as the official code renders
+ * them: a system message's `tools` appended to its content as "\n" + json.dumps(tools, indent=4,
+ * ensure_ascii=False) (the model's chat code), the record's top-level `tools` as a system message of their
+ * own before all others (finetune_demo).
  */
 export function chatglm3Template(tok: Tokenizer): ChatTemplate {
   const name = "chatglm3";
@@ -137,14 +148,14 @@ export function chatglm3Template(tok: Tokenizer): ChatTemplate {
   const roleId = (r: Role) => sp[`<|${r === "tool" ? "observation" : r}|>`] as number;
   const text = (s: string) => tok.encode(s, { parseSpecial: false });
 
-  function messagesOf(conv: Conversation, msgs: Message[]): Message[] {
-    if (conv.tools === undefined) return msgs;
-    const tools = JSON.stringify(conv.tools, null, 4);
-    const i = msgs.findIndex((m) => m.role === "system");
-    const out = msgs.slice();
-    if (i >= 0) out[i] = { ...(out[i] as Message), content: `${(out[i] as Message).content}\n${tools}` };
-    else out.unshift({ role: "system", content: `${CHATGLM3_TOOLS_SYSTEM}\n${tools}` });
-    return out;
+  /** The messages as rendered (tools written into system content); `first` is the index of conv.messages[0]. */
+  function messagesOf(conv: Conversation, msgs: Message[]): { msgs: Message[]; first: number } {
+    // JSON.stringify(v, null, 4) writes what Python's json.dumps(v, indent=4, ensure_ascii=False) does
+    // for JSON values, except numbers Python keeps as floats ("1.0" becomes "1").
+    const dump = (v: unknown) => JSON.stringify(v, null, 4);
+    const out = msgs.map((m) => (m.tools === undefined ? m : { ...m, content: `${m.content}\n${dump(m.tools)}` }));
+    if (conv.tools === undefined) return { msgs: out, first: 0 };
+    return { msgs: [{ role: "system", content: `${CHATGLM3_TOOLS_SYSTEM}\n${dump(conv.tools)}` }, ...out], first: 1 };
   }
 
   function body(seq: Seq, msgs: Message[], withLoss: boolean): boolean[] {
@@ -166,25 +177,26 @@ export function chatglm3Template(tok: Tokenizer): ChatTemplate {
     specialTokens: sp,
     render(conv) {
       const seq = new Seq();
-      const msgs = messagesOf(conv, conv.messages);
+      const { msgs, first } = messagesOf(conv, conv.messages);
       const mask = body(seq, msgs, true);
       seq.push([eos], msgs[msgs.length - 1]?.role ?? "user", false, msgs.length - 1);
       mask.push(false);
-      // Shift: token i is learned when token i-1 belongs to a trained message; it ends that message's span.
-      for (let i = 1; i < seq.ids.length; i++) {
+      // Shift: token i is learned when token i-1 belongs to a trained message; it ends that message's span
+      // and counts as that message's (the role token or eos after a reply is the reply's end).
+      for (let i = seq.ids.length - 1; i >= 1; i--) {
         if (!mask[i - 1]) continue;
         seq.train[i] = true;
         seq.msg[i] = seq.msg[i - 1] as number;
-        seq.roles[i] = "assistant";
+        seq.roles[i] = seq.roles[i - 1] as Role;
       }
-      // With tools a system message was inserted: message indices refer to the rendered list.
+      // Span message indices refer to conv.messages, not to the rendered list with its tools message.
       const out = seq.done();
-      if (msgs.length !== conv.messages.length) for (const s of out.spans) s.message -= 1;
+      for (const s of out.spans) s.message -= first;
       return out;
     },
     renderPrompt(conv) {
       const seq = new Seq();
-      body(seq, messagesOf(conv, promptMessages(conv)), false);
+      body(seq, messagesOf(conv, promptMessages(conv)).msgs, false);
       return [...seq.ids, sp["<|assistant|>"] as number];
     },
   };
@@ -297,7 +309,7 @@ export function deepseekTemplate(tok: Tokenizer): ChatTemplate {
         seq.push([...text(` ${m.content}`), eos], m.role, withLoss && trains(m), i);
       } else
         throw new LorakitError("TEMPLATE_ROLE_UNSUPPORTED", `the deepseek template has no "${m.role}" role`, {
-          where: { ...conv.origin, key: `messages[${i}].role` },
+          where: { ...conv.origin, key: `${keyOf(conv, i)}.role` },
           hint: "Use a template that knows tool results (chatglm3, or the checkpoint's own via data.template: jinja).",
         });
     });
@@ -388,10 +400,19 @@ export function jinjaTemplate(source: string, tok: Tokenizer, opts: JinjaOptions
     if (id !== undefined) stopIds.add(id);
   }
 
+  /** The message dicts apply_chat_template would get: role and content, and metadata / tools where given. */
+  const dicts = (messages: readonly Message[]) =>
+    messages.map((m) => ({
+      role: m.role,
+      content: m.content,
+      ...(m.metadata !== undefined ? { metadata: m.metadata } : {}),
+      ...(m.tools !== undefined ? { tools: m.tools } : {}),
+    }));
+
   function text(messages: readonly Message[], tools: unknown, agp: boolean, conv: Conversation): string {
     try {
       return compiled.render({
-        messages: messages.map((m) => ({ role: m.role, content: m.content })),
+        messages: dicts(messages),
         ...(tools !== undefined ? { tools } : {}),
         add_generation_prompt: agp,
         bos_token: bosToken,
@@ -496,9 +517,49 @@ export function jinjaTemplate(source: string, tok: Tokenizer, opts: JinjaOptions
     };
   }
 
+  /**
+   * Tool data the template would drop silently is refused instead: the record's tools and each message's
+   * metadata / tools must change the rendering, and the content of each tool-result turn must appear in it.
+   */
+  function rendersTools(msgs: readonly Message[], conv: Conversation, agp: boolean, rendered: string): void {
+    const fail = (key: string, what: string) =>
+      new LorakitError("TEMPLATE_TOOLS_UNSUPPORTED", `the checkpoint's chat_template does not render ${what}`, {
+        where: { ...conv.origin, key },
+        hint: "Use a template that renders it (data.template: chatglm3 for ChatGLM3 models), or remove it from the data.",
+      });
+    if (conv.tools !== undefined && text(msgs, undefined, agp, conv) === rendered)
+      throw fail("tools", "the record's `tools`");
+    for (const field of ["metadata", "tools"] as const) {
+      const i = msgs.findIndex((m) => m[field] !== undefined);
+      if (i < 0) continue;
+      const without = msgs.map((m) => {
+        const { [field]: _, ...rest } = m;
+        return rest;
+      });
+      if (text(without, conv.tools, agp, conv) === rendered)
+        throw fail(
+          `${keyOf(conv, i)}.${field}`,
+          field === "metadata" ? "a tool call's `metadata`" : "a system turn's `tools`",
+        );
+    }
+    const results = msgs.map((m, i) => (m.role === "observation" || m.role === "tool" ? i : -1)).filter((i) => i >= 0);
+    if (results.length === 0) return;
+    const mark = (i: number) => `${SENTINEL_OPEN}r${i}${SENTINEL_CLOSE}`;
+    const marked = text(
+      msgs.map((m, i) => (results.includes(i) ? { ...m, content: mark(i) } : m)),
+      conv.tools,
+      agp,
+      conv,
+    );
+    const lost = results.find((i) => !marked.includes(mark(i)));
+    if (lost !== undefined)
+      throw fail(`${keyOf(conv, lost)}.role`, `"${msgs[lost]?.role}" turns (this one would vanish)`);
+  }
+
   function render(conv: Conversation): Rendered {
     const msgs = conv.messages;
     const S = text(msgs, conv.tools, false, conv);
+    rendersTools(msgs, conv, false, S);
     const t = tokenize(S, msgs, conv.tools, false, conv);
     const n = t.ids.length;
     const trained = new Array<boolean>(n).fill(false);
@@ -551,7 +612,7 @@ export function jinjaTemplate(source: string, tok: Tokenizer, opts: JinjaOptions
       const b = t.tokenAt(end, true);
       for (let i = a; i < b; i++) {
         trained[i] = true;
-        roles[i] = "assistant";
+        roles[i] = m.role;
       }
       if (b > a) spans.push({ message: j, start: a, end: b });
     });
@@ -567,6 +628,7 @@ export function jinjaTemplate(source: string, tok: Tokenizer, opts: JinjaOptions
     renderPrompt(conv) {
       const msgs = promptMessages(conv);
       const S = text(msgs, conv.tools, true, conv);
+      rendersTools(msgs, conv, true, S);
       return tokenize(S, msgs, conv.tools, true, conv).ids;
     },
   };

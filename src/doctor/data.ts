@@ -18,7 +18,9 @@ export interface DataCheckInput {
 }
 
 const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
-const where = (o: { file: string; line: number }) => `${o.file}:${o.line}`;
+/** file:line, and the record's index in its file (every record of a one-line JSON array is on line 1). */
+const where = (o: { file: string; line: number; sample?: number }) =>
+  `${o.file}:${o.line}${o.sample !== undefined ? ` (sample ${o.sample})` : ""}`;
 
 /** Findings for one split's statistics (`split` names it in the evidence). */
 function statsFindings(stats: DataStats, split: "train" | "eval", input: DataCheckInput): Finding[] {
@@ -35,13 +37,16 @@ function statsFindings(stats: DataStats, split: "train" | "eval", input: DataChe
       }),
     );
   }
-  if (stats.endsWithStop.share < t.stopShare) {
+  // Judged on the samples not cut by max_length: a cut sample lacks its stop because of the cut (DATA_TRUNCATED).
+  if (stats.endsWithStop.of > 0 && stats.endsWithStop.share < t.stopShare) {
     out.push(
       makeFinding("DATA_NO_STOP", {
         split,
         share: pct(stats.endsWithStop.share),
         samples_ending_with_stop: stats.endsWithStop.samples,
+        samples_not_cut: stats.endsWithStop.of,
         samples: stats.samples,
+        at: stats.endsWithStop.missing.slice(0, 5).map(where),
       }),
     );
   }

@@ -229,7 +229,7 @@ export const CODES = {
     "data",
     "error",
     "no end-of-turn learned",
-    "only {share} of samples train the stop token: generation will not stop",
+    "only {share} of the samples not cut by max_length train the stop token: generation will not stop",
     "Let the template append the end-of-turn token to every response and keep it in the labels (pad ≠ eos).",
   ),
   DATA_PROMPT_TRAINED: spec(
