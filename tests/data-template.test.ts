@@ -1,7 +1,7 @@
 // Chat templates and label masks: ChatGLM3 golden vectors (shared with pytest), ChatML built-in and the
 // checkpoint's jinja template against transformers' apply_chat_template, special spellings typed in
 // content, mask_history and truncation.
-import { copyFileSync, existsSync, readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import type { Conversation, Message } from "../src/data/formats.js";
@@ -19,7 +19,7 @@ import {
 import { loadTokenizer, type Tokenizer } from "../src/data/tokenizer.js";
 import { ROOT } from "../src/engine/python.js";
 import { LorakitError } from "../src/errors.js";
-import { fixture, tmpDir } from "./helpers.js";
+import { fixture, officialChatglm3, tmpDir } from "./helpers.js";
 
 interface GoldenVectors {
   ids: number[];
@@ -100,18 +100,9 @@ function goldenVectors(c: GoldenCase, tok: Tokenizer): GoldenVectors {
   return { ids: l.ids, labels: l.labels, prompt_ids: t.renderPrompt(cv as Conversation) };
 }
 
-/** The official ChatGLM3-6B tokenizer, or why it cannot be used here. */
-async function officialTokenizer(): Promise<Tokenizer | string> {
-  const dir = path.join(ROOT, "..", "shared", "models", "chatglm3-6b");
-  if (!existsSync(path.join(dir, "tokenizer.model"))) return `no official tokenizer.model in ${dir}`;
-  try {
-    return await loadTokenizer(dir);
-  } catch (e) {
-    // The TypeScript reader rejected this file (piece 31168, U+FEFF) until the tokenizer fix of issue 12.
-    if (e instanceof LorakitError && e.code === "TOKENIZER_UNSUPPORTED" && /31168/.test(e.message))
-      return `the TypeScript tokenizer rejects the official file: ${e.message}`;
-    throw e;
-  }
+/** The official ChatGLM3-6B tokenizer (a missing file fails the test, with what to do). */
+async function officialTokenizer(): Promise<Tokenizer> {
+  return await loadTokenizer(officialChatglm3());
 }
 
 describe("chatglm3 (finetune_demo semantics)", () => {
@@ -119,9 +110,8 @@ describe("chatglm3 (finetune_demo semantics)", () => {
     expect(goldenVectors(c, glm)).toEqual({ ids: c.ids, labels: c.labels, prompt_ids: c.prompt_ids });
   });
 
-  it("reproduces the golden vectors on the official ChatGLM3-6B tokenizer", async (ctx) => {
+  it("reproduces the golden vectors on the official ChatGLM3-6B tokenizer", async () => {
     const real = await officialTokenizer();
-    if (typeof real === "string") return ctx.skip(real);
     for (const c of golden.cases) expect(goldenVectors(c, real), c.name).toEqual(c.real);
   });
 
