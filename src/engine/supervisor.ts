@@ -138,12 +138,8 @@ export function engineFailure(result: EngineResult, logFile?: string): LorakitEr
       hint: result.error.hint,
     });
   }
-  return new LorakitError(
-    "ENGINE_CRASH",
-    `the engine exited with code ${result.exitCode}${tail ? `:\n${tail}` : ""}`,
-    {
-      where,
-      hint: "the run is marked failed and its checkpoints are kept: fix the cause above, then `lorakit train <config> --resume`",
-    },
-  );
+  return new LorakitError("ENGINE_CRASH", `the engine exited with code ${result.exitCode}${tail ? `:\n${tail}` : ""}`, {
+    where,
+    hint: "the run is marked failed and its checkpoints are kept: fix the cause above, then `lorakit train <config> --resume`",
+  });
 }
