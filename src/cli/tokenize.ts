@@ -6,10 +6,10 @@ import { normalizeRecords } from "../data/formats.js";
 import { viewSample } from "../data/prepare.js";
 import { chooseTemplate } from "../data/template.js";
 import { loadTokenizer } from "../data/tokenizer.js";
-import { LorakitError } from "../errors.js";
+import { LorakitError, usageError } from "../errors.js";
 import { inspectModel } from "../models/inspect.js";
 import { parse } from "./args.js";
-import { err, out } from "./io.js";
+import { out } from "./io.js";
 import type { Command } from "./main.js";
 import { printTokens } from "./tokens-view.js";
 
@@ -30,10 +30,8 @@ export const command: Command = {
       },
       usage,
     );
-    if (!values.model || (positionals.length === 0 && !values.chat)) {
-      err(io, `usage: ${usage}`);
-      return 2;
-    }
+    if (!values.model) throw usageError("--model is missing", usage);
+    if (positionals.length === 0 && !values.chat) throw usageError("give a text or --chat FILE", usage);
     const modelDir = path.resolve(io.cwd, values.model);
     const tokenizer = await loadTokenizer(modelDir);
     if (values.chat) {
