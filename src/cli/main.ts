@@ -110,7 +110,8 @@ export async function runJson(command: Command, name: string, args: string[], io
     interrupt.signal.addEventListener("abort", () => resolve("interrupted"), { once: true });
   });
   try {
-    const ran = command.run(args, { ...io, stdout, signal: interrupt.signal });
+    // Stopped before it began: the command does not start at all.
+    const ran = interrupt.signal.aborted ? stopped : command.run(args, { ...io, stdout, signal: interrupt.signal });
     ran.catch(() => {}); // after Ctrl-C its outcome no longer matters
     const result = await Promise.race([ran, stopped]);
     open = false;

@@ -286,7 +286,7 @@ export const CODES = {
     "warning",
     "dirty data",
     "{count} malformed records were skipped (data.skip_bad_lines)",
-    "Fix the lines listed, or set data.skip_bad_lines: true to skip them (they are counted and reported).",
+    "Fix the records listed so that they are trained on too; until then they are left out.",
   ),
   DATA_ENCODING: spec(
     "data",
