@@ -1,11 +1,11 @@
 // Argument parsing shared by the commands: node's parseArgs, with errors in lorakit's shape.
 import { type ParseArgsConfig, parseArgs } from "node:util";
-import { LorakitError } from "../errors.js";
+import { usageError } from "../errors.js";
 
 export function parse<T extends NonNullable<ParseArgsConfig["options"]>>(argv: string[], options: T, usage: string) {
   try {
     return parseArgs({ args: argv, options, allowPositionals: true, strict: true });
   } catch (e) {
-    throw new LorakitError("CLI_BAD_ARGS", (e as Error).message, { hint: `usage: ${usage}` });
+    throw usageError((e as Error).message, usage);
   }
 }

@@ -3,11 +3,11 @@
 import { loadConfig } from "../config/load.js";
 import { loadConversations, viewSample } from "../data/prepare.js";
 import { loadTokenizer } from "../data/tokenizer.js";
-import { LorakitError } from "../errors.js";
+import { LorakitError, usageError } from "../errors.js";
 import { inspectModel } from "../models/inspect.js";
 import { prepareForRun } from "../train/prepare-run.js";
 import { parse } from "./args.js";
-import { err, out } from "./io.js";
+import { out } from "./io.js";
 import type { Command } from "./main.js";
 import { printTokens } from "./tokens-view.js";
 
@@ -23,10 +23,7 @@ export const command: Command = {
       usage,
     );
     const [configPath] = positionals;
-    if (!configPath) {
-      err(io, `usage: ${usage}`);
-      return 2;
-    }
+    if (!configPath) throw usageError("the run config is missing", usage);
     const loaded = await loadConfig(configPath, io.cwd);
     const model = inspectModel(loaded.modelDir);
     const tokenizer = await loadTokenizer(loaded.modelDir);

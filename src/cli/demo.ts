@@ -26,7 +26,7 @@ export const command: Command = {
     const started = Date.now();
     const dir = path.resolve(io.cwd, values.dir ?? "lorakit-demo");
     const log = (l: string) => err(io, l);
-    const py = await ensurePython({ env: io.env, log });
+    const py = await ensurePython({ env: io.env, log, purpose: "demo" });
     const setupDone = Date.now();
     const modelDir = await ensureDemoModel(py, io.env, log);
     const task = makeTask({ train: 160, heldOut: 40 });

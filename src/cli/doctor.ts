@@ -3,6 +3,7 @@
 import { loadConfig } from "../config/load.js";
 import { countFindings, renderFinding, sortFindings, toJson } from "../doctor/finding.js";
 import type { StepResult } from "../doctor/index.js";
+import { usageError } from "../errors.js";
 import { prepareAndCheck } from "../train/preflight.js";
 import { parse } from "./args.js";
 import { colors, err, type Io, out } from "./io.js";
@@ -37,10 +38,7 @@ export const command: Command = {
       usage,
     );
     const [configPath] = positionals;
-    if (!configPath) {
-      err(io, `usage: ${usage}`);
-      return 2;
-    }
+    if (!configPath) throw usageError("the run config is missing", usage);
     const json = Boolean(values.json);
     const loaded = await loadConfig(configPath, io.cwd);
     if (!json) out(io, `lorakit doctor  ${loaded.file}\n`);

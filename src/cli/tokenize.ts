@@ -10,10 +10,10 @@ import { viewSample } from "../data/prepare.js";
 import { type RawRecord, readSamples } from "../data/read.js";
 import { chooseTemplate } from "../data/template.js";
 import { loadTokenizer } from "../data/tokenizer.js";
-import { LorakitError } from "../errors.js";
+import { LorakitError, usageError } from "../errors.js";
 import { inspectModel } from "../models/inspect.js";
 import { parse } from "./args.js";
-import { err, out } from "./io.js";
+import { out } from "./io.js";
 import type { Command } from "./main.js";
 import { printTokens } from "./tokens-view.js";
 
@@ -75,15 +75,11 @@ export const command: Command = {
       },
       usage,
     );
-    if (!values.model || (positionals.length === 0 && !values.chat)) {
-      err(io, `usage: ${usage}`);
-      return 2;
-    }
+    if (!values.model) throw usageError("--model is missing", usage);
+    if (positionals.length === 0 && !values.chat) throw usageError("give a text or --chat FILE", usage);
     const sample = Number(values.sample ?? 0);
     if (!Number.isInteger(sample) || sample < 0)
-      throw new LorakitError("CLI_BAD_ARGS", `--sample ${values.sample}: not a record index`, {
-        hint: "Give --sample a whole number from 0.",
-      });
+      throw usageError(`--sample ${values.sample}: not a record index`, usage);
     const modelDir = path.resolve(io.cwd, values.model);
     const tokenizer = await loadTokenizer(modelDir);
     if (values.chat) {

@@ -96,8 +96,9 @@ export async function smokeRun(py: PythonEnv, plan: Plan, runDir: string, opts: 
 }
 
 function stoppedBeforeTraining(): LorakitError {
-  return new LorakitError("STOPPED", "stopped (Ctrl-C) before training started; nothing was trained", {
+  return new LorakitError("INTERRUPTED", "stopped (Ctrl-C) before training started; nothing was trained", {
     hint: "run the same command again to start",
+    exitCode: 130,
   });
 }
 
