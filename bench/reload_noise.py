@@ -94,20 +94,25 @@ def batch(vocab: int, device: str, lengths=(160, 96, 128, 64), seed: int = 1):
     return ids.to(device), mask.to(device)
 
 
-def attach(model, r: int, alpha: int, b_std: float, seed: int = 2):
+def attach(model, r: int, alpha: int):
     from peft import LoraConfig, get_peft_model
 
     peft_model = get_peft_model(
         model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.1, target_modules=["query_key_value"])
     )
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_" in name:
-                p.data = p.data.float()  # the engine's fp32 adapters
-                if "lora_B" in name:
-                    p.copy_(b_std * torch.randn(p.shape, generator=gen))
+    for name, p in peft_model.named_parameters():
+        if "lora_" in name:
+            p.data = p.data.float()  # the engine's fp32 adapters
     return peft_model.eval()
+
+
+@torch.no_grad()
+def set_b(model, b_std: float, seed: int = 2) -> None:
+    """LoRA B drawn at `b_std` (A keeps peft's init): an adapter of a chosen size."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.copy_(b_std * torch.randn(p.shape, generator=gen))
 
 
 @torch.no_grad()
@@ -236,15 +241,13 @@ def main() -> int:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     torch.manual_seed(0)
     results = {"device": args.device, "dtype": args.dtype, "model": args.model or f"random {SMALL}"}
+    base = load_model(args.model, dtype, args.device) if args.model else random_model(dtype, args.device)
+    lengths = [int(n) for n in args.lengths.split(",")]
+    ids, mask = batch(base.config.padded_vocab_size, args.device, lengths)
+    model = attach(base, 8, 32)
     for b_std in [float(s) for s in args.b_std.split(",")]:
-        base = load_model(args.model, dtype, args.device) if args.model else random_model(dtype, args.device)
-        lengths = [int(n) for n in args.lengths.split(",")]
-        ids, mask = batch(base.config.padded_vocab_size, args.device, lengths)
-        model = attach(base, 8, 32, b_std)
+        set_b(model, b_std)
         results[f"b_std={b_std:g}"] = measure(model, ids, mask, args.device)
-        del model, base
-        if args.device == "cuda":
-            torch.cuda.empty_cache()
     print(json.dumps(results, indent=1))
     names = ["lora_bf16", "lora_eval", "rotary_fp32", "swiglu_fp32", "elementwise", "kernels", "fast_before"]
     for key, r in results.items():
