@@ -327,8 +327,10 @@ def reload_check(
             whole = {n: sharding.whole(p) for n, p in model.named_parameters() if ".reload." in n}
             got = expected_state(model, whole, "reload")
             problems += check_loaded(result, got, want, lora_scalings(model, "reload"), scalings)
-            model.set_adapter("default")
-            model.delete_adapter("reload")
+        finally:
+            if "reload" in model.peft_config:
+                model.set_adapter("default")
+                model.delete_adapter("reload")
     else:
         if device.type == "cuda":  # one copy of the base on the GPU at a time
             model.to("cpu")
