@@ -138,6 +138,16 @@ describe("precision against the hardware", () => {
     expect(precisionFindings(cfg("auto"), hardwareOf(v100, "auto"))).toEqual([]);
   });
 
+  it("sees fp32 on a GPU coming: the fast path attends through SDPA (info, not an error)", () => {
+    const fp32 = loaded({ train: { precision: "fp32" } as RunConfigInput["train"] }).config;
+    const [f, ...rest] = precisionFindings(fp32, hardwareOf(h200, "auto"), chatglm);
+    expect(rest).toEqual([]);
+    expect(f).toMatchObject({ code: "CONFIG_FP32_ON_GPU", severity: "info", stage: "config" });
+    expect(f?.title).toContain("SDPA with a block mask, not flash attention");
+    expect(precisionFindings(fp32, hardwareOf(h200, "auto"), llama)).toEqual([]); // no fast path there
+    expect(precisionFindings(fp32, cpu, chatglm)).toEqual([]);
+  });
+
   it("warns about half precision on the CPU", () => {
     expect(codes(precisionFindings(cfg("fp16"), cpu))).toEqual(["CONFIG_HALF_ON_CPU"]);
     expect(precisionFindings(cfg("auto"), cpu)).toEqual([]);

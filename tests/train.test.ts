@@ -35,6 +35,7 @@ describe("lorakit train", () => {
     expect(r.stderr).toBe("");
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/step \d+\/\d+/);
+    expect(r.stdout).toMatch(/^run {9}completed$/m); // the end-of-run line: completed, no error finding
     const adapter = path.join(dir, "runs", "run", "adapter");
     const files = readdirSync(adapter).sort();
     expect(files).toEqual(

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
-from . import sharding
+from . import sharding, verify
 from .control import Controls
 from .data import IGNORE, Batch, Batches, Prepared, collate, in_order, pack_rows, sample_lengths
 from .distributed import Dist
@@ -43,7 +43,6 @@ from .profiling import StepProfiler
 from .protocol import Emit, EngineError, finding, finite, log
 
 _B_ZERO_RMS = 1e-8  # a LoRA B whose entries average below this never moved away from its zero init
-_RELOAD_TOL = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 _EXTRA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _PEFT_FILES = {"adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"}
 
@@ -384,53 +383,12 @@ def reference_batch(data: dict, plan: dict) -> Batch:
     return collate(split, list(range(min(4, len(split)))), plan["data"]["pad_id"])
 
 
-@torch.no_grad()
-def logits_of(model, batch: Batch, device) -> torch.Tensor:
-    b = batch.to(device)
-    out = model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits.float()
-    return out[batch.attention_mask.to(device).bool()].cpu()  # real positions only
-
-
-def reload_check(model, adapter_dir: Path, plan: dict, batch: Batch, dtype, device, emit: Emit) -> float:
-    """Load adapter_dir on a fresh base with peft and compare logits with the in-memory model. Sharded
-    (FSDP2), every rank loads it as a second adapter onto the same base instead: no device holds a whole
-    fresh base."""
-    from peft import PeftModel
-
-    model.eval()
-    expected = logits_of(model, batch, device)
-    if sharding.is_sharded(model):  # every rank: the same sharded base, the adapter under a second name
-        model.load_adapter(str(adapter_dir), adapter_name="reload")
-        model.set_adapter("reload")
-        got = logits_of(model, batch, device)
-        model.set_adapter("default")
-        model.delete_adapter("reload")
-        return _reload_verdict(got, expected, batch, dtype, emit)
-    if device.type == "cuda":  # one copy of the base on the GPU at a time
-        model.to("cpu")
-        torch.cuda.empty_cache()
-    reloaded = PeftModel.from_pretrained(load_base(plan["model"]["path"], dtype, device), str(adapter_dir))
-    reloaded.eval()
-    got = logits_of(reloaded, batch, device)
-    del reloaded
-    return _reload_verdict(got, expected, batch, dtype, emit)
-
-
-def _reload_verdict(got: torch.Tensor, expected: torch.Tensor, batch: Batch, dtype, emit: Emit) -> float:
-    diff = float((got - expected).abs().max()) if got.shape == expected.shape else math.inf
-    tol = _RELOAD_TOL[dtype]
-    log(emit, f"adapter reload check: max |logit difference| {diff:.3g} (tolerance {tol:g})", "debug")
-    if not diff <= tol:
-        finding(
-            emit,
-            "ADAPTER_RELOAD_MISMATCH",
-            "error",
-            "the saved adapter, loaded with peft on a fresh base, does not reproduce the trained model",
-            {"max_abs_logit_diff": finite(diff), "tolerance": tol, "samples": int(batch.input_ids.shape[0])},
-            "Check that the adapter's target modules exist under the same names in the base model; "
-            "report it if they do.",
-        )
-    return diff
+def reload_check(
+    model, adapter_dir: Path, plan: dict, batch: Batch, dtype, device, emit: Emit, state: dict | None = None
+) -> verify.Verdict:
+    """The saved adapter against the trained one (verify.py): the files and peft's load exactly, the logits
+    by the adapter's effect against the measured noise. Emits ADAPTER_RELOAD_MISMATCH when either fails."""
+    return verify.reload_check(model, adapter_dir, plan, batch, dtype, device, emit, load_base, state)
 
 
 # ---------------------------------------------------------------- the run
@@ -442,7 +400,7 @@ class Result:
     step: int
     stopped_early: bool
     adapter_dir: Path
-    reload_diff: float | None
+    reload: verify.Verdict | None  # the adapter reload check (None when stopped early or on ranks > 0)
 
 
 def seed_all(seed: int) -> None:
@@ -498,10 +456,14 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
     model = attach_lora(base, plan, emit)
     fast = use_fast_path(model, device, plan, sharded)
     if fast:
+        from .kernels import fast_options
+        from .kernels.attention import describe_backend
+
         log(
             emit,
             "fast path: packed rows without padding, fused loss and LoRA (lorakit_engine.kernels); "
-            f"checkpointing: {checkpointing_mode(plan)}",
+            f"checkpointing: {checkpointing_mode(plan)}; attention: "
+            f"{describe_backend(device, dtype, fast_options(model).attention)}",
         )
     elif t.get("pack_tokens"):
         log(
@@ -754,7 +716,7 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
     stopped = stopped and step < t["total_steps"]
     save()
     train_s = time.monotonic() - t0
-    reload_diff = None
+    reload = None
     if not stopped:
         run_eval()
     if not sharded:
@@ -776,7 +738,9 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
         norms = adapter_norms(model)
         if dist.main:
             report_norms(norms, emit)
-        reload_diff = reload_check(model, adapter_dir, plan, reference_batch(data, plan), dtype, device, emit)
+        reload = reload_check(
+            model, adapter_dir, plan, reference_batch(data, plan), dtype, device, emit, adapter_state
+        )
     dist.close()
     model.eval()
     if not dist.main:
@@ -790,4 +754,4 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
             "train_s": train_s,
         }
     )
-    return Result(model, step, stopped, adapter_dir, reload_diff)
+    return Result(model, step, stopped, adapter_dir, reload)

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from lorakit_engine import checkpoint as ckpt
 from lorakit_engine import train as train_mod
+from lorakit_engine import verify
 from lorakit_engine.data import Batches, Prepared, in_order
 from lorakit_engine.protocol import EngineError, read_plan, schema_errors
 
@@ -329,14 +330,14 @@ def test_sharded_processes_train_what_one_process_trains(tmp_path, model_dir):
         train_mod.load_base(str(model_dir), torch.float32, "cpu"), str(two / "run" / "adapter")
     )
     batch = train_mod.reference_batch({"eval": None, "train": Prepared(two / "prepared" / "train")}, plan)
-    ref_result = train_mod.logits_of(
+    ref_result = verify.logits_of(
         PeftModel.from_pretrained(
             train_mod.load_base(str(model_dir), torch.float32, "cpu"), str(one / "run" / "adapter")
         ),
         batch,
         "cpu",
     )
-    assert float((train_mod.logits_of(reloaded, batch, "cpu") - ref_result).abs().max()) < 1e-4
+    assert float((verify.logits_of(reloaded, batch, "cpu") - ref_result).abs().max()) < 1e-4
 
 
 def test_sharded_stop_and_resume_exactly_also_from_an_unsharded_checkpoint(tmp_path, model_dir):

@@ -215,3 +215,17 @@ def test_low_memory_with_the_fused_kernels_in_bf16_matches_no_checkpointing_on_c
             err = float((grads[name].float() - g.float()).norm() / g.float().norm().clamp_min(1e-12))
             assert err < 5e-2, (name, err)
     configure_fast_path(model, checkpointing="none", embedding_on_host=False)
+
+
+def test_float32_rows_on_cuda_attend_through_sdpa_not_flash():
+    """precision fp32 on a GPU: `auto` picks sdpa with the block mask (varlen's flash kernels take fp16/bf16
+    only and crashed the fast path); half rows keep varlen or flex. Asking for varlen in fp32 is refused."""
+    from lorakit_engine.kernels.attention import describe_backend, resolve_backend
+
+    cuda = torch.device("cuda")  # only named: nothing runs on it
+    assert resolve_backend("auto", cuda, torch.float32) == "sdpa"
+    assert resolve_backend("auto", cuda, torch.bfloat16) in ("varlen", "flex")
+    assert resolve_backend("auto", torch.device("cpu"), torch.bfloat16) == "sdpa"
+    assert "flash attention takes fp16/bf16 only" in describe_backend(cuda, torch.float32)
+    with pytest.raises(ValueError, match="varlen"):
+        resolve_backend("varlen", cuda, torch.float32)

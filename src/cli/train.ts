@@ -105,6 +105,7 @@ export const command: Command = {
         `held-out exact match: before ${pct(result.exactMatch.before)} → after ${pct(result.exactMatch.after)} (${result.exactMatch.n} samples)`,
       );
     }
+    if (result.status !== "stopped") out(io, `run         ${result.outcome}`);
     out(io, `report      ${result.reportPath}`);
     if (result.adapterDir) out(io, `adapter     ${result.adapterDir}`);
     if (result.status === "stopped") {

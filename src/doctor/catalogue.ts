@@ -215,12 +215,18 @@ const WHEN: Record<Code, { when: string; severity?: string }> = {
     when: "the estimated need (peak + 5% + CUDA context) exceeds free memory; the fix names the micro-batch and accumulation that fit",
   },
   MEMORY_TIGHT: { when: "the need is above 90% of free memory" },
+  MEMORY_GPU_UNDERUSED: {
+    when: "the fast path without `train.pack_tokens` would run micro-batches of under 4,096 tokens (the GPU waits on the host): the `pack_tokens` that fills it, with the samples per optimizer step and the steps it gives",
+  },
   CONFIG_LR_HIGH: { when: "lr > 1e-3 with r ≤ 16 and alpha/r ≥ 2, or lr > 5e-3 at any rank" },
   CONFIG_LR_LOW: { when: "lr < 1e-5" },
   CONFIG_LR_SMALL_DATA: { when: "lr < 1e-4 with fewer than 1,000 training samples" },
   CONFIG_PREFER_BF16: { when: "precision `fp16` on a GPU with bf16" },
   CONFIG_BF16_UNSUPPORTED: { when: "precision `bf16` on a GPU without it (pre-Ampere)" },
   CONFIG_HALF_ON_CPU: { when: "precision `fp16`/`bf16` for a run on the CPU" },
+  CONFIG_FP32_ON_GPU: {
+    when: "precision `fp32` on a GPU: packed rows attend through SDPA (flash attention is fp16/bf16 only); slower, twice bf16's memory",
+  },
   CONFIG_TARGETS_WRONG_FAMILY: {
     when: "a LoRA target is another family's name (`q_proj` on ChatGLM3 → `query_key_value`)",
   },

@@ -17,8 +17,11 @@ export interface DatasetFacts {
   evalSamples: number;
   /** Tokens of the training split (one epoch). */
   trainTokens: number;
-  /** Tokens of each training sample, in order (read when train.pack_tokens is set: its rows need them). */
+  /** Tokens of each training sample, in order (prepared data; estimated from the files only with
+   * train.pack_tokens, whose rows need them). The memory estimate finds the largest micro-batch from them. */
   trainLengths?: readonly number[];
+  /** Tokens that carry a loss in the training split (prepared data). */
+  trainTrainedTokens?: number;
   /** Where each training sample came from (prepared data's manifest). */
   trainOrigins?: SplitManifest["origins"];
   source: "prepared" | "estimated";
@@ -238,9 +241,13 @@ export function lrFindings(c: RunConfig, family: Family, data: DatasetFacts | nu
   return [];
 }
 
-export function precisionFindings(c: RunConfig, hw: Hardware | null): Finding[] {
+export function precisionFindings(c: RunConfig, hw: Hardware | null, family?: Family): Finding[] {
   const p = c.train.precision;
   if (!hw) return [];
+  if (p === "fp32" && hw.device === "cuda" && family?.builder === "native") {
+    // The fast path's flash attention takes fp16/bf16: the engine attends through SDPA instead (and says so).
+    return [makeFinding("CONFIG_FP32_ON_GPU", { precision: p, device: hw.name, attention: "sdpa" })];
+  }
   if (hw.device === "cpu") {
     return p === "fp16" || p === "bf16" ? [makeFinding("CONFIG_HALF_ON_CPU", { precision: p, device: hw.name })] : [];
   }
@@ -316,7 +323,7 @@ export function configFindings(inp: ConfigCheckInput): Finding[] {
   const c = inp.loaded.config;
   const out: Finding[] = [];
   out.push(...lrFindings(c, inp.family, inp.data));
-  out.push(...precisionFindings(c, inp.hardware));
+  out.push(...precisionFindings(c, inp.hardware, inp.family));
   out.push(...targetFindings(c.lora.targets ?? inp.family.targets, inp.family));
   if (inp.data) out.push(...stepsAndEvalFindings(inp.loaded, inp.data), ...packFindings(c, inp.data));
   else out.push(makeFinding("CONFIG_DATA_UNCOUNTED", { error: inp.dataError ?? "unknown" }));

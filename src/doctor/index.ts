@@ -13,6 +13,7 @@ import {
   diskNeed,
   estimateMemory,
   fmtBytes,
+  gpuUseFindings,
   loraParams,
   type MemoryEstimate,
   type MemoryInputs,
@@ -199,25 +200,38 @@ export async function runPreflight(o: PreflightOptions): Promise<PreflightResult
   let memOut: Finding[] = [];
   let memSummary = "skipped: the model's shape is unknown";
   if (shape) {
+    const device = hardware?.device ?? "cpu";
+    const env = o.env ?? process.env;
+    // The engine's fast path: its native model (ChatGLM3) on CUDA, unless LORAKIT_FAST=0 (train.py use_fast_path).
+    const fast = family?.builder === "native" && device === "cuda" && env.LORAKIT_FAST !== "0";
+    const runSteps = dataset ? plannedSteps(dataset, c.train) : null;
     const inputs: MemoryInputs = {
       shape,
       precision,
-      // train.pack_tokens: one row of pack_tokens tokens a micro-batch (padding-free on the fast path).
+      // train.pack_tokens: a row of whole samples, ≤ pack_tokens tokens, a micro-batch.
       microBatch: c.train.pack_tokens === undefined ? c.train.batch_size : 1,
       seqLen: c.train.pack_tokens ?? c.data.max_length,
       ...(c.train.pack_tokens !== undefined ? { packed: true } : {}),
-      checkpointing: c.train.gradient_checkpointing !== false, // low_memory: estimated as plain checkpointing
+      checkpointing: c.train.gradient_checkpointing !== false,
+      ...(c.train.gradient_checkpointing === "low_memory" && fast ? { lowMemory: true } : {}),
       r: c.lora.r,
       targets,
       dropout: c.lora.dropout,
-      device: hardware?.device ?? "cpu",
+      device,
+      path: fast ? "fast" : "padded",
+      ...(dataset?.trainLengths ? { lengths: dataset.trainLengths } : {}),
+      ...(runSteps !== null ? { microBatches: runSteps * c.train.grad_accum * c.train.devices } : {}),
+      ...(dataset?.trainTrainedTokens !== undefined && dataset.trainTokens > 0
+        ? { trainedShare: dataset.trainTrainedTokens / dataset.trainTokens }
+        : {}),
     };
     memory = estimateMemory(inputs);
     const free = hardware?.free ?? null;
     if (free !== null && hardware) {
       memOut = memoryFindings(memory, inputs, { free, deviceName: hardware.name, gradAccum: c.train.grad_accum });
+      if (fast && dataset) memOut.push(...gpuUseFindings(inputs, c.train, dataset, free));
     }
-    memSummary = `peak ≈ ${fmtBytes(memory.need)} (weights ${fmtBytes(memory.weights)}, activations ${fmtBytes(memory.activations)}, logits ${fmtBytes(memory.logits)}) ${
+    memSummary = `peak ≈ ${fmtBytes(memory.peak)} allocated (weights ${fmtBytes(memory.weights)}, activations ${fmtBytes(memory.activations)}, loss ${fmtBytes(memory.logits)}; the largest micro-batch ${memory.tokens} tokens, ${memory.path} path), needs ≈ ${fmtBytes(memory.need)} ${
       free !== null ? `of ${fmtBytes(free)} free on ${hardware?.name}` : "(free memory unknown)"
     }`;
   }

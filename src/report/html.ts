@@ -4,7 +4,10 @@ import type { FindingRow, MetricRow, SampleRow } from "../runs/store.js";
 
 export interface ReportInput {
   name: string;
+  /** The outcome in words (road.ts outcomeText): "completed", "completed with 1 error finding: …", "failed". */
   status: string;
+  /** How the status badge looks: ok (green), warning, error (red). Default: from the status's first word. */
+  statusClass?: "ok" | "warning" | "error";
   configYaml: string;
   metrics: MetricRow[];
   findings: FindingRow[];
@@ -109,6 +112,7 @@ export function renderReport(r: ReportInput): string {
             return `<tr><td>${idx}</td><td><pre>${escapeHtml(any.prompt)}</pre></td><td><pre>${escapeHtml(any.reference ?? "")}</pre></td>${cell(p.before)}${cell(p.after)}</tr>`;
           })
           .join("")}</table>`;
+  const statusClass = r.statusClass ?? (r.status === "completed" ? "ok" : r.status === "stopped" ? "warning" : "error");
   const summary = Object.entries(r.summary)
     .map(([k, v]) => `<tr><th>${escapeHtml(k)}</th><td>${escapeHtml(v)}</td></tr>`)
     .join("");
@@ -123,8 +127,9 @@ pre{margin:0;white-space:pre-wrap;word-break:break-word;font:12px/1.35 ui-monosp
 figcaption{font-weight:600}.muted{color:#888}.ok{color:#059669}.error td:first-child{color:#dc2626;font-weight:600}
 .warning td:first-child{color:#b45309;font-weight:600}.match{background:#ecfdf5}.miss{background:#fef2f2}.warn{color:#b45309;font-size:11px}
 .status{display:inline-block;padding:1px 8px;border-radius:8px;background:#eef;font-size:12px}
+.status.ok{background:#ecfdf5;color:#065f46}.status.warning{background:#fffbeb;color:#92400e}.status.error{background:#fef2f2;color:#991b1b}
 </style></head><body>
-<h1>lorakit run <code>${escapeHtml(r.name)}</code> <span class="status">${escapeHtml(r.status)}</span></h1>
+<h1>lorakit run <code>${escapeHtml(r.name)}</code> <span class="status ${statusClass}">${escapeHtml(r.status)}</span></h1>
 <table class="summary">${summary}</table>
 <h2>Training</h2><div class="charts">${lossChart}${lrChart}</div>
 <h2>Findings</h2>${findings}

@@ -63,6 +63,7 @@ export async function prepareAndCheck(
       evalSamples: prepared.eval?.samples ?? 0,
       trainTokens: prepared.train.tokens,
       trainLengths: prepared.trainLengths ?? undefined,
+      trainTrainedTokens: prepared.result.train.trainedTokens,
       trainOrigins: prepared.result.manifest.origins,
       source: "prepared",
       basis: `prepared data ${prepared.result.dir}`,

@@ -21,7 +21,7 @@ export interface PreparedRun {
   result: PrepareResult;
   train: { dir: string; samples: number; tokens: number };
   eval: { dir: string; samples: number; tokens: number } | null;
-  /** Tokens of each training sample, in order: read when train.pack_tokens is set (its rows need them). */
+  /** Tokens of each training sample, in order (the rows of train.pack_tokens and the memory estimate). */
   trainLengths: number[] | null;
   heldOut: HeldOutItem[];
   stopIds: number[];
@@ -111,7 +111,7 @@ export async function prepareForRun(
     result,
     train: result.train,
     eval: result.eval,
-    trainLengths: loaded.config.train.pack_tokens !== undefined ? preparedLengths(result.train.dir) : null,
+    trainLengths: preparedLengths(result.train.dir),
     heldOut,
     stopIds: result.template.stopIds,
     padId,

@@ -104,6 +104,8 @@ function stoppedBeforeTraining(): LorakitError {
 
 export interface RoadResult {
   status: "completed" | "failed" | "stopped";
+  /** The status in words: "completed with 1 error finding: ADAPTER_RELOAD_MISMATCH" (outcomeText). */
+  outcome: string;
   runDir: string;
   adapterDir: string | null;
   reportPath: string;
@@ -112,6 +114,17 @@ export interface RoadResult {
   runId: number;
   /** Error findings made during or after training (the run completed, but its result is not to be trusted). */
   errorFindings: { code: string; title: string; fix: string }[];
+}
+
+/**
+ * The run's outcome in words, as the report, the run store and the terminal say it: a run that completed
+ * with error findings (a failed adapter reload check, say) never reads as plainly "completed".
+ */
+export function outcomeText(status: RoadResult["status"], errorFindings: readonly { code: string }[]): string {
+  if (status !== "completed" || errorFindings.length === 0) return status;
+  const codes = [...new Set(errorFindings.map((f) => f.code))];
+  const n = errorFindings.length;
+  return `completed with ${n} error finding${n === 1 ? "" : "s"}: ${codes.join(", ")}`;
 }
 
 /** Decodes generated ids; ids the tokenizer does not know (a model's padded vocabulary) show as ⟨id N⟩. */
@@ -322,13 +335,19 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
     status = "failed";
     error = engineFailure(result, logFile);
   }
-  store.finish(run.id, status, error ? `${error.code}: ${error.message}` : undefined);
   if (status === "completed") {
     for (const f of outputFindings(store.samples(run.id))) {
       store.addFinding(run.id, f.stage, f);
       opts.onFinding?.(f);
     }
   }
+  const errorFindings = store
+    .findings(run.id)
+    .filter((f) => f.severity === "error" && (f.stage === "training" || f.stage === "outputs"))
+    .map((f) => ({ code: f.code, title: f.title, fix: f.fix }));
+  const outcome = outcomeText(status, errorFindings);
+  // The store keeps status "completed" (resume and compare read it); the note says what it completed with.
+  store.finish(run.id, status, error ? `${error.code}: ${error.message}` : outcome !== status ? outcome : undefined);
 
   const exactMatch = {
     // From the store: a resumed run keeps the "before" samples of its first start.
@@ -342,7 +361,9 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
     reportPath,
     renderReport({
       name: loaded.name,
-      status,
+      status: outcome,
+      statusClass:
+        outcome !== status ? "error" : status === "completed" ? "ok" : status === "stopped" ? "warning" : "error",
       configYaml: resolvedYaml,
       metrics: store.metrics(run.id),
       findings: store.findings(run.id),
@@ -357,11 +378,7 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
       },
     }),
   );
-  const errorFindings = store
-    .findings(run.id)
-    .filter((f) => f.severity === "error" && (f.stage === "training" || f.stage === "outputs"))
-    .map((f) => ({ code: f.code, title: f.title, fix: f.fix }));
   store.close();
   const adapterDir = result.finished ? result.finished.adapter_dir : null;
-  return { status, runDir, adapterDir, reportPath, exactMatch, error, runId: run.id, errorFindings };
+  return { status, outcome, runDir, adapterDir, reportPath, exactMatch, error, runId: run.id, errorFindings };
 }

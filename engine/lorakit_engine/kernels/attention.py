@@ -5,7 +5,8 @@ Backends (`FastOptions.attention`):
     flex    FlexAttention with a document-causal block mask (CUDA; compiled)
     sdpa    scaled_dot_product_attention with a dense block-diagonal causal mask: the reference, and the CPU
             path (memory T², so for tests and short rows)
-    auto    varlen on CUDA when torch has it, else flex on CUDA, else sdpa
+    auto    varlen on CUDA when torch has it, else flex on CUDA, else sdpa; sdpa also for float32 rows on CUDA
+            (the flash kernels under varlen take fp16 and bf16 only: `precision: fp32` crashed there)
 Tensors are [T, heads, d] (queries) and [T, groups, d] (keys, values); head h reads group h // (heads/groups).
 """
 
@@ -91,26 +92,48 @@ def varlen_available() -> bool:
     return torch.cuda.is_available() and _varlen() is not None
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
+HALF = (torch.float16, torch.bfloat16)
+
+
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
+    """The backend `auto` stands for on `device` for rows of `dtype` (None: a half dtype)."""
     if backend not in BACKENDS:
         raise ValueError(f"attention backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if backend == "varlen" and dtype is not None and dtype not in HALF:
+        raise ValueError(f"attention backend varlen (flash) takes fp16 or bf16, not {dtype}; use sdpa")
     if backend != "auto":
         return backend
-    if device.type != "cuda":
+    if device.type != "cuda" or (dtype is not None and dtype not in HALF):
         return "sdpa"
     return "varlen" if _varlen() is not None else "flex"
 
 
+def describe_backend(device: torch.device, dtype: torch.dtype, backend: str = "auto") -> str:
+    """One line for the run's log: which kernel packed rows attend with, and why where it is a fallback."""
+    chosen = resolve_backend(backend, device, dtype)
+    if chosen == "sdpa" and device.type == "cuda" and dtype not in HALF and backend == "auto":
+        return (
+            f"sdpa with a block-diagonal mask ({str(dtype).removeprefix('torch.')} rows: flash attention "
+            "takes fp16/bf16 only; slower, mask memory grows with the row length squared)"
+        )
+    return {"varlen": "varlen (flash)", "flex": "flex", "sdpa": "sdpa with a block-diagonal mask"}[chosen]
+
+
 def make_packed_attention(
-    cu_seqlens: torch.Tensor, max_seqlen: int | None, total: int, backend: str = "auto"
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int | None,
+    total: int,
+    backend: str = "auto",
+    dtype: torch.dtype | None = None,
 ) -> PackedAttention:
+    """`dtype`: the rows' (queries') dtype; float32 rows on CUDA take sdpa under `auto`."""
     device = cu_seqlens.device
     cu = cu_seqlens.to(torch.int32)
     if not cu.is_cuda and int(cu[-1]) != total:  # (no host sync on CUDA)
         raise ValueError(f"cu_seqlens ends at {int(cu[-1])} but the row holds {total} tokens")
     if max_seqlen is None:
         max_seqlen = int((cu[1:] - cu[:-1]).max())
-    ctx = PackedAttention(cu, int(max_seqlen), total, resolve_backend(backend, device))
+    ctx = PackedAttention(cu, int(max_seqlen), total, resolve_backend(backend, device, dtype))
     if ctx.backend == "sdpa":
         doc = document_ids(cu, total)
         pos = torch.arange(total, device=device)

@@ -6,6 +6,7 @@ shapes), each is one kernel forward and one backward and saves only its inputs. 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 
@@ -44,8 +45,35 @@ def _compiled(name: str) -> Callable[..., torch.Tensor]:
     return torch.compile(_EAGER[name], dynamic=True, fullgraph=True)
 
 
+def _rounded_once(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    @functools.wraps(fn)
+    def once(x: torch.Tensor, *rest):
+        wide = [r.float() if isinstance(r, torch.Tensor) and r.is_floating_point() else r for r in rest]
+        return fn(x.float(), *wide).to(x.dtype)
+
+    return once
+
+
+_ONCE = {name: _rounded_once(fn) for name, fn in _EAGER.items()}
+_once_depth = [0]
+
+
+@contextlib.contextmanager
+def rounding_once():
+    """Within it the eager ops compute in float32 and round once at the end, as the fused kernels (Triton,
+    torch.compile) do, instead of after every product: the same function rounded another way. The adapter
+    reload check runs the base both ways to measure how far rounding alone moves the logits (train.py)."""
+    _once_depth[0] += 1
+    try:
+        yield
+    finally:
+        _once_depth[0] -= 1
+
+
 def op(name: str, compiled: bool) -> Callable[..., torch.Tensor]:
-    return _compiled(name) if compiled else _EAGER[name]
+    if compiled:
+        return _compiled(name)
+    return _ONCE[name] if _once_depth[0] else _EAGER[name]
 
 
 @once_per_device

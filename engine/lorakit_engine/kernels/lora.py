@@ -13,6 +13,13 @@ and backward writes dx = dy W + (scale · dy B) A ⊙ mask/(1−p), dA = (scale 
 dB = scale · dyᵀ u (float32 gradients for the float32 adapter weights). Saved: dropout(x) in x's dtype and
 its bool mask (none when p = 0), u (rank-wide). Like autocast, the adapter's GEMMs run in the input dtype.
 
+That is for training only. In eval mode (evaluation, samples, the reload check) the module computes peft's
+own arithmetic instead, `(x Wᵀ + b + scale · (x₃₂ A₃₂ᵀ) B₃₂ᵀ).to(x's dtype)`: the delta in float32, added in
+float32, one rounding. The bf16 delta differs from it by a bf16 rounding per module, and a rounding anywhere
+grows through the layers to the whole bf16 noise of the logits (about 1% of their norm on a random model,
+bench/reload_noise.py), so without this the model a user reloads with peft would not be the model that was
+evaluated here.
+
 `fuse_lora(model)` points the `forward` of every plain peft LoRA Linear (one active adapter, no DoRA or other
 variant, frozen base) at this path; anything else keeps peft's own forward. Weights, names and the saved
 adapter are untouched.
@@ -75,8 +82,20 @@ def lora_linear(
     p: float = 0.0,
     training: bool = True,
 ) -> torch.Tensor:
-    """x Wᵀ + b + scale · B A dropout_p(x), W and b frozen; gradients for x, A and B."""
-    return _LoRALinear.apply(x, weight, bias, lora_a, lora_b, float(scale), float(p) if training else 0.0)
+    """x Wᵀ + b + scale · B A dropout_p(x), W and b frozen; gradients for x, A and B. training=False: no
+    dropout and peft's arithmetic (peft_arithmetic)."""
+    if not training:
+        return peft_arithmetic(x, weight, bias, lora_a, lora_b, scale)
+    return _LoRALinear.apply(x, weight, bias, lora_a, lora_b, float(scale), float(p))
+
+
+def peft_arithmetic(x, weight, bias, lora_a, lora_b, scale: float) -> torch.Tensor:
+    """peft's LoRA Linear forward without dropout, operation for operation (peft/tuners/lora/layer.py
+    Linear.forward): the base output in x's dtype, x cast to the adapter's dtype for the delta, the sum in the
+    wider dtype, cast back once."""
+    result = F.linear(x, weight, bias)
+    delta = F.linear(F.linear(x.to(lora_a.dtype), lora_a), lora_b) * scale
+    return (result + delta).to(result.dtype)
 
 
 def _fusable(module: Any) -> str | None:

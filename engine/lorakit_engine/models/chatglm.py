@@ -474,7 +474,7 @@ class ChatGLMForConditionalGeneration(nn.Module):
                 raise ValueError("packed rows (cu_seqlens) take one row [1, T], no attention_mask, no cache")
             if position_ids is None:
                 position_ids = positions_from_cu_seqlens(cu_seqlens, t)
-            packed = make_packed_attention(cu_seqlens, max_seqlen, t, self.fast.attention)
+            packed = make_packed_attention(cu_seqlens, max_seqlen, t, self.fast.attention, x.dtype)
             mask, is_causal = None, False
         else:
             if position_ids is None:
