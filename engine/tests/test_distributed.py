@@ -88,8 +88,8 @@ def assert_same(got: dict, ref: dict) -> None:
 
 
 # Adam moves every weight by up to lr (1e-2 here) per step whatever its gradient's size, so a weight whose
-# gradient is ~0 can land elsewhere by a small fraction of lr when float32 sums are taken in another order (two
-# processes' all-reduce vs one): adapters agree to 1% of one step's largest move, losses to 1e-5.
+# gradient is ~0 can land elsewhere by a small fraction of lr when float32 sums are taken in another order
+# (two processes' all-reduce vs one): adapters agree to 1% of one step's largest move, losses to 1e-5.
 ADAPTER_TOL = 1e-4
 
 
@@ -317,7 +317,9 @@ def test_sharded_processes_train_what_one_process_trains(tmp_path, model_dir):
 
     # Whole tensors in peft's format and in the optimizer state, as an unsharded run writes them.
     assert max_diff(two / "run" / "adapter", one / "run" / "adapter") < ADAPTER_TOL
-    assert max_diff(two / "run" / "checkpoints" / "step-6", one / "run" / "checkpoints" / "step-6") < ADAPTER_TOL
+    assert (
+        max_diff(two / "run" / "checkpoints" / "step-6", one / "run" / "checkpoints" / "step-6") < ADAPTER_TOL
+    )
     opt = torch.load(two / "run" / "checkpoints" / "step-6" / "optimizer.pt", weights_only=True)
     ref_opt = torch.load(one / "run" / "checkpoints" / "step-6" / "optimizer.pt", weights_only=True)
     assert opt["state"].keys() == ref_opt["state"].keys()
