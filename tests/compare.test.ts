@@ -242,6 +242,7 @@ describe("the compare verdict follows from what differs", () => {
     fact("data.max_length", "data", "512"),
     fact("train.lr", "recipe", "1e-4"),
     fact("train.epochs", "recipe", "3"),
+    fact("train.seed", "recipe", "42"),
     fact("samples.count", "evaluation", "4"),
     fact("data.prepared", "data", "p1", { decides: false }),
   ];
@@ -273,6 +274,12 @@ describe("the compare verdict follows from what differs", () => {
     );
     expect(judge(with_({ "train.lr": { value: "5e-5" } }), 1.02)[0]).toMatch(
       /only train\.lr differs \(1e-4 vs 5e-5\): it makes little difference/,
+    );
+    expect(judge(with_({ "train.epochs": { value: "5" }, "train.lr": { value: "5e-5" } }), 2.0)[0]).toMatch(
+      /only train\.lr \(1e-4 vs 5e-5\) and train\.epochs \(3 vs 5\) differ: the difference is these hyperparameters'/,
+    );
+    expect(judge(with_({ "train.seed": { value: "7" } }), 2.0)[0]).toMatch(
+      /the difference is the seed's: run-to-run noise/,
     );
     expect(judge(with_({ "data.train": { value: "d2" }, "data.prepared": { value: "p2" } }), 2.0)[0]).toBe(
       "same model, template and recipe; only data.train differs (d1 vs d2): the difference is the data's (best eval loss 1.0000 vs 2.0000)",

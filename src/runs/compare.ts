@@ -318,7 +318,7 @@ const NAMES: Record<string, string> = {
   "train.warmup_ratio": "warmup",
   "train.weight_decay": "weight decay",
   "train.max_grad_norm": "gradient clipping",
-  "train.seed": "seed (run-to-run noise)",
+  "train.seed": "seed",
   "train.precision": "precision",
   "train.gradient_checkpointing": "gradient checkpointing",
   "train.eval_every": "eval interval",
@@ -402,7 +402,7 @@ export function verdict(a: RunSummary, b: RunSummary, diff: FactDiff = diffFacts
       const what =
         aspect === "recipe"
           ? keys.length === 1
-            ? `the ${NAMES[keys[0] as string] ?? keys[0]}'s`
+            ? `the ${NAMES[keys[0] as string] ?? keys[0]}'s${keys[0] === "train.seed" ? ": run-to-run noise" : ""}`
             : "these hyperparameters'"
           : aspect === "template"
             ? "the template's"
