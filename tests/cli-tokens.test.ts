@@ -1,7 +1,102 @@
 import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
-import { fixture, runCli, tmpDir } from "./helpers.js";
+import { tokenTexts } from "../src/cli/tokens-view.js";
+import { loadTokenizer } from "../src/data/tokenizer.js";
+import { fixture, officialChatglm3, runCli, tmpDir } from "./helpers.js";
+
+interface TokenJson {
+  ids: number[];
+  pieces: string[];
+  texts: string[];
+}
+/** The token lines of `lorakit tokenize` (index, id, what the token shows), without the header and legend. */
+const tokenLines = (stdout: string) =>
+  stdout
+    .split("\n")
+    .filter((l) => /^\s+\d+\s+\d+ /.test(l))
+    .map((l) => l.replace(/^\s+\d+\s+\d+ /, ""));
+/** How often each non-ASCII character of `text` occurs in `shown` (each should, exactly as often as in the text). */
+const charCounts = (text: string, shown: string) =>
+  Object.fromEntries([...new Set(text)].filter((ch) => ch > "\u007f").map((ch) => [ch, shown.split(ch).length - 1]));
+
+describe("tokens people can read", () => {
+  const text = "你好，世界 hello 😀";
+
+  it("byte-level tokenizer.json: each token's decoded text, bytes carried to the token that completes a character", async () => {
+    const model = fixture("tokenizers", "bpe-bytelevel");
+    const json = JSON.parse((await runCli(["tokenize", "--model", model, "--json", text])).stdout) as TokenJson;
+    expect(json.texts).toHaveLength(json.ids.length);
+    expect(json.pieces).toContain("ä½ł"); // the raw byte-level piece of 你 is kept
+    expect(json.texts.join("")).toBe(text);
+    expect(json.texts).toContain("你");
+    // 世 is split: a token holding its first two bytes (no text of its own), then the one completing it.
+    const at = json.texts.indexOf("世");
+    expect(json.texts[at - 1]).toBe("");
+
+    const r = await runCli(["tokenize", "--model", model, text]);
+    expect(r.code).toBe(0);
+    const lines = tokenLines(r.stdout);
+    expect(lines).toHaveLength(json.ids.length);
+    expect(lines).toContain('"你"');
+    const split = lines.indexOf('"世"');
+    expect(lines[split - 1]).toBe("<e4 b8>");
+    expect(lines.slice(-4)).toEqual(["<f0>", "<9f>", "<98>", '"😀"']);
+    expect(charCounts(text, lines.join(""))).toEqual(charCounts(text, text));
+    expect(r.stdout).not.toMatch(/[äåïĠð]/); // no byte-level alphabet unless asked for
+    expect(r.stdout).toMatch(/<e4 bd>: bytes of a character split across tokens/);
+
+    const raw = await runCli(["tokenize", "--model", model, "--pieces", text]);
+    expect(tokenLines(raw.stdout)).toContain('"你"  piece "ä½ł"');
+  });
+
+  it("byte fallback in a tokenizer.json: <0xNN> pieces decode together", async () => {
+    const model = fixture("tokenizers", "bpe-metaspace");
+    const r = await runCli(["tokenize", "--model", model, "--pieces", "hi 😀"]);
+    expect(r.code).toBe(0);
+    const lines = tokenLines(r.stdout);
+    expect(lines.slice(-4)).toEqual([
+      '<f0>  piece "<0xF0>"',
+      '<9f>  piece "<0x9F>"',
+      '<98>  piece "<0x98>"',
+      '"😀"  piece "<0x80>"',
+    ]);
+    const tok = await loadTokenizer(model);
+    // A byte that starts no character, and one cut off by the end: U+FFFD in the text, the byte on screen.
+    const byte = (b: number) => tok.tokenToId(`<0x${b.toString(16).toUpperCase()}>`) as number;
+    const hi = tok.encode("hi");
+    const ids = [byte(0xe4), ...hi, byte(0x80), byte(0xe4), byte(0xbd)];
+    const v = tokenTexts(tok, ids);
+    expect(v.texts.join("")).toBe(tok.decode(ids));
+    expect(v.texts[0]).toBe("\uFFFD");
+    expect(v.segments[0]).toEqual([{ bytes: [0xe4] }]);
+    expect(v.texts.slice(1, 1 + hi.length).join("")).toBe(" hi");
+    expect(v.texts.slice(-3)).toEqual(["\uFFFD", "\uFFFD", "\uFFFD"]);
+    expect(v.segments.slice(-3)).toEqual([[{ bytes: [0x80] }], [{ bytes: [0xe4] }], [{ bytes: [0xbd] }]]);
+  });
+
+  it("the official ChatGLM3-6B tokenizer.model: ▁ as a space, byte pieces of a rare character carried", async () => {
+    const model = officialChatglm3();
+    const rare = "甄嬛说：𠀀。";
+    const json = JSON.parse((await runCli(["tokenize", "--model", model, "--json", rare])).stdout) as TokenJson;
+    expect(json.pieces).toContain("<0xF0>");
+    expect(json.texts.join("")).toBe(` ${rare}`); // the word-start ▁ the tokenizer's decode drops at the start
+    const lines = tokenLines((await runCli(["tokenize", "--model", model, rare])).stdout);
+    expect(lines.slice(0, 2)).toEqual(['" "', '"甄嬛"']);
+    expect(charCounts(rare, lines.join(""))).toEqual(charCounts(rare, rare));
+    const raw = tokenLines((await runCli(["tokenize", "--model", model, "--pieces", rare])).stdout);
+    const at = raw.findIndex((l) => l.startsWith('"𠀀"'));
+    expect(raw.slice(at - 3, at + 1)).toEqual([
+      '<f0>  piece "<0xF0>"',
+      '<a0>  piece "<0xA0>"',
+      '<80>  piece "<0x80>"',
+      '"𠀀"  piece "<0x80>"',
+    ]);
+    // Special tokens show by name, as before.
+    const chat = await runCli(["tokenize", "--model", model, "--special", "<|user|>你好"]);
+    expect(tokenLines(chat.stdout)[0]).toBe('"<|user|>"');
+  });
+});
 
 describe("lorakit tokenize", () => {
   it("prints ids and pieces as JSON; special spellings stay ordinary unless --special", async () => {
@@ -131,5 +226,24 @@ describe("lorakit data", () => {
     const bad = await runCli(["data", "run.yaml", "--sample", "99"], { cwd: dir });
     expect(bad.code).toBe(1);
     expect(bad.stderr).toContain("--sample 99");
+  });
+
+  it("shows a Chinese dataset as text, the raw pieces on request", async () => {
+    const dir = tmpDir();
+    const rows = [{ instruction: "你是谁？", input: "", output: "我是甄嬛，家父是大理寺少卿甄远道。" }];
+    writeFileSync(path.join(dir, "train.json"), JSON.stringify(rows));
+    writeFileSync(
+      path.join(dir, "run.yaml"),
+      `model: ${fixture("models", "tiny-llama")}\ndata:\n  train: train.json\n`,
+    );
+    const r = await runCli(["data", "run.yaml"], { cwd: dir });
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    const shown = tokenLines(r.stdout).join("");
+    for (const s of [rows[0]?.instruction, rows[0]?.output] as string[])
+      expect(charCounts(s, shown)).toEqual(charCounts(s, `${rows[0]?.instruction}${rows[0]?.output}`));
+    expect(r.stdout).not.toMatch(/[äåçèéïĠ]/);
+    const raw = await runCli(["data", "run.yaml", "--pieces"], { cwd: dir });
+    expect(raw.stdout).toMatch(/piece "[^"]*[äåçèé]/);
   });
 });

@@ -72,6 +72,10 @@ function charTokenizer(specials: string[]): Tokenizer {
     pieces: (list) => list.map((id) => idToToken(id) ?? "?"),
     tokenToId: (t) => ids.get(t) ?? ([...t].length === 1 ? 10000 + (t.codePointAt(0) as number) : undefined),
     idToToken,
+    tokenSurface: (id) =>
+      id >= 10000
+        ? { bytes: new TextEncoder().encode(String.fromCodePoint(id - 10000)) }
+        : { name: specials[id] ?? "?" },
     specialTokens: ids,
   };
 }

@@ -1,14 +1,28 @@
-// `lorakit compare a.yaml b.yaml`: the same recipe on two models (the seed's advice: try a second
-// model, e.g. DeepSeek, to tell a model problem from a pipeline problem). Trains each run that has
-// not finished yet, then puts loss curves, eval loss, exact match, findings and samples side by side
-// in the terminal and in one HTML page.
-import { writeFileSync } from "node:fs";
+// `lorakit compare a.yaml b.yaml`: two runs side by side — the same recipe on two models (the seed's advice:
+// a second model tells a model problem from a pipeline problem), or one setting changed on one model. Trains
+// each run that has not finished yet and reuses (says so) each that has; then shows what differs between the
+// two (model identity, template, data, hyperparameters), the results and findings of each, and a verdict that
+// follows from what differs — in the terminal and on one HTML page.
+import { createHash } from "node:crypto";
+import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { type LoadedConfig, loadConfig } from "../config/load.js";
-import { fromRow } from "../doctor/finding.js";
-import { escapeHtml, lineChart } from "../report/html.js";
-import { type MetricRow, type RunRow, RunStore, type SampleRow } from "../runs/store.js";
-import { exactMatchShare, runRoad } from "../train/road.js";
+import type { Plan } from "../config/schema.js";
+import { type Finding, renderFinding } from "../doctor/finding.js";
+import { type ModelIdentity, modelIdentity } from "../models/identity.js";
+import { renderCompare } from "../report/compare.js";
+import {
+  changedKeys,
+  diffFacts,
+  findingCounts,
+  originText,
+  type RunSummary,
+  showValue,
+  summarize,
+  verdict,
+} from "../runs/compare.js";
+import { type RunRow, RunStore } from "../runs/store.js";
+import { runRoad } from "../train/road.js";
 import { parse } from "./args.js";
 import { colors, err, out } from "./io.js";
 import type { Command } from "./main.js";
@@ -16,88 +30,41 @@ import { eventPrinter, withInterrupt } from "./train.js";
 
 const usage = "lorakit compare <a.yaml> <b.yaml> [--no-train] [--out FILE]";
 
-export interface RunSummary {
-  label: string;
-  name: string;
-  model: string;
-  status: string;
-  metrics: MetricRow[];
-  findings: ReturnType<typeof fromRow>[];
-  samples: SampleRow[];
-  finalLoss: number | null;
-  bestEval: { step: number; loss: number } | null;
-  exactMatch: { before: number | null; after: number | null };
-}
-
-export function summarize(label: string, loaded: LoadedConfig, run: RunRow, store: RunStore): RunSummary {
-  const metrics = store.metrics(run.id);
-  const train = metrics.filter((m) => m.kind === "train" && m.loss !== null);
-  const evals = metrics.filter((m) => m.kind === "eval" && m.loss !== null);
-  const best = evals.reduce<MetricRow | null>(
-    (b, m) => (b === null || (m.loss as number) < (b.loss as number) ? m : b),
-    null,
-  );
-  const samples = store.samples(run.id);
-  return {
-    label,
-    name: loaded.name,
-    model: loaded.modelDir,
-    status: run.status,
-    metrics,
-    findings: store.findings(run.id).map(fromRow),
-    samples,
-    finalLoss: train.at(-1)?.loss ?? null,
-    bestEval: best ? { step: best.step, loss: best.loss as number } : null,
-    exactMatch: { before: exactMatchShare(samples, "before"), after: exactMatchShare(samples, "after") },
-  };
-}
-
 const fmt = (x: number | null, digits = 4) => (x === null ? "—" : x.toFixed(digits));
 const pct = (x: number | null) => (x === null ? "—" : `${(100 * x).toFixed(1)}%`);
+const sha256 = (file: string) => createHash("sha256").update(readFileSync(file)).digest("hex");
 
-export function compareHtml(a: RunSummary, b: RunSummary): string {
-  const series = (r: RunSummary, kind: "train" | "eval", color: string) => ({
-    label: `${r.label} ${kind}`,
-    color,
-    points: r.metrics.filter((m) => m.kind === kind).map((m) => [m.step, m.loss ?? Number.NaN] as [number, number]),
-  });
-  const chart = lineChart("Loss", [
-    series(a, "train", "#2563eb"),
-    series(b, "train", "#dc2626"),
-    series(a, "eval", "#93c5fd"),
-    series(b, "eval", "#fca5a5"),
-  ]);
-  const row = (k: string, f: (r: RunSummary) => string) =>
-    `<tr><th>${escapeHtml(k)}</th><td>${escapeHtml(f(a))}</td><td>${escapeHtml(f(b))}</td></tr>`;
-  const findings = (r: RunSummary) =>
-    r.findings.length === 0 ? "none" : r.findings.map((f) => `${f.severity} ${f.code}`).join("; ");
-  const idx = [...new Set([...a.samples, ...b.samples].filter((s) => s.phase === "after").map((s) => s.idx))].slice(
-    0,
-    12,
+/** What has changed in the config file (and its data files) since a stored run was trained with it. */
+function staleness(loaded: LoadedConfig, run: RunRow): string[] {
+  const then = JSON.parse(run.config_json) as unknown;
+  const now = JSON.parse(JSON.stringify(loaded.config)) as unknown;
+  const get = (o: unknown, key: string) =>
+    key
+      .split(".")
+      .reduce<unknown>((v, k) => (v && typeof v === "object" ? (v as Record<string, unknown>)[k] : undefined), o);
+  const changes = changedKeys(then, now).map(
+    (k) => `${k} ${showValue(get(then, k))} then, ${showValue(get(now, k))} now`,
   );
-  const after = (r: RunSummary, i: number) => r.samples.find((s) => s.phase === "after" && s.idx === i);
-  const samples = idx
-    .map((i) => {
-      const sa = after(a, i);
-      const sb = after(b, i);
-      return `<tr><td><pre>${escapeHtml((sa ?? sb)?.prompt ?? "")}</pre></td><td><pre>${escapeHtml(sa?.output ?? "—")}</pre></td><td><pre>${escapeHtml(sb?.output ?? "—")}</pre></td></tr>`;
-    })
-    .join("");
-  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>lorakit compare</title>
-<style>body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;padding:0 16px}table{border-collapse:collapse;width:100%}td,th{border:1px solid #ddd;padding:4px 6px;vertical-align:top;text-align:left}pre{margin:0;white-space:pre-wrap;font:12px ui-monospace,monospace}.chart svg text{font-size:11px;fill:#444}.grid{stroke:#eee}</style>
-</head><body><h1>lorakit compare</h1>
-<table><tr><th></th><th>${escapeHtml(a.label)}</th><th>${escapeHtml(b.label)}</th></tr>
-${row("run", (r) => r.name)}${row("model", (r) => r.model)}${row("status", (r) => r.status)}
-${row("final train loss", (r) => fmt(r.finalLoss))}${row("best eval loss", (r) => (r.bestEval ? `${fmt(r.bestEval.loss)} (step ${r.bestEval.step})` : "—"))}
-${row("held-out exact match", (r) => `${pct(r.exactMatch.before)} → ${pct(r.exactMatch.after)}`)}${row("findings", findings)}</table>
-<h2>Loss</h2>${chart}
-<h2>Samples after training</h2><table><tr><th>prompt</th><th>${escapeHtml(a.label)}</th><th>${escapeHtml(b.label)}</th></tr>${samples}</table>
-</body></html>
-`;
+  if (run.plan_json) {
+    try {
+      const dir = (JSON.parse(run.plan_json) as Plan).data.train.dir;
+      const manifest = JSON.parse(readFileSync(path.join(dir, "manifest.json"), "utf8")) as {
+        inputs: { files: { path: string; sha256: string }[] };
+      };
+      const trained = new Map(manifest.inputs.files.map((f) => [f.path, f.sha256]));
+      for (const f of loaded.trainFiles) {
+        const before = trained.get(path.resolve(f));
+        if (before !== undefined && before !== sha256(f)) changes.push(`${path.basename(f)}'s contents`);
+      }
+    } catch {
+      // The prepared data or a file is gone: nothing to hold the config against.
+    }
+  }
+  return changes;
 }
 
 export const command: Command = {
-  summary: "run the same recipe on two models (or read two finished runs) and compare them side by side",
+  summary: "two runs side by side (the same recipe on two models, or one setting changed): what differs, and why",
   usage,
   async run(argv, io) {
     const { values, positionals } = parse(argv, { "no-train": { type: "boolean" }, out: { type: "string" } }, usage);
@@ -105,20 +72,44 @@ export const command: Command = {
       err(io, `usage: ${usage}`);
       return 2;
     }
+    const c = colors(io);
+    const identities = new Map<string, ModelIdentity | null>();
+    const identity = (dir: string) => {
+      if (!identities.has(dir)) identities.set(dir, modelIdentity(dir));
+      return identities.get(dir) ?? null;
+    };
     const summaries: RunSummary[] = [];
     for (const [i, configPath] of positionals.entries()) {
       const label = i === 0 ? "A" : "B";
       const loaded = await loadConfig(configPath as string, io.cwd);
       let store = RunStore.forOutputDir(loaded.outputDir);
       let run = store.getRun(loaded.name);
-      if (run?.status !== "completed") {
+      let origin: RunSummary["origin"];
+      if (run?.status === "completed") {
+        origin = { kind: "reused", endedAt: run.ended_at };
+        out(
+          io,
+          `${label}: run '${loaded.name}' (${configPath}) finished earlier: reused from the store, not retrained`,
+        );
+        const stale = staleness(loaded, run);
+        if (stale.length > 0) {
+          out(
+            io,
+            c.yellow(
+              `${label}: ${configPath} has changed since '${loaded.name}' was trained (${stale.join("; ")}); this compares what was trained. To train the new config: lorakit train ${configPath} --fresh, or give it another name`,
+            ),
+          );
+        }
+      } else {
         if (values["no-train"]) {
           err(io, `error: run '${loaded.name}' (${configPath}) has not finished; drop --no-train to train it`);
           store.close();
           return 1;
         }
         store.close();
-        out(io, `${label}: training ${loaded.name} (${configPath})`);
+        const resume = run?.status === "stopped";
+        origin = resume ? { kind: "resumed" } : { kind: "trained" };
+        out(io, `${label}: ${resume ? "resuming" : "training"} ${loaded.name} (${configPath})`);
         const { onEvent, progress } = eventPrinter(io, loaded.config.train.log_every);
         const result = await withInterrupt(io, (signal) =>
           runRoad(loaded, {
@@ -127,7 +118,7 @@ export const command: Command = {
             log: (l) => progress.line(l),
             onEvent,
             // A run stopped earlier continues from its checkpoint; a failed one starts over.
-            resume: run?.status === "stopped",
+            resume,
             fresh: run?.status === "failed",
           }),
         );
@@ -140,36 +131,58 @@ export const command: Command = {
         store = RunStore.forOutputDir(loaded.outputDir);
         run = store.getRun(loaded.name) as RunRow;
       }
-      summaries.push(summarize(label, loaded, run, store));
+      summaries.push(summarize(label, run, store, origin, identity));
       store.close();
     }
     const [a, b] = summaries as [RunSummary, RunSummary];
-    const c = colors(io);
-    const line = (k: string, f: (r: RunSummary) => string) => out(io, `${k.padEnd(22)} ${f(a).padEnd(34)} ${f(b)}`);
+    const diff = diffFacts(a.facts, b.facts);
+    const lines = verdict(a, b, diff);
+
+    const width = 22;
+    const col = 34;
+    const line = (k: string, f: (r: RunSummary) => string) =>
+      out(io, `${k.padEnd(width)} ${f(a).padEnd(col)} ${f(b)}`.trimEnd());
     out(io, "");
-    line("", (r) => c.bold(r.label));
+    line("", (r) => r.label);
     line("run", (r) => r.name);
-    line("model", (r) => path.basename(r.model));
+    line("model", (r) => r.facts.find((f) => f.key === "model")?.short ?? path.basename(r.model));
+    line("origin", (r) => (r.origin.kind === "reused" ? "reused from the store" : originText(r)));
     line("final train loss", (r) => fmt(r.finalLoss));
     line("best eval loss", (r) => (r.bestEval ? `${fmt(r.bestEval.loss)} @${r.bestEval.step}` : "—"));
     line("exact match", (r) => `${pct(r.exactMatch.before)} → ${pct(r.exactMatch.after)}`);
-    line(
-      "findings",
-      (r) =>
-        `${r.findings.filter((f) => f.severity === "error").length} errors, ${r.findings.filter((f) => f.severity === "warning").length} warnings`,
-    );
-    const verdict =
-      a.findings.some((f) => f.stage === "data") && b.findings.some((f) => f.stage === "data")
-        ? "both runs have data findings: look at the pipeline (data, template) before the models"
-        : a.finalLoss !== null &&
-            b.finalLoss !== null &&
-            Math.abs(a.finalLoss - b.finalLoss) / Math.max(a.finalLoss, b.finalLoss) > 0.5
-          ? "the losses differ widely on the same recipe: the weaker model (or its template) is the suspect"
-          : "the two runs behave alike: a problem shared by both is in the pipeline or the data, not the model";
-    out(io, `\n${verdict}`);
+    line("findings", (r) => findingCounts(r.findings));
+
+    const changed = diff.differences.filter((d) => d.cause !== "follows");
+    const follows = diff.differences.filter((d) => d.cause === "follows");
+    out(io, `\n${c.bold("what differs")}${diff.differences.length === 0 ? ": nothing the runs trained with" : ""}`);
+    for (const d of [...changed, ...follows]) {
+      const key = d.cause === "follows" ? `${d.key} (follows)` : d.key;
+      out(io, `  ${key.padEnd(width - 2)} ${(d.a?.short ?? "—").padEnd(col)} ${d.b?.short ?? "—"}`.trimEnd());
+    }
+    if (follows.length > 0)
+      out(io, c.dim("  (follows): differs only because of another change, e.g. a value chosen per model"));
+    const same = (key: string) => diff.same.find((f) => f.key === key);
+    const alike = ["model", "tokenizer", "template", "data.train", "data.prepared", "train.lr"]
+      .map((k) => same(k))
+      .filter((f) => f !== undefined)
+      .map((f) => `${f.key} ${f.short}`);
+    if (alike.length > 0)
+      out(io, `${c.bold("the same")}: ${alike.join("; ")} (and ${diff.same.length - alike.length} more)`);
+
+    // Each finding by name; one both runs have (same code and title) once, marked "both".
+    out(io, `\n${c.bold("findings")}${a.findings.length + b.findings.length === 0 ? ": none" : ""}`);
+    const head = (f: Finding) => renderFinding(f, io).split("\n")[0]?.trim() ?? f.code;
+    const key = (f: Finding) => `${f.code}\n${f.title}`;
+    const inB = new Set(b.findings.map(key));
+    const inA = new Set(a.findings.map(key));
+    for (const f of a.findings) out(io, `  ${(inB.has(key(f)) ? "both" : a.label).padEnd(4)}  ${head(f)}`);
+    for (const f of b.findings) if (!inA.has(key(f))) out(io, `  ${b.label.padEnd(4)}  ${head(f)}`);
+
+    out(io, "");
+    for (const [i, l] of lines.entries()) out(io, `${i === 0 ? c.bold("verdict") : "       "}  ${l}`);
     const file = path.resolve(io.cwd, values.out ?? `compare-${a.name}-${b.name}.html`);
-    writeFileSync(file, compareHtml(a, b));
-    out(io, `report      ${file}`);
+    writeFileSync(file, renderCompare({ a, b, diff, verdict: lines }));
+    out(io, `\nreport   ${file}`);
     return 0;
   },
 };

@@ -11,7 +11,7 @@ import { out } from "./io.js";
 import type { Command } from "./main.js";
 import { printTokens } from "./tokens-view.js";
 
-const usage = "lorakit data <run.yaml> [--sample N]... [--show K] [--json]";
+const usage = "lorakit data <run.yaml> [--sample N]... [--show K] [--pieces] [--json]";
 
 export const command: Command = {
   summary: "prepare a run's data and show samples token by token, with length and trained-token statistics",
@@ -19,7 +19,12 @@ export const command: Command = {
   async run(argv, io) {
     const { values, positionals } = parse(
       argv,
-      { sample: { type: "string", multiple: true }, show: { type: "string" }, json: { type: "boolean" } },
+      {
+        sample: { type: "string", multiple: true },
+        show: { type: "string" },
+        pieces: { type: "boolean" },
+        json: { type: "boolean" },
+      },
       usage,
     );
     const [configPath] = positionals;
@@ -75,7 +80,7 @@ export const command: Command = {
         io,
         `\nsample ${i} (${conv.origin.file}:${conv.origin.line}${conv.origin.sample !== undefined ? `, record ${conv.origin.sample}` : ""}): ${view.ids.length} tokens, ${view.trained.filter(Boolean).length} trained${view.truncated ? ", truncated" : ""}`,
       );
-      printTokens(io, view);
+      printTokens(io, tokenizer, view, { pieces: Boolean(values.pieces) });
     }
     return 0;
   },

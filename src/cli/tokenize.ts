@@ -1,4 +1,5 @@
-// `lorakit tokenize --model DIR "text"`: pieces and ids of a text with the model's own tokenizer;
+// `lorakit tokenize --model DIR "text"`: ids and the decoded text of each token with the model's own tokenizer
+// (`--pieces`: the raw vocabulary pieces too; `--json` has both);
 // `--chat FILE`: a conversation rendered with the model's template, every token marked trained or not. A
 // conversation that ends with a user (or tool-result) turn is shown as the inference prompt, generation
 // prompt included. FILE holds one conversation in any data format, a bare OpenAI message array, or a data
@@ -15,9 +16,10 @@ import { inspectModel } from "../models/inspect.js";
 import { parse } from "./args.js";
 import { out } from "./io.js";
 import type { Command } from "./main.js";
-import { printTokens } from "./tokens-view.js";
+import { printTokens, tokenTexts } from "./tokens-view.js";
 
-const usage = 'lorakit tokenize --model DIR ("text" | --chat FILE [--sample N]) [--json] [--special] [--max-length N]';
+const usage =
+  'lorakit tokenize --model DIR ("text" | --chat FILE [--sample N]) [--pieces] [--json] [--special] [--max-length N]';
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
 /** A turn of a bare OpenAI message array (not a record of some data format). */
@@ -71,6 +73,7 @@ export const command: Command = {
         sample: { type: "string" },
         json: { type: "boolean" },
         special: { type: "boolean" },
+        pieces: { type: "boolean" },
         "max-length": { type: "string" },
       },
       usage,
@@ -82,6 +85,9 @@ export const command: Command = {
       throw usageError(`--sample ${values.sample}: not a record index`, usage);
     const modelDir = path.resolve(io.cwd, values.model);
     const tokenizer = await loadTokenizer(modelDir);
+    const show = { pieces: Boolean(values.pieces) };
+    // --json: the raw vocabulary pieces and the decoded text of each token side by side.
+    const texts = (ids: readonly number[]) => tokenTexts(tokenizer, ids).texts;
     if (values.chat) {
       const file = path.resolve(io.cwd, values.chat);
       const { conv, of } = chatConversation(file, values.chat, sample);
@@ -94,14 +100,14 @@ export const command: Command = {
         const pieces = tokenizer.pieces(ids);
         const trained = ids.map(() => false);
         if (values.json) {
-          out(io, JSON.stringify({ template: template.name, prompt: true, ids, pieces, trained }));
+          out(io, JSON.stringify({ template: template.name, prompt: true, ids, pieces, texts: texts(ids), trained }));
           return 0;
         }
         out(
           io,
           `template ${template.name}; ${which}inference prompt: ${ids.length} tokens, ending with the generation prompt (nothing trained)`,
         );
-        printTokens(io, { ids, pieces });
+        printTokens(io, tokenizer, { ids }, show);
         return 0;
       }
       const view = viewSample(conv, template, tokenizer, { maxLength: Number(values["max-length"] ?? 1e9) });
@@ -113,6 +119,7 @@ export const command: Command = {
             prompt: false,
             ids: view.ids,
             pieces: view.pieces,
+            texts: texts(view.ids),
             trained: view.trained,
           }),
         );
@@ -122,18 +129,18 @@ export const command: Command = {
         io,
         `template ${template.name}; ${which}${view.ids.length} tokens, ${view.trained.filter(Boolean).length} trained (T)`,
       );
-      printTokens(io, view);
+      printTokens(io, tokenizer, view, show);
       return 0;
     }
     const text = positionals.join(" ");
     const ids = tokenizer.encode(text, { parseSpecial: Boolean(values.special) });
     const pieces = tokenizer.pieces(ids);
     if (values.json) {
-      out(io, JSON.stringify({ ids, pieces }));
+      out(io, JSON.stringify({ ids, pieces, texts: texts(ids) }));
       return 0;
     }
     out(io, `${ids.length} tokens (${tokenizer.kind}, vocabulary ${tokenizer.vocabSize})`);
-    printTokens(io, { ids, pieces });
+    printTokens(io, tokenizer, { ids }, show);
     return 0;
   },
 };

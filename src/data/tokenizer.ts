@@ -10,7 +10,7 @@ import { SentencePieceModel } from "./tokenizer/sentencepiece.js";
 import { type AppendedToken, CHATGLM3_SPECIALS, SentencePieceTokenizer } from "./tokenizer/spm-tokenizer.js";
 import type { Tokenizer, TokenNames } from "./tokenizer/types.js";
 
-export type { DecodeOptions, EncodeOptions, Tokenizer } from "./tokenizer/types.js";
+export type { DecodeOptions, EncodeOptions, Tokenizer, TokenSurface } from "./tokenizer/types.js";
 export { CHATGLM3_SPECIALS };
 
 /**

@@ -5,8 +5,8 @@
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { LorakitError } from "../../errors.js";
 import { checkIds, resolveNamedId } from "./special-ids.js";
-import type { DecodeOptions, EncodeOptions, Tokenizer, TokenNames } from "./types.js";
-import { strictUtf8 } from "./utf8.js";
+import type { DecodeOptions, EncodeOptions, Tokenizer, TokenNames, TokenSurface } from "./types.js";
+import { strictUtf8, utf8Encoder } from "./utf8.js";
 
 export interface AddedTokenJson {
   id: number;
@@ -32,6 +32,8 @@ export class HfJsonTokenizer implements Tokenizer {
   private readonly full: HfTokenizer;
   private plainTokenizer: HfTokenizer | undefined;
   private readonly json: TokenizerJson;
+  private readonly addedById = new Map<number, string>();
+  private readonly pieceBytes: (piece: string) => Uint8Array;
 
   constructor(
     json: TokenizerJson,
@@ -63,6 +65,7 @@ export class HfJsonTokenizer implements Tokenizer {
     let max = -1;
     for (const t of json.added_tokens) {
       if (t.special) special.set(t.content, t.id);
+      this.addedById.set(t.id, t.content);
       max = Math.max(max, t.id);
     }
     const vocab = json.model.vocab;
@@ -79,6 +82,7 @@ export class HfJsonTokenizer implements Tokenizer {
     this.eosId = id("eos");
     this.padId = id("pad");
     this.unkId = id("unk", modelUnk);
+    this.pieceBytes = pieceDecoder(json.decoder);
   }
 
   /** The instance that treats special-token spellings as ordinary text (built on first use; encode only). */
@@ -113,6 +117,12 @@ export class HfJsonTokenizer implements Tokenizer {
     return ids.map((id) => this.idToToken(id) as string);
   }
 
+  tokenSurface(id: number): TokenSurface {
+    checkIds([id], (i) => this.idToToken(i) !== undefined);
+    const added = this.addedById.get(id);
+    return added !== undefined ? { name: added } : { bytes: this.pieceBytes(this.idToToken(id) as string) };
+  }
+
   tokenToId(token: string): number | undefined {
     return this.full.token_to_id(token);
   }
@@ -120,6 +130,50 @@ export class HfJsonTokenizer implements Tokenizer {
   idToToken(id: number): string | undefined {
     return this.full.id_to_token(id);
   }
+}
+
+/** GPT-2's byte-level alphabet reversed: the character standing for each byte (printable Latin-1 bytes stand for
+ * themselves, the others for U+0100 onwards in byte order) back to the byte. */
+const BYTE_OF_CHAR: ReadonlyMap<string, number> = (() => {
+  const map = new Map<string, number>();
+  let next = 256;
+  for (let b = 0; b < 256; b++) {
+    const printable = (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
+    map.set(String.fromCodePoint(printable ? b : next++), b);
+  }
+  return map;
+})();
+
+/** A vocabulary piece to the bytes it stands for, as the tokenizer.json's decoder turns it into text: ByteLevel
+ * maps each character back to its byte; otherwise Replace/Metaspace undo the word-start symbol and ByteFallback
+ * reads <0xNN> pieces as one byte. Decoders that only join or trim the whole text (Fuse, Strip) are left out. */
+function pieceDecoder(decoder: unknown): (piece: string) => Uint8Array {
+  const steps: Record<string, unknown>[] = [];
+  const walk = (d: unknown) => {
+    if (!d || typeof d !== "object") return;
+    const o = d as Record<string, unknown>;
+    if (Array.isArray(o.decoders)) for (const inner of o.decoders) walk(inner);
+    else steps.push(o);
+  };
+  walk(decoder);
+  if (steps.some((s) => s.type === "ByteLevel")) {
+    return (piece) => Uint8Array.from([...piece].flatMap((c) => BYTE_OF_CHAR.get(c) ?? [...utf8Encoder.encode(c)]));
+  }
+  const byteFallback = steps.some((s) => s.type === "ByteFallback");
+  const replace: [string, string][] = [];
+  for (const s of steps) {
+    const pattern = (s.pattern as { String?: unknown } | undefined)?.String;
+    if (s.type === "Replace" && typeof pattern === "string" && typeof s.content === "string")
+      replace.push([pattern, s.content]);
+    if (s.type === "Metaspace") replace.push([typeof s.replacement === "string" ? s.replacement : "\u2581", " "]);
+  }
+  return (piece) => {
+    if (byteFallback && /^<0x[0-9A-Fa-f]{2}>$/.test(piece))
+      return Uint8Array.of(Number.parseInt(piece.slice(3, 5), 16));
+    let text = piece;
+    for (const [from, to] of replace) text = text.replaceAll(from, to);
+    return utf8Encoder.encode(text);
+  };
 }
 
 /** Rust's ByteFallback decoder: a run of <0xNN> tokens that is not valid UTF-8 becomes one U+FFFD per byte

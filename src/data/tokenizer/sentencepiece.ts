@@ -138,6 +138,15 @@ export class SentencePieceModel {
     return this.types[id] === PieceType.UNKNOWN;
   }
 
+  /** A piece's bytes in decoded text (byte pieces one byte, ▁ a space), or null for control and unknown pieces. */
+  pieceBytes(id: number): Uint8Array | null {
+    const byte = this.byteOf[id] as number;
+    if (byte >= 0) return Uint8Array.of(byte);
+    const t = this.types[id];
+    if (t === PieceType.CONTROL || t === PieceType.UNKNOWN) return null;
+    return utf8Encoder.encode((this.pieceOf[id] as string).replaceAll(SPACE_SYMBOL, " "));
+  }
+
   /** Control and unknown pieces (<unk>, <s>, </s>, …): never produced from text. */
   reservedPieces(): Map<string, number> {
     const out = new Map<string, number>();

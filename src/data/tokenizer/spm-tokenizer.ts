@@ -6,7 +6,7 @@ import { LorakitError } from "../../errors.js";
 import { TokenSplitter } from "./added.js";
 import type { SentencePieceModel } from "./sentencepiece.js";
 import { checkIds, resolveNamedId } from "./special-ids.js";
-import type { DecodeOptions, EncodeOptions, Tokenizer, TokenNames } from "./types.js";
+import type { DecodeOptions, EncodeOptions, Tokenizer, TokenNames, TokenSurface } from "./types.js";
 
 export const CHATGLM3_SPECIALS = [
   "[MASK]",
@@ -127,6 +127,14 @@ export class SentencePieceTokenizer implements Tokenizer {
   pieces(ids: readonly number[]): string[] {
     checkIds(ids, (id) => this.known(id));
     return ids.map((id) => this.idToToken(id) as string);
+  }
+
+  tokenSurface(id: number): TokenSurface {
+    checkIds([id], (i) => this.known(i));
+    const appended = this.appendedById.get(id);
+    if (appended !== undefined) return { name: appended };
+    const bytes = this.model.pieceBytes(id);
+    return bytes ? { bytes } : { name: this.model.idToPiece(id) as string };
   }
 
   tokenToId(token: string): number | undefined {

@@ -21,6 +21,9 @@ export interface Tokenizer {
   decode(ids: readonly number[], opts?: DecodeOptions): string;
   /** The token strings, for display. */
   pieces(ids: readonly number[]): string[];
+  /** What one token stands for in decoded text, for showing text token by token: its bytes (a byte-level or
+   * byte-fallback token may hold only part of a character), or the name of a special, added or control token. */
+  tokenSurface(id: number): TokenSurface;
   /** Special/added tokens and vocabulary pieces. */
   tokenToId(token: string): number | undefined;
   idToToken(id: number): string | undefined;
@@ -31,6 +34,8 @@ export interface Tokenizer {
   readonly padId?: number;
   readonly unkId?: number;
 }
+
+export type TokenSurface = { bytes: Uint8Array } | { name: string };
 
 /** Token names from tokenizer_config.json: a string, an AddedToken object, null (explicitly none) or absent. */
 export interface TokenNames {
