@@ -9,12 +9,10 @@ import { fromRow } from "../doctor/finding.js";
 import { escapeHtml, lineChart } from "../report/html.js";
 import { type MetricRow, type RunRow, RunStore, type SampleRow } from "../runs/store.js";
 import { exactMatchShare, runRoad } from "../train/road.js";
-import { parse } from "./args.js";
-import { colors, err, out } from "./io.js";
-import type { Command } from "./main.js";
-import { eventPrinter, withInterrupt } from "./train.js";
-
-const usage = "lorakit compare <a.yaml> <b.yaml> [--no-train] [--out FILE]";
+import { defineCommand } from "./command.js";
+import { withInterrupt } from "./interrupt.js";
+import { colors, err, out, userPath } from "./io.js";
+import { eventPrinter, stoppedLine } from "./progress.js";
 
 export interface RunSummary {
   label: string;
@@ -96,19 +94,35 @@ ${row("held-out exact match", (r) => `${pct(r.exactMatch.before)} → ${pct(r.ex
 `;
 }
 
-export const command: Command = {
+export const command = defineCommand({
+  name: "compare",
   summary: "run the same recipe on two models (or read two finished runs) and compare them side by side",
-  usage,
-  async run(argv, io) {
-    const { values, positionals } = parse(argv, { "no-train": { type: "boolean" }, out: { type: "string" } }, usage);
-    if (positionals.length !== 2) {
-      err(io, `usage: ${usage}`);
-      return 2;
-    }
+  args: "<a.yaml> <b.yaml>",
+  positionals: [2, 2],
+  description:
+    "Trains each of the two runs that has not completed yet (a stopped one continues from its checkpoint, a " +
+    "failed one starts over), then prints final and best eval loss, held-out exact match and findings side by " +
+    "side, and writes one HTML page with both loss curves and the samples.",
+  options: {
+    "no-train": {
+      type: "boolean",
+      description: "only read runs that have completed; stop with an error if one has not",
+    },
+    out: {
+      type: "string",
+      value: "FILE",
+      description: "where the HTML page goes (default compare-<a>-<b>.html in the current folder)",
+    },
+  },
+  examples: [
+    ["lorakit compare qwen.yaml deepseek.yaml", "train both (if needed) and compare them"],
+    ["lorakit compare a.yaml b.yaml --no-train --out cmp.html", "compare two finished runs, page in cmp.html"],
+  ],
+  async run({ values, positionals }, io) {
     const summaries: RunSummary[] = [];
     for (const [i, configPath] of positionals.entries()) {
       const label = i === 0 ? "A" : "B";
-      const loaded = await loadConfig(configPath as string, io.cwd);
+      const loaded = await loadConfig(configPath as string, io.cwd, io.env);
       let store = RunStore.forOutputDir(loaded.outputDir);
       let run = store.getRun(loaded.name);
       if (run?.status !== "completed") {
@@ -119,24 +133,26 @@ export const command: Command = {
         }
         store.close();
         out(io, `${label}: training ${loaded.name} (${configPath})`);
-        const { onEvent, progress } = eventPrinter(io, loaded.config.train.log_every);
-        const result = await withInterrupt(io, (signal) =>
-          runRoad(loaded, {
-            signal,
-            env: io.env,
-            log: (l) => progress.line(l),
-            onEvent,
-            // A run stopped earlier continues from its checkpoint; a failed one starts over.
-            resume: run?.status === "stopped",
-            fresh: run?.status === "failed",
-          }),
-        );
-        progress.end();
-        if (result.error) throw result.error;
+        const { onEvent, progress, trace } = eventPrinter(io, loaded.config.train.log_every);
+        const result = await withInterrupt(
+          io,
+          (signal) =>
+            runRoad(loaded, {
+              signal,
+              env: io.env,
+              log: (l) => progress.line(l),
+              onEvent,
+              // A run stopped earlier continues from its checkpoint; a failed one starts over.
+              resume: run?.status === "stopped",
+              fresh: run?.status === "failed",
+            }),
+          progress,
+        ).finally(() => progress.end());
         if (result.status === "stopped") {
-          out(io, `stopped; continue with: lorakit compare ${positionals.join(" ")}`);
+          out(io, stoppedLine(trace, `lorakit compare ${positionals.join(" ")}`));
           return 130;
         }
+        if (result.error) throw result.error;
         store = RunStore.forOutputDir(loaded.outputDir);
         run = store.getRun(loaded.name) as RunRow;
       }
@@ -167,9 +183,9 @@ export const command: Command = {
           ? "the losses differ widely on the same recipe: the weaker model (or its template) is the suspect"
           : "the two runs behave alike: a problem shared by both is in the pipeline or the data, not the model";
     out(io, `\n${verdict}`);
-    const file = path.resolve(io.cwd, values.out ?? `compare-${a.name}-${b.name}.html`);
+    const file = userPath(io, values.out ?? `compare-${a.name}-${b.name}.html`);
     writeFileSync(file, compareHtml(a, b));
     out(io, `report      ${file}`);
     return 0;
   },
-};
+});

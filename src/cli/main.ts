@@ -1,10 +1,15 @@
-// The lorakit command line: one file per command under src/cli/, dispatched from here.
-import { formatError, LorakitError } from "../errors.js";
+// The lorakit command line: one file per command under src/cli/, each a `Command` (src/cli/command.ts),
+// dispatched from here. Nothing imports this module but the entry point and the tests.
+import { formatError, LorakitError, nearest } from "../errors.js";
+import { type Command, parseCommandArgs, renderHelp, UsageError, usageLine } from "./command.js";
 import { err, type Io, out } from "./io.js";
 
-export type Command = { summary: string; usage: string; run: (argv: string[], io: Io) => Promise<number> };
+export { endOnClosedOutput } from "./interrupt.js";
 
-const COMMANDS: Record<string, () => Promise<Command>> = {
+// biome-ignore lint/suspicious/noExplicitAny: each command has its own option types
+type AnyCommand = Command<any>;
+
+const COMMANDS: Record<string, () => Promise<AnyCommand>> = {
   train: async () => (await import("./train.js")).command,
   demo: async () => (await import("./demo.js")).command,
   compare: async () => (await import("./compare.js")).command,
@@ -24,12 +29,18 @@ async function help(io: Io): Promise<void> {
     const c = await load();
     out(io, `  ${name.padEnd(10)} ${c.summary}`);
   }
-  out(io, "\n`lorakit <command> --help` shows a command's options.");
+  out(io, "\n`lorakit <command> --help` explains a command's options, with examples.");
 }
 
+/** Runs one command line; returns the exit code (0 ok, 1 the work failed, 2 a wrong command line, 130 stopped). */
 export async function main(argv: string[], io: Io): Promise<number> {
   const [name, ...rest] = argv;
   if (!name || name === "help" || name === "--help" || name === "-h") {
+    const topic = name === "help" && rest[0] ? COMMANDS[rest[0]] : undefined;
+    if (topic) {
+      out(io, renderHelp(await topic(), io.stdout.columns).trimEnd());
+      return 0;
+    }
     await help(io);
     return name ? 0 : 2;
   }
@@ -39,20 +50,29 @@ export async function main(argv: string[], io: Io): Promise<number> {
   }
   const load = COMMANDS[name];
   if (!load) {
-    const { nearest } = await import("../errors.js");
     const guess = nearest(name, Object.keys(COMMANDS));
     err(io, `error: unknown command '${name}'${guess ? ` — did you mean '${guess}'?` : ""}`);
     err(io, "run `lorakit help` for the list of commands");
     return 2;
   }
   const command = await load();
-  if (rest.includes("--help") || rest.includes("-h")) {
-    out(io, `${command.summary}\n\nusage: ${command.usage}`);
+  const beforeTerminator = rest.includes("--") ? rest.slice(0, rest.indexOf("--")) : rest;
+  if (beforeTerminator.includes("--help") || beforeTerminator.includes("-h")) {
+    out(io, renderHelp(command, io.stdout.columns).trimEnd());
     return 0;
   }
   try {
-    return await command.run(rest, io);
+    return await command.run(parseCommandArgs(command, rest), io);
   } catch (e) {
+    if (e instanceof UsageError) {
+      err(io, formatError(e));
+      err(io, `usage: ${usageLine(command)}`);
+      return 2;
+    }
+    if (e instanceof LorakitError && e.code === "INTERRUPTED") {
+      err(io, `${e.message}${e.hint ? ` — ${e.hint}` : ""}`); // Ctrl-C: not an error of the run's
+      return 130;
+    }
     if (e instanceof LorakitError) {
       err(io, formatError(e));
       return 1;

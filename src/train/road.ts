@@ -96,7 +96,7 @@ export async function smokeRun(py: PythonEnv, plan: Plan, runDir: string, opts: 
 }
 
 function stoppedBeforeTraining(): LorakitError {
-  return new LorakitError("STOPPED", "stopped (Ctrl-C) before training started; nothing was trained", {
+  return new LorakitError("INTERRUPTED", "stopped (Ctrl-C) before training started; nothing was trained", {
     hint: "run the same command again to start",
   });
 }
@@ -232,6 +232,7 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
   const { model, tokenizer, prepared, preflight } = await prepareAndCheck(loaded, {
     py,
     env: opts.env ?? process.env,
+    ...(opts.signal ? { signal: opts.signal } : {}),
     log,
     onStep: (s) => {
       if (s.status !== "ok") log(`doctor      ${s.name}: ${s.summary}`);
