@@ -16,21 +16,33 @@ export class LorakitError extends Error {
   readonly hint: string;
   /** Further problems found in the same pass (config and data checks report every problem at once). */
   readonly more: readonly LorakitError[];
+  /** The command's exit code when this error ends it: 1, or 2 for a usage error, 130 for Ctrl-C. */
+  readonly exitCode: number;
 
-  constructor(code: string, message: string, opts: { where?: Where; hint?: string; more?: LorakitError[] } = {}) {
+  constructor(
+    code: string,
+    message: string,
+    opts: { where?: Where; hint?: string; more?: LorakitError[]; exitCode?: number } = {},
+  ) {
     super(message);
     this.name = "LorakitError";
     this.code = code;
     this.where = opts.where;
     this.hint = opts.hint ?? "";
     this.more = opts.more ?? [];
+    this.exitCode = opts.exitCode ?? 1;
   }
 
   /** One error carrying a whole list of problems (the first leads, the rest ride along). */
   static fromList(errors: readonly LorakitError[]): LorakitError {
     const [first, ...rest] = errors;
     if (!first) throw new Error("fromList needs at least one error");
-    return new LorakitError(first.code, first.message, { where: first.where, hint: first.hint, more: rest });
+    return new LorakitError(first.code, first.message, {
+      where: first.where,
+      hint: first.hint,
+      more: rest,
+      exitCode: first.exitCode,
+    });
   }
 
   /** All problems carried, this one first. */
@@ -46,6 +58,11 @@ export function formatWhere(where: Where | undefined): string {
   if (where.key) parts.push(`key ${where.key}`);
   if (where.sample !== undefined) parts.push(`sample ${where.sample}`);
   return parts.join(", ");
+}
+
+/** A wrong command line: exit code 2, the usage as the fix. */
+export function usageError(message: string, usage: string): LorakitError {
+  return new LorakitError("CLI_BAD_ARGS", message, { hint: `usage: ${usage}`, exitCode: 2 });
 }
 
 /** One line per problem: `CODE  where: message — fix`. */

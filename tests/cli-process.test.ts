@@ -14,8 +14,8 @@ function requireTmux(): void {
   const r = spawnSync("tmux", ["-V"], { encoding: "utf8" });
   if (r.status !== 0) {
     throw new Error(
-      "tmux is missing: these tests drive a real pseudo-terminal through it. Install it with " +
-        "`apt-get install -y tmux` (Debian/Ubuntu) or your system's package manager.",
+      "tmux is missing: these tests drive a real pseudo-terminal through it. `npm test` installs Debian's " +
+        "tmux itself where it may (scripts/tmux.mjs); otherwise install it: `apt-get install -y tmux`.",
     );
   }
 }

@@ -15,6 +15,7 @@ import sys
 import threading
 from typing import IO
 
+from .deps import require
 from .protocol import EngineError, EventWriter, error_event, log, read_plan
 
 _OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None, stdin: IO[str] | None = None, stdout: IO
             relay.watch()
     try:
         args = _parser().parse_args(argv)
+        require()  # packages missing or too old: one clear error before the heavy imports
         plan = read_plan(args.plan)
         from .control import Controls, install_sigint, start_reader
         from .train import preflight, run

@@ -16,6 +16,8 @@ from functools import cache
 from pathlib import Path
 from typing import IO, Any
 
+from .schema_check import Checker
+
 Emit = Callable[[dict[str, Any]], None]
 
 
@@ -53,43 +55,13 @@ def schema(name: str) -> dict:
 
 
 @cache
-def _validator(name: str):
-    import jsonschema
-
-    s = schema(name)
-    return jsonschema.validators.validator_for(s)(s)
+def _checker(name: str) -> Checker:
+    return Checker(schema(name))
 
 
 def schema_errors(name: str, value: Any) -> list[str]:
     """Every problem with `value` against `protocol/<name>.schema.json`, as `path: message`, sorted."""
-    out = []
-    for err in _validator(name).iter_errors(value):
-        out.extend(_describe(err))
-    return sorted(set(out))
-
-
-def _describe(err) -> list[str]:
-    # anyOf/oneOf errors hide the useful ones in their context: report the errors of the alternatives that
-    # fit the value's kind (an object where object-or-null is allowed; the event whose `type` matches).
-    if err.context:
-        depth = len(err.absolute_path)
-        branches: dict[int, list] = {}
-        for e in err.context:
-            branches.setdefault(e.relative_schema_path[0], []).append(e)
-
-        def other_kind(e) -> bool:
-            return (e.validator == "type" and len(e.absolute_path) == depth) or (
-                e.validator == "const" and len(e.absolute_path) == depth + 1 and e.absolute_path[-1] == "type"
-            )
-
-        fitting = [errs for errs in branches.values() if not any(other_kind(e) for e in errs)]
-        if fitting:
-            return [d for errs in fitting for e in errs for d in _describe(e)]
-    where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-    if err.validator == "additionalProperties":
-        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
-        return [f"{where}: unknown key {', '.join(repr(k) for k in extra)}"]
-    return [f"{where}: {err.message}"]
+    return sorted({f"{p.where()}: {p.message}" for p in _checker(name).problems(value)})
 
 
 # ---------------------------------------------------------------- plan

@@ -72,7 +72,7 @@ def test_protocol_validate_checks_prepared_counts(tmp_path):
 def test_protocol_protocol_dir_override(tmp_path, monkeypatch):
     monkeypatch.setenv("LORAKIT_PROTOCOL_DIR", str(tmp_path))
     protocol.schema.cache_clear()
-    protocol._validator.cache_clear()
+    protocol._checker.cache_clear()
     try:
         with pytest.raises(EngineError) as e:
             protocol.schema("plan")
@@ -80,7 +80,7 @@ def test_protocol_protocol_dir_override(tmp_path, monkeypatch):
     finally:
         monkeypatch.delenv("LORAKIT_PROTOCOL_DIR")
         protocol.schema.cache_clear()
-        protocol._validator.cache_clear()
+        protocol._checker.cache_clear()
 
 
 def test_protocol_error_events_classify_failures():

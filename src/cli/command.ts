@@ -44,8 +44,10 @@ export function defineCommand<const O extends OptionSpecs>(c: Command<O>): Comma
   return c;
 }
 
-/** A wrong command line: the CLI prints it with the usage line and exits 2 (not 1, which means the work failed). */
-export class UsageError extends LorakitError {}
+/** A wrong command line: printed with the usage line, exit code 2 (1 means the work failed). */
+export function badArgs(message: string, opts: { hint: string; more?: LorakitError[] }): LorakitError {
+  return new LorakitError("CLI_BAD_ARGS", message, { ...opts, exitCode: 2 });
+}
 
 function optionSynopsis(name: string, o: OptionSpec): string {
   const s = o.type === "string" ? `--${name} ${o.value ?? "VALUE"}` : `--${name}`;
@@ -82,7 +84,7 @@ export function parseCommandArgs<O extends OptionSpecs>(
     if (!o) {
       const guess = nearest(t.name, names);
       problems.push(
-        new UsageError("CLI_BAD_ARGS", `unknown option '${t.rawName}'`, {
+        badArgs(`unknown option '${t.rawName}'`, {
           hint: guess
             ? `did you mean '--${guess}'? (${more})`
             : `${c.name} takes: ${names.map((n) => `--${n}`).join(", ") || "no options"}`,
@@ -90,13 +92,13 @@ export function parseCommandArgs<O extends OptionSpecs>(
       );
     } else if (o.type === "boolean" && t.value !== undefined) {
       problems.push(
-        new UsageError("CLI_BAD_ARGS", `option '--${t.name}' takes no value (got '${t.value}')`, {
+        badArgs(`option '--${t.name}' takes no value (got '${t.value}')`, {
           hint: `write --${t.name} alone`,
         }),
       );
     } else if (o.type === "string" && (t.value === undefined || (!t.inlineValue && t.value.startsWith("--")))) {
       problems.push(
-        new UsageError("CLI_BAD_ARGS", `option '--${t.name}' needs a value (${o.value ?? "VALUE"})`, {
+        badArgs(`option '--${t.name}' needs a value (${o.value ?? "VALUE"})`, {
           hint: `e.g. --${t.name} ${o.value ?? "VALUE"}; a value that starts with '-' is written --${t.name}=VALUE`,
         }),
       );
@@ -104,33 +106,27 @@ export function parseCommandArgs<O extends OptionSpecs>(
   }
   for (const [n, o] of Object.entries(c.options)) {
     if (o.required && values[n] === undefined) {
-      problems.push(
-        new UsageError("CLI_BAD_ARGS", `--${n} ${o.value ?? "VALUE"} is required`, { hint: o.description }),
-      );
+      problems.push(badArgs(`--${n} ${o.value ?? "VALUE"} is required`, { hint: o.description }));
     }
   }
   const [least, most] = c.positionals ?? [0, 0];
   if (positionals.length < least) {
     problems.push(
-      new UsageError("CLI_BAD_ARGS", `missing ${c.args ?? "arguments"}`, {
+      badArgs(`missing ${c.args ?? "arguments"}`, {
         hint: `e.g. ${c.examples[0]?.[0] ?? usageLine(c)}`,
       }),
     );
   } else if (positionals.length > most) {
     const extra = positionals.slice(most);
     problems.push(
-      new UsageError(
-        "CLI_BAD_ARGS",
-        `unexpected argument${extra.length > 1 ? "s" : ""} ${extra.map((a) => `'${a}'`).join(" ")}`,
-        {
-          hint: most === 0 ? `${c.name} takes no arguments` : `${c.name} takes ${c.args}`,
-        },
-      ),
+      badArgs(`unexpected argument${extra.length > 1 ? "s" : ""} ${extra.map((a) => `'${a}'`).join(" ")}`, {
+        hint: most === 0 ? `${c.name} takes no arguments` : `${c.name} takes ${c.args}`,
+      }),
     );
   }
   if (problems.length > 0) {
-    const [first, ...rest] = problems as [UsageError, ...UsageError[]];
-    throw new UsageError(first.code, first.message, { hint: first.hint, more: rest });
+    const [first, ...rest] = problems as [LorakitError, ...LorakitError[]];
+    throw badArgs(first.message, { hint: first.hint, more: rest });
   }
   return { values: values as Values<O>, positionals };
 }

@@ -11,7 +11,7 @@ import { makeTask, toJsonl } from "../demo/task.js";
 import { renderFinding } from "../doctor/finding.js";
 import { ensurePython } from "../engine/python.js";
 import { runRoad } from "../train/road.js";
-import { defineCommand, UsageError } from "./command.js";
+import { badArgs, defineCommand } from "./command.js";
 import { withInterrupt } from "./interrupt.js";
 import { colors, err, out, userPath } from "./io.js";
 import { eventPrinter, stoppedLine } from "./progress.js";
@@ -42,14 +42,14 @@ export const command = defineCommand({
   async run({ values }, io) {
     const steps = values.steps === undefined ? undefined : Number(values.steps);
     if (steps !== undefined && !(Number.isInteger(steps) && steps > 0)) {
-      throw new UsageError("CLI_BAD_ARGS", `--steps ${values.steps} is not a positive whole number`, {
+      throw badArgs(`--steps ${values.steps} is not a positive whole number`, {
         hint: "e.g. --steps 4",
       });
     }
     const started = Date.now();
     const dir = userPath(io, values.dir ?? "lorakit-demo");
     const log = (l: string) => err(io, l);
-    const py = await ensurePython({ env: io.env, log });
+    const py = await ensurePython({ env: io.env, log, purpose: "demo" });
     const setupDone = Date.now();
     const modelDir = await ensureDemoModel(py, io.env, log);
     const task = makeTask({ train: 160, heldOut: 40 });

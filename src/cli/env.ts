@@ -1,6 +1,6 @@
 // `lorakit env`: set up (if needed) and show the engine's Python environment.
 import { spawnSync } from "node:child_process";
-import { ensurePython } from "../engine/python.js";
+import { ensurePython, spawnEnv } from "../engine/python.js";
 import { defineCommand } from "./command.js";
 import { err, out } from "./io.js";
 
@@ -31,7 +31,7 @@ export const command = defineCommand({
         "-c",
         "import sys,torch,transformers,peft;print(sys.version.split()[0],torch.__version__,transformers.__version__,peft.__version__,torch.cuda.is_available())",
       ],
-      { env: py.env, encoding: "utf8" },
+      { env: spawnEnv(py), encoding: "utf8" },
     );
     const [pyv, torchv, tfv, peftv, cuda] = r.stdout.trim().split(" ");
     out(io, `python        ${py.python}${py.external ? " (LORAKIT_PYTHON)" : ""}`);

@@ -1,20 +1,33 @@
-// `lorakit protocol`: export the zod schema as JSON Schema under protocol/ (or check it is current).
+// `lorakit protocol`: export the zod schema as JSON Schema under protocol/, and the code tables of the
+// README from the catalogue (src/doctor/catalogue.ts); `--check` says whether either is stale.
+import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
+import { withCatalogue } from "../doctor/catalogue.js";
 import { staleProtocolFiles, writeProtocol } from "../engine/protocol.js";
 import { ROOT } from "../engine/python.js";
 import { defineCommand } from "./command.js";
 import { err, out } from "./io.js";
 
+export const README = path.join(ROOT, "README.md");
+
+/** README.md as it should be: its code tables regenerated from the catalogue. */
+export function currentReadme(): { text: string; stale: boolean } {
+  const now = readFileSync(README, "utf8");
+  const text = withCatalogue(now);
+  return { text, stale: text !== now };
+}
+
 export const command = defineCommand({
   name: "protocol",
-  summary: "export the config/plan/event schema as JSON Schema (protocol/)",
+  summary: "export the config/plan/event schema as JSON Schema (protocol/) and the README's code tables",
   description:
     "The zod schema in src/config/schema.ts is the one definition of the run config, the engine's plan, its " +
-    "events and control lines; the engine validates against its export under protocol/. Without options, " +
-    "says whether protocol/ is current (exit 1 when not).",
+    "events and control lines; the engine validates against its export under protocol/. The README's tables " +
+    "of codes are generated from the catalogue (src/doctor/catalogue.ts). Without options, says whether " +
+    "either is current (exit 1 when not).",
   options: {
-    write: { type: "boolean", description: "write protocol/*.schema.json from the schema" },
-    check: { type: "boolean", description: "only check that protocol/ is current (the default)" },
+    write: { type: "boolean", description: "write protocol/*.schema.json and the README's code tables" },
+    check: { type: "boolean", description: "only check that both are current (the default)" },
   },
   examples: [
     ["lorakit protocol --write", "after a change to src/config/schema.ts (what `npm run protocol` runs)"],
@@ -22,16 +35,22 @@ export const command = defineCommand({
   ],
   async run({ values }, io) {
     const dir = path.join(ROOT, "protocol");
+    const readme = currentReadme();
     if (values.write) {
       for (const f of await writeProtocol(dir)) out(io, `wrote protocol/${f}`);
+      if (readme.stale) {
+        writeFileSync(README, readme.text);
+        out(io, "wrote README.md (the code tables)");
+      }
       return 0;
     }
     const stale = await staleProtocolFiles(dir);
+    if (readme.stale) stale.push("README.md (the code tables)");
     if (stale.length === 0) {
-      out(io, "protocol/ is up to date");
+      out(io, "protocol/ and the README's code tables are up to date");
       return 0;
     }
-    err(io, `protocol/ is stale: ${stale.join(", ")} — run \`npm run protocol\``);
+    err(io, `stale: ${stale.join(", ")} — run \`npm run protocol\``);
     return 1;
   },
 });

@@ -11,7 +11,7 @@ import { chooseTemplate } from "../data/template.js";
 import { loadTokenizer } from "../data/tokenizer.js";
 import { LorakitError } from "../errors.js";
 import { inspectModel } from "../models/inspect.js";
-import { defineCommand, UsageError } from "./command.js";
+import { badArgs, defineCommand } from "./command.js";
 import { out, userPath } from "./io.js";
 import { printTokens } from "./tokens-view.js";
 
@@ -91,15 +91,13 @@ export const command = defineCommand({
   ],
   async run({ values, positionals }, io) {
     if (positionals.length === 0 && !values.chat) {
-      throw new UsageError("CLI_BAD_ARGS", "give a text to tokenize, or --chat FILE", {
+      throw badArgs("give a text to tokenize, or --chat FILE", {
         hint: 'e.g. lorakit tokenize --model DIR "hello"',
       });
     }
     const sample = Number(values.sample ?? 0);
     if (!Number.isInteger(sample) || sample < 0)
-      throw new LorakitError("CLI_BAD_ARGS", `--sample ${values.sample}: not a record index`, {
-        hint: "Give --sample a whole number from 0.",
-      });
+      throw badArgs(`--sample ${values.sample}: not a record index`, { hint: "Give --sample a whole number from 0." });
     const modelDir = userPath(io, values.model as string);
     const tokenizer = await loadTokenizer(modelDir);
     if (values.chat) {

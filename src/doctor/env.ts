@@ -2,7 +2,7 @@
 // fails — the driver library (NVML), the torch build, or the devices made visible — and, for a run on the CPU,
 // how long training would take and how that figure was derived. Also free disk against what the run writes.
 import { spawn } from "node:child_process";
-import type { PythonEnv } from "../engine/python.js";
+import { type PythonEnv, spawnEnv } from "../engine/python.js";
 import { type Finding, makeFinding } from "./finding.js";
 import { fmtBytes, type Precision } from "./memory.js";
 
@@ -23,7 +23,7 @@ export function runEngineJson<T>(
 ): Promise<EngineJson<T>> {
   return new Promise((resolve) => {
     const child = spawn(py.python, ["-m", module, ...args], {
-      env: { ...py.env, ...opts.env },
+      env: spawnEnv(py, opts.env),
       stdio: ["ignore", "pipe", "pipe"],
       ...(opts.signal ? { signal: opts.signal, killSignal: "SIGKILL" as const } : {}),
     });

@@ -5,6 +5,7 @@ import type { LoadedConfig } from "../config/load.js";
 import { ensurePython, type PythonEnv } from "../engine/python.js";
 import { LorakitError } from "../errors.js";
 import { type Family, familyFor, supportedModelTypes } from "../models/families.js";
+import { errorFindings } from "./catalogue.js";
 import { configFindings, type DatasetFacts, estimateDataset, plannedSteps } from "./config.js";
 import { envFindings, envSummary, type Hardware, hardwareOf, type Probe, resolvePrecision, runProbe } from "./env.js";
 import { countFindings, type Finding, findingsError, makeFinding } from "./finding.js";
@@ -106,6 +107,7 @@ export function stoppedDuringChecks(): LorakitError {
     "stopped (Ctrl-C) during the checks, before training started; nothing was trained",
     {
       hint: "run the same command again to start",
+      exitCode: 130,
     },
   );
 }
@@ -153,7 +155,8 @@ export async function runPreflight(o: PreflightOptions): Promise<PreflightResult
       py = await ensurePython({ env: o.env ?? process.env, log: o.log });
     } catch (e) {
       if (!(e instanceof LorakitError)) throw e;
-      envOut.push(makeFinding("ENV_PROBE_FAILED", { error: `${e.code}: ${e.message}` }, { fix: e.hint || undefined }));
+      // The interpreter cannot run the engine (packages missing or too old, no Python): that error, as a finding.
+      envOut.push(...errorFindings(e));
     }
   }
   if (py) {

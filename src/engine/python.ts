@@ -27,11 +27,13 @@ export function cacheDir(env: NodeJS.ProcessEnv = process.env): string {
   return path.join(xdg, "lorakit");
 }
 
-export function engineEnv(python: string, env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
-  const sep = path.delimiter;
+/** Variables every engine process gets, whatever the caller's environment holds. */
+function pinned(python: string, base: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  // engine/ leads PYTHONPATH so `-m lorakit_engine` finds this checkout's engine first; whatever the
+  // user's PYTHONPATH held follows it (once), so their own packages stay importable.
+  const rest = (base.PYTHONPATH ?? "").split(path.delimiter).filter((p) => p !== "" && p !== ENGINE_DIR);
   return {
-    ...env,
-    PYTHONPATH: env.PYTHONPATH ? `${ENGINE_DIR}${sep}${env.PYTHONPATH}` : ENGINE_DIR,
+    PYTHONPATH: [ENGINE_DIR, ...rest].join(path.delimiter),
     PYTHONUNBUFFERED: "1",
     PYTHONDONTWRITEBYTECODE: "1",
     LORAKIT_PYTHON: python,
@@ -42,17 +44,54 @@ export function engineEnv(python: string, env: NodeJS.ProcessEnv): NodeJS.Proces
   };
 }
 
-const REQUIRED_MODULES = ["torch", "transformers", "peft", "safetensors", "jsonschema"];
-
-function checkModules(python: string, modules: string[]): string | null {
-  const code = `import importlib.util\nmissing=[m for m in ${JSON.stringify(modules)} if importlib.util.find_spec(m) is None]\nprint(",".join(missing))`;
-  const r = spawnSync(python, ["-c", code], { encoding: "utf8" });
-  if (r.error || r.status !== 0) return `cannot run ${python}: ${r.error?.message ?? r.stderr.trim()}`;
-  const missing = r.stdout.trim();
-  return missing ? `missing Python packages: ${missing}` : null;
+export function engineEnv(python: string, env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  return { ...env, ...pinned(python, env) };
 }
 
-function requirementsHash(base: string, files: string[]): string {
+/**
+ * The environment of one engine process: the interpreter's, then the caller's extra variables
+ * (CUDA_VISIBLE_DEVICES, a whole copy of the user's environment, …), then the variables the engine
+ * cannot run without, applied last so no extra variable (a PYTHONPATH set in the user's shell) can
+ * take them away. Every place that starts an engine process uses this.
+ */
+export function spawnEnv(py: PythonEnv, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  const merged = { ...py.env, ...extra };
+  return { ...merged, ...pinned(py.python, merged) };
+}
+
+/** What `python -m lorakit_engine.deps` reports (engine/lorakit_engine/deps.py). */
+export interface DepsReport {
+  python: string;
+  python_version: string;
+  python_ok: boolean;
+  packages: { name: string; need: string; have: string | null; status: "ok" | "missing" | "outdated"; for: string }[];
+  missing: string[];
+  outdated: string[];
+  /** One pip command that adds or upgrades only what is missing or too old (never torch). */
+  command: string | null;
+  torch_hint: string | null;
+  problem: { code: string; message: string; hint: string } | null;
+}
+
+/** Asks the interpreter which of the engine's packages it has, without importing them. */
+export function checkDeps(python: string, env: NodeJS.ProcessEnv, purpose?: "demo"): DepsReport {
+  const args = ["-m", "lorakit_engine.deps", ...(purpose ? ["--for", purpose] : [])];
+  const r = spawnSync(python, args, { encoding: "utf8", env: engineEnv(python, env) });
+  const line = r.stdout
+    ?.split("\n")
+    .filter((l) => l.startsWith("{"))
+    .pop();
+  if (r.error || r.status !== 0 || !line) {
+    const why = r.error?.message ?? (r.stderr.trim().split("\n").slice(-3).join(" ") || `exit code ${r.status}`);
+    throw new LorakitError("PYTHON_NOT_FOUND", `cannot run LORAKIT_PYTHON=${python}: ${why}`, {
+      hint: "point LORAKIT_PYTHON at a Python 3.10+ interpreter (its full path), or unset it to let lorakit build its own environment",
+    });
+  }
+  return JSON.parse(line) as DepsReport;
+}
+
+/** The hash that names a cached environment: the base interpreter's version and the pinned files' bytes. */
+export function requirementsHash(base: string, files: string[]): string {
   const h = createHash("sha256");
   const v = spawnSync(base, ["-c", "import sys;print(sys.version)"], { encoding: "utf8" });
   if (v.error || v.status !== 0) {
@@ -106,6 +145,8 @@ export interface EnsureOptions {
   dev?: boolean;
   /** Progress lines for a person ("setting up …"). */
   log?: (line: string) => void;
+  /** Also the packages one command needs (the demo: gguf). */
+  purpose?: "demo";
 }
 
 /** The engine's interpreter, creating the cached virtual environment on first use. */
@@ -114,10 +155,12 @@ export async function ensurePython(opts: EnsureOptions = {}): Promise<PythonEnv>
   const log = opts.log ?? (() => {});
   if (env.LORAKIT_PYTHON) {
     const python = env.LORAKIT_PYTHON;
-    const problem = checkModules(python, REQUIRED_MODULES);
+    // An interpreter the user brought (a GPU machine's own torch): nothing is installed into it; what
+    // it lacks is named with the one command that adds only that.
+    const problem = checkDeps(python, env, opts.purpose).problem;
     if (problem) {
-      throw new LorakitError("PYTHON_ENV_INCOMPLETE", `LORAKIT_PYTHON=${python}: ${problem}`, {
-        hint: `install them into that interpreter (pip install -r ${path.join(ENGINE_DIR, "requirements.txt")}), or unset LORAKIT_PYTHON to let lorakit build its own environment`,
+      throw new LorakitError(problem.code, `LORAKIT_PYTHON: ${problem.message}`, {
+        hint: `${problem.hint} Or unset LORAKIT_PYTHON to let lorakit build its own environment.`,
       });
     }
     return { python, env: engineEnv(python, env), external: true };

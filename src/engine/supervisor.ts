@@ -7,7 +7,7 @@ import { createInterface } from "node:readline";
 import type { Control, Event, EventOf } from "../config/schema.js";
 import { LorakitError } from "../errors.js";
 import { parseEventLine } from "./protocol.js";
-import type { PythonEnv } from "./python.js";
+import { type PythonEnv, spawnEnv } from "./python.js";
 
 export interface EngineRun {
   /** Sends a control line to the engine. */
@@ -54,7 +54,7 @@ const TAIL_LINES = 40;
 
 export function spawnEngine(opts: SpawnOptions): EngineRun {
   const child = spawn(opts.py.python, engineArgs(opts.command, opts.planPath, opts.devices), {
-    env: { ...opts.py.env, ...opts.extraEnv },
+    env: spawnEnv(opts.py, opts.extraEnv),
     stdio: ["pipe", "pipe", "pipe"],
   });
   const log = opts.logFile ? createWriteStream(opts.logFile, { flags: "a" }) : null;
@@ -138,12 +138,8 @@ export function engineFailure(result: EngineResult, logFile?: string): LorakitEr
       hint: result.error.hint,
     });
   }
-  return new LorakitError(
-    "ENGINE_CRASHED",
-    `the engine exited with code ${result.exitCode}${tail ? `:\n${tail}` : ""}`,
-    {
-      where,
-      hint: "the run is marked failed and its checkpoints are kept: fix the cause above, then `lorakit train <config> --resume`",
-    },
-  );
+  return new LorakitError("ENGINE_CRASH", `the engine exited with code ${result.exitCode}${tail ? `:\n${tail}` : ""}`, {
+    where,
+    hint: "the run is marked failed and its checkpoints are kept: fix the cause above, then `lorakit train <config> --resume`",
+  });
 }

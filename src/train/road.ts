@@ -98,6 +98,7 @@ export async function smokeRun(py: PythonEnv, plan: Plan, runDir: string, opts: 
 function stoppedBeforeTraining(): LorakitError {
   return new LorakitError("INTERRUPTED", "stopped (Ctrl-C) before training started; nothing was trained", {
     hint: "run the same command again to start",
+    exitCode: 130,
   });
 }
 
