@@ -40,8 +40,8 @@ export async function withInterrupt<T>(
 export function endOnClosedOutput(stream: NodeJS.WritableStream, exit: (code: number) => void = process.exit): void {
   let closed = false;
   stream.on("error", (e: NodeJS.ErrnoException) => {
-    if (e.code !== "EPIPE" && e.code !== "ERR_STREAM_DESTROYED") throw e;
-    if (closed) return;
+    if (closed) return; // writes after the reader went away fail too: already handled
+    if (e.code !== "EPIPE") throw e;
     closed = true;
     if (running.size === 0) {
       exit(0);
