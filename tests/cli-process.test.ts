@@ -128,6 +128,9 @@ beforeAll(() => {
   if (b.status !== 0) throw new Error(`npm run build failed:\n${b.stdout}${b.stderr}`);
 });
 
+/** A whole training run on a shared 2-core machine: more than vitest's default 120 s at times. */
+const RUN_TIMEOUT = 400_000;
+
 const BAR = /[█░]/;
 const SUMMARY = /^step +(\d+)\/64 {2}loss \d/;
 
@@ -154,88 +157,104 @@ describe("the CLI in a terminal", () => {
   beforeAll(requireTmux);
 
   for (const columns of [80, 160]) {
-    it(`${columns} columns: the bar fits, a summary line per log interval stays, nothing wraps`, async () => {
+    it(
+      `${columns} columns: the bar fits, a summary line per log interval stays, nothing wraps`,
+      async () => {
+        const dir = tmpDir();
+        writeLongRun(dir);
+        const term = new Terminal(`node ${BIN} train run.yaml --no-smoke`, { cwd: dir, columns });
+        try {
+          await term.waitFor((s) => BAR.test(s), "the progress bar");
+          const bar = term
+            .screen()
+            .split("\n")
+            .filter((r) => BAR.test(r));
+          expect(bar).toHaveLength(1); // one row: it fits
+          expect(bar[0]).toMatch(/^step \d+\/64 \[[█░]{10,30}\] \d+% {2}loss /);
+          expect(bar[0]?.length).toBeLessThan(columns);
+          expect(await term.exitCode()).toBe(0);
+          expectCleanScrollback(term.rows(), columns);
+        } finally {
+          term.close();
+        }
+      },
+      RUN_TIMEOUT,
+    );
+  }
+
+  it(
+    "a terminal narrowed from 160 to 80 columns during the run: the bar follows, no piece of the wide one stays",
+    async () => {
       const dir = tmpDir();
       writeLongRun(dir);
-      const term = new Terminal(`node ${BIN} train run.yaml --no-smoke`, { cwd: dir, columns });
+      const term = new Terminal(`node ${BIN} train run.yaml --no-smoke`, { cwd: dir, columns: 160 });
       try {
-        await term.waitFor((s) => BAR.test(s), "the progress bar");
-        const bar = term
-          .screen()
-          .split("\n")
-          .filter((r) => BAR.test(r));
-        expect(bar).toHaveLength(1); // one row: it fits
-        expect(bar[0]).toMatch(/^step \d+\/64 \[[█░]{10,30}\] \d+% {2}loss /);
-        expect(bar[0]?.length).toBeLessThan(columns);
+        await term.waitFor((s) => /\] \d+% {2}loss .* lr \d/.test(s), "the wide bar, lr shown");
+        term.tmux("resize-window", "-t", "t", "-x", "80");
+        await term.waitFor(
+          (s) => s.split("\n").some((r) => BAR.test(r) && r.length < 80 && !/ lr \d/.test(r)),
+          "the bar redrawn at 80 columns",
+        );
         expect(await term.exitCode()).toBe(0);
-        expectCleanScrollback(term.rows(), columns);
+        expectCleanScrollback(term.rows(), 80);
       } finally {
         term.close();
       }
-    });
-  }
+    },
+    RUN_TIMEOUT,
+  );
 
-  it("a terminal narrowed from 160 to 80 columns during the run: the bar follows, no piece of the wide one stays", async () => {
-    const dir = tmpDir();
-    writeLongRun(dir);
-    const term = new Terminal(`node ${BIN} train run.yaml --no-smoke`, { cwd: dir, columns: 160 });
-    try {
-      await term.waitFor((s) => /\] \d+% {2}loss .* lr \d/.test(s), "the wide bar, lr shown");
-      term.tmux("resize-window", "-t", "t", "-x", "80");
-      await term.waitFor(
-        (s) => s.split("\n").some((r) => BAR.test(r) && r.length < 80 && !/ lr \d/.test(r)),
-        "the bar redrawn at 80 columns",
-      );
-      expect(await term.exitCode()).toBe(0);
-      expectCleanScrollback(term.rows(), 80);
-    } finally {
-      term.close();
-    }
-  });
-
-  it("Ctrl-C during the checks says stopped, not that the model check failed", async () => {
-    const dir = tmpDir();
-    writeLongRun(dir);
-    const term = new Terminal(`node ${BIN} train run.yaml`, { cwd: dir, columns: 120 });
-    try {
-      const until = Date.now() + 180_000;
-      while (term.processes("lorakit_engine.inspect_model").length === 0) {
-        if (Date.now() > until || /__exit=/.test(term.screen()))
-          throw new Error(`no model check seen:\n${term.screen()}`);
-        await new Promise((r) => setTimeout(r, 50));
+  it(
+    "Ctrl-C during the checks says stopped, not that the model check failed",
+    async () => {
+      const dir = tmpDir();
+      writeLongRun(dir);
+      const term = new Terminal(`node ${BIN} train run.yaml`, { cwd: dir, columns: 120 });
+      try {
+        const until = Date.now() + 180_000;
+        while (term.processes("lorakit_engine.inspect_model").length === 0) {
+          if (Date.now() > until || /__exit=/.test(term.screen()))
+            throw new Error(`no model check seen:\n${term.screen()}`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        term.tmux("send-keys", "-t", "t", "C-c");
+        expect(await term.exitCode()).toBe(130);
+        const text = term.rows().join("\n");
+        expect(text).toContain("stopped (Ctrl-C) during the checks");
+        expect(text).not.toContain("MODEL_INSPECT_FAILED");
+        expect(text).not.toContain("check the model folder");
+      } finally {
+        term.close();
       }
-      term.tmux("send-keys", "-t", "t", "C-c");
-      expect(await term.exitCode()).toBe(130);
-      const text = term.rows().join("\n");
-      expect(text).toContain("stopped (Ctrl-C) during the checks");
-      expect(text).not.toContain("MODEL_INSPECT_FAILED");
-      expect(text).not.toContain("check the model folder");
-    } finally {
-      term.close();
-    }
-  });
+    },
+    RUN_TIMEOUT,
+  );
 
-  it("Ctrl-C during training stops, and says which step it reached and what it saved", async () => {
-    const dir = tmpDir();
-    writeLongRun(dir);
-    const term = new Terminal(`node ${BIN} train run.yaml --no-smoke`, { cwd: dir, columns: 120 });
-    try {
-      await term.waitFor((s) => BAR.test(s), "the progress bar");
-      term.tmux("send-keys", "-t", "t", "C-c");
-      expect(await term.exitCode()).toBe(130);
-      const text = term.text();
-      const m =
-        /stopped at step (\d+) of 64; checkpoint of step (\d+) saved in (\S+); continue with: lorakit train run\.yaml --resume/.exec(
-          text,
-        );
-      expect(m, text).not.toBeNull();
-      expect(m?.[2]).toBe(m?.[1]); // the step it stopped at is the step saved
-      expect(m?.[3]).toBe(path.join(dir, "runs", "run", "checkpoints", `step-${m?.[1]}`));
-      expect(text).not.toMatch(BAR);
-    } finally {
-      term.close();
-    }
-  });
+  it(
+    "Ctrl-C during training stops, and says which step it reached and what it saved",
+    async () => {
+      const dir = tmpDir();
+      writeLongRun(dir);
+      const term = new Terminal(`node ${BIN} train run.yaml --no-smoke`, { cwd: dir, columns: 120 });
+      try {
+        await term.waitFor((s) => BAR.test(s), "the progress bar");
+        term.tmux("send-keys", "-t", "t", "C-c");
+        expect(await term.exitCode()).toBe(130);
+        const text = term.text();
+        const m =
+          /stopped at step (\d+) of 64; checkpoint of step (\d+) saved in (\S+); continue with: lorakit train run\.yaml --resume/.exec(
+            text,
+          );
+        expect(m, text).not.toBeNull();
+        expect(m?.[2]).toBe(m?.[1]); // the step it stopped at is the step saved
+        expect(m?.[3]).toBe(path.join(dir, "runs", "run", "checkpoints", `step-${m?.[1]}`));
+        expect(text).not.toMatch(BAR);
+      } finally {
+        term.close();
+      }
+    },
+    RUN_TIMEOUT,
+  );
 });
 
 describe("the CLI in a pipe whose reader goes away", () => {
