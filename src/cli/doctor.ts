@@ -52,14 +52,18 @@ export const command = defineCommand({
     const loaded = await loadConfig(configPath, io.cwd, io.env);
     if (!json) out(io, `lorakit doctor  ${loaded.file}\n`);
     // The data is prepared (or reused) so that every check runs on exact counts and real tokens.
-    const { preflight: result } = await withInterrupt(io, (signal) =>
-      prepareAndCheck(loaded, {
-        signal,
-        env: io.env,
-        skipModel: Boolean(values["skip-model"]),
-        ...(json ? {} : { onStep: (s: StepResult) => printStep(io, s) }),
-        log: json ? () => {} : (l) => err(io, l),
-      }),
+    const { preflight: result } = await withInterrupt(
+      io,
+      (signal) =>
+        prepareAndCheck(loaded, {
+          signal,
+          env: io.env,
+          skipModel: Boolean(values["skip-model"]),
+          ...(json ? {} : { onStep: (s: StepResult) => printStep(io, s) }),
+          log: json ? () => {} : (l) => err(io, l),
+        }),
+      undefined,
+      "stopping the checks …",
     );
     const counts = countFindings(result.findings);
     if (json) {

@@ -7,11 +7,12 @@ import { err, type Io } from "./io.js";
 const running = new Set<AbortController>();
 
 /** Turns Ctrl-C into an AbortSignal for the duration of `fn`; a second Ctrl-C quits at once. `progress`'s bar
- * (and the ^C the terminal echoed on it) is cleared before the message. */
+ * (and the ^C the terminal echoed on it) is cleared before the message, `stopping` (what happens now). */
 export async function withInterrupt<T>(
   io: Io,
   fn: (signal: AbortSignal) => Promise<T>,
   progress?: { clear(): void },
+  stopping = "stopping: a training step in progress ends and is saved as a checkpoint (Ctrl-C again to quit at once) …",
 ): Promise<T> {
   if (io.signal) return fn(io.signal);
   const ac = new AbortController();
@@ -19,7 +20,7 @@ export async function withInterrupt<T>(
     if (ac.signal.aborted) process.exit(130);
     if (progress) progress.clear();
     else err(io);
-    err(io, "stopping: the current step ends and a checkpoint is saved (Ctrl-C again to quit at once) …");
+    err(io, stopping);
     ac.abort();
   };
   process.on("SIGINT", onSig);
