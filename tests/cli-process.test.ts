@@ -2,7 +2,7 @@
 // pseudo-terminal of 80 and 160 columns (tmux), read back from the screen and its scrollback; with Ctrl-C
 // pressed in that terminal; and in a pipe whose reader goes away (`| head`).
 import { spawnSync } from "node:child_process";
-import { writeFileSync } from "node:fs";
+import { rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { ROOT } from "../src/engine/python.js";
@@ -24,6 +24,7 @@ function requireTmux(): void {
 class Terminal {
   private static n = 0;
   readonly socket = `lorakit-test-${process.pid}-${Terminal.n++}`;
+  private readonly socketPath: string;
 
   constructor(command: string, opts: { cwd: string; columns: number; rows?: number }) {
     // The command's exit code is printed after it, then the pane is kept for reading.
@@ -43,6 +44,7 @@ class Terminal {
       `${command}; echo "__exit=$?"; sleep 600`,
     );
     this.tmux("set-option", "-t", "t", "history-limit", "20000");
+    this.socketPath = this.tmux("display-message", "-p", "#{socket_path}").trim();
   }
 
   tmux(...args: string[]): string {
@@ -103,6 +105,7 @@ class Terminal {
 
   close(): void {
     spawnSync("tmux", ["-L", this.socket, "kill-server"]);
+    rmSync(this.socketPath, { force: true });
   }
 }
 
