@@ -15,3 +15,6 @@ export type ChromiumPlan =
 export function chromiumPlan(f: ChromiumFacts): ChromiumPlan;
 export function chromiumFacts(env?: NodeJS.ProcessEnv): ChromiumFacts;
 export function ensureChromium(log?: (line: string) => void, env?: NodeJS.ProcessEnv): string | null;
+export function isExecutable(file: string): boolean;
+export function onPath(name: string, env: NodeJS.ProcessEnv): boolean;
+export function runSteps(name: string, steps: string[][], env?: NodeJS.ProcessEnv): string | null;

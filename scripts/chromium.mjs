@@ -45,7 +45,7 @@ export function chromiumPlan(f) {
   };
 }
 
-function isExecutable(file) {
+export function isExecutable(file) {
   try {
     accessSync(file, constants.X_OK);
     return true;
@@ -54,7 +54,7 @@ function isExecutable(file) {
   }
 }
 
-function onPath(name, env) {
+export function onPath(name, env) {
   return (env.PATH ?? "").split(path.delimiter).some((dir) => dir && isExecutable(path.join(dir, name)));
 }
 
@@ -78,16 +78,23 @@ export function ensureChromium(log = console.log, env = process.env) {
   if (plan.action === "ok") return null;
   if (plan.action === "fail") return plan.message;
   log(`Chromium is missing at ${plan.path}: installing Debian's chromium (apt-get) …`);
-  const logFile = path.join(os.tmpdir(), "lorakit-chromium-apt.log");
+  const failed = runSteps("chromium", plan.steps, env);
+  if (failed) return failed;
+  return isExecutable(plan.path) ? null : `apt-get installed chromium, but ${plan.path} is still missing`;
+}
+
+/** Runs an install plan's steps (apt-get) into a log; null, or what failed with the log's tail. */
+export function runSteps(name, steps, env = process.env) {
+  const logFile = path.join(os.tmpdir(), `lorakit-${name}-apt.log`);
   writeFileSync(logFile, "");
-  for (const step of plan.steps) {
+  for (const step of steps) {
     const [cmd, ...args] = step;
     const r = spawnSync(cmd, args, { env: { ...env, DEBIAN_FRONTEND: "noninteractive" }, encoding: "utf8" });
     writeFileSync(logFile, `${readFileSync(logFile, "utf8")}$ ${step.join(" ")}\n${r.stdout ?? ""}${r.stderr ?? ""}`);
     if (r.error || r.status !== 0) {
       const tail = readFileSync(logFile, "utf8").trim().split("\n").slice(-15).join("\n");
-      return `installing chromium failed (${step.join(" ")}; log: ${logFile}):\n${tail}`;
+      return `installing ${name} failed (${step.join(" ")}; log: ${logFile}):\n${tail}`;
     }
   }
-  return isExecutable(plan.path) ? null : `apt-get installed chromium, but ${plan.path} is still missing`;
+  return null;
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // The one gate (`npm test`, called by .ci/run): its own set-up first (the browser the report test
-// drives: scripts/chromium.mjs installs Debian's chromium where it can, or stops at once with the
-// command to run), then lint + type-check + TypeScript tests, then the engine's environment, ruff +
+// drives and the tmux the terminal tests drive: scripts/chromium.mjs and scripts/tmux.mjs install
+// Debian's packages where they can, or stop at once with the command to run), then lint + type-check + TypeScript tests, then the engine's environment, ruff +
 // pytest. Every stage runs even when an earlier one fails, so one run shows every problem; the exit
 // code is non-zero when any failed.
 import { spawnSync } from "node:child_process";
@@ -9,11 +9,12 @@ import { existsSync, readFileSync, rmSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { ensureChromium } from "./chromium.mjs";
+import { ensureTmux } from "./tmux.mjs";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 process.chdir(root);
 
-const missing = ensureChromium();
+const missing = ensureChromium() ?? ensureTmux();
 if (missing) {
   console.error(`npm test cannot run here yet: ${missing}`);
   process.exit(1);

@@ -6,8 +6,9 @@ import { chmodSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { PassThrough } from "node:stream";
 import { describe, expect, it } from "vitest";
+import type { Command } from "../src/cli/command.js";
 import type { Io } from "../src/cli/io.js";
-import { type Command, runJson } from "../src/cli/main.js";
+import { runJson } from "../src/cli/main.js";
 import { STAGES } from "../src/doctor/finding.js";
 import { LorakitError } from "../src/errors.js";
 import { fixture, runCli, tmpDir } from "./helpers.js";
@@ -198,7 +199,14 @@ describe("runJson", () => {
       stdout: () => text,
     };
   }
-  const cmd = (run: Command["run"]): Command => ({ summary: "", usage: "", run });
+  const cmd = (run: Command["run"]): Command => ({
+    name: "test",
+    summary: "",
+    options: {},
+    positionals: [0, 9],
+    examples: [],
+    run,
+  });
 
   it("a bug is INTERNAL_ERROR with the stack; what the command printed before is not shown", async () => {
     const t = io();

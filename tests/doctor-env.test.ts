@@ -104,7 +104,7 @@ describe("CPU time", () => {
     expect(measured.seconds).toBeCloseTo((20_000 * 800_000) / (gflops * 1e9 * 0.5), 9);
     const assumed = cpuEstimate({ ...p, cpu: { ...p.cpu, bench: undefined } }, work);
     expect(assumed.evidence.throughput_basis).toBe(
-      "assumed: 10 GFLOP/s per core × 16 cores, × 0.5 for a whole training step",
+      "assumed: 10 GFLOP/s per core × 16 cores, × 0.5 for a whole training step (0.25–1 for the range)",
     );
     expect(assumed.seconds).toBeCloseTo((20_000 * 800_000) / (160e9 * 0.5), 9);
   });
@@ -115,7 +115,42 @@ describe("CPU time", () => {
     const [hidden, slow] = envFindings(p, { ...auto, cpuWork: big });
     expect(hidden?.code).toBe("ENV_DEVICES_HIDDEN");
     expect(slow).toMatchObject({ code: "ENV_CPU_SLOW", severity: "warning" });
-    expect(slow?.title).toMatch(/^training on the CPU would take about \d+\.\d (h|days)$/);
+    expect(slow?.title).toMatch(
+      /^training on the CPU would take about \d+\.\d (h|days), between \d+(\.\d)? (h|days) and \d+\.\d (h|days)$/,
+    );
+  });
+
+  it("says its range; a busy CPU (all threads slower together than one alone) widens it upward only", () => {
+    // Timings of probe.py's bench_cpu on one 2-core machine shared with other jobs, and idle: all threads'
+    // median read 7.7 and 118 GFLOP/s (a 15× swing in the estimate); one thread's stays near 60.
+    const cpu = (all: number[], one: number[]) => {
+      const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[2] as number;
+      return {
+        ...recorded("h200-cvd-empty"),
+        cpu: {
+          count: 2,
+          usable: 2,
+          machine: "x86_64",
+          bench: {
+            matmul_gflops: med(all),
+            all_threads_gflops: all,
+            one_thread_gflops: one,
+            size: 512,
+            threads: 2,
+          },
+        },
+      } as Probe;
+    };
+    const busy = cpuEstimate(cpu([4.1, 7.7, 11.3, 5.0, 9.0], [52.7, 58.2, 79.7, 60.0, 55.0]), work);
+    const idle = cpuEstimate(cpu([110, 118, 121, 115, 119], [60, 62, 58, 61, 59]), work);
+    expect(idle.seconds / busy.seconds).toBeGreaterThan(0.5); // within a factor of 2 of each other
+    const [lo, hi] = idle.evidence.range_seconds as [number, number];
+    expect(lo).toBe(Math.round(idle.seconds / 2));
+    expect(hi).toBe(Math.round(idle.seconds * 2));
+    expect(idle.evidence.duration).toMatch(/^\d+ s, between \d+ s and \d+ s$/);
+    const [, busyHi] = busy.evidence.range_seconds as [number, number];
+    expect(busyHi).toBeGreaterThan(2 * busy.seconds);
+    expect(busy.evidence.duration).toContain("the CPU is busy");
   });
 });
 

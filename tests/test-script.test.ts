@@ -4,6 +4,7 @@ import { chmodSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { chromiumFacts, chromiumPlan, DEFAULT_CHROMIUM, ensureChromium } from "../scripts/chromium.mjs";
+import { ensureTmux, tmuxFacts, tmuxPlan } from "../scripts/tmux.mjs";
 import { tmpDir } from "./helpers.js";
 
 const facts = {
@@ -59,5 +60,32 @@ describe("npm test's browser", () => {
     expect(ensureChromium(() => {}, { LORAKIT_CHROMIUM: path.join(dir, "missing"), PATH: dir })).toContain(
       "is not an executable file",
     );
+  });
+});
+
+describe("npm test's tmux (the terminal tests)", () => {
+  const tmux = { present: false, platform: "linux", uid: 0, aptGet: true };
+
+  it("uses tmux on PATH, installs Debian's as root where apt-get is, else stops with the one command", () => {
+    expect(tmuxPlan({ ...tmux, present: true })).toEqual({ action: "ok" });
+    expect(tmuxPlan(tmux)).toEqual({
+      action: "install",
+      steps: [
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "tmux"],
+      ],
+    });
+    const user = tmuxPlan({ ...tmux, uid: 1000 });
+    expect(user.action === "fail" && user.message).toContain("\n  sudo apt-get install -y tmux\n");
+    const mac = tmuxPlan({ ...tmux, platform: "darwin", aptGet: false });
+    expect(mac.action === "fail" && mac.message).toContain("package manager");
+  });
+
+  it("reads the facts from the machine: tmux and apt-get on PATH", () => {
+    const dir = tmpDir("lorakit-tmux-");
+    expect(tmuxFacts({ PATH: dir })).toMatchObject({ present: false, aptGet: false });
+    writeFileSync(path.join(dir, "tmux"), "#!/bin/sh\n", { mode: 0o755 });
+    expect(tmuxFacts({ PATH: dir })).toMatchObject({ present: true });
+    expect(ensureTmux(() => {}, { PATH: dir })).toBeNull();
   });
 });

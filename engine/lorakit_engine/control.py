@@ -1,6 +1,7 @@
 """Control lines from the product on stdin (`stop`, `save`, `sample`), read by a daemon thread and queued;
 the training loop takes them between optimizer steps. EOF is not a stop: a closed stdin changes nothing.
-SIGINT in a terminal is a `stop`; a second SIGINT exits at once.
+SIGINT in a terminal is a `stop`; a second SIGINT exits at once. A stop that comes while a step runs can be
+seen at that step's end (`stop_pending`), so that the run ends after the step in progress, not the next one.
 """
 
 from __future__ import annotations
@@ -22,9 +23,16 @@ class Controls:
 
     def __init__(self) -> None:
         self._q: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._stop = threading.Event()
 
     def put(self, command: str) -> None:
+        if command == "stop":
+            self._stop.set()
         self._q.put(command)
+
+    def stop_pending(self) -> bool:
+        """A stop has been asked for (taken or not yet): read at a step's end."""
+        return self._stop.is_set()
 
     def take(self) -> list[str]:
         out = []

@@ -4,17 +4,32 @@
 profiled step, the GPU's busy time by kernel category (GEMM, attention, NCCL, other) and the top kernels and
 host calls. Host calls that block on the GPU (synchronize, pageable copies, `.item()`) show up under the
 host table's cudaStreamSynchronize / cudaMemcpy rows. Off by default; costs nothing then.
+`peak_memory` is the memory figure of every step event.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from .protocol import EngineError
+
+
+def peak_memory(device: torch.device) -> int | None:
+    """Peak memory so far: CUDA memory allocated on a GPU; the process's resident set on the CPU (Linux,
+    macOS); None where it is not measured."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def category(name: str) -> str:

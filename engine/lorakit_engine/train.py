@@ -39,7 +39,7 @@ from .generate import emit_samples
 from .inspect_model import check_peft_model
 from .models.checkpoint import CheckpointError
 from .monitor import Monitor
-from .profiling import StepProfiler
+from .profiling import StepProfiler, peak_memory
 from .protocol import Emit, EngineError, finding, finite, log
 
 _B_ZERO_RMS = 1e-8  # a LoRA B whose entries average below this never moved away from its zero init
@@ -635,6 +635,8 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
         else:
             ce_total = dist.sum_grads(trainable, ce_total)
         do_save, do_sample, stopped, n_trained, n_real = agreed.result()
+        # One process: a stop that came while this step ran ends the run after it (torchrun: after the next).
+        stopped = stopped or (not dist.active and controls.stop_pending())
         loss = float(ce_total) / n_trained if n_trained else None
         if scaler is not None:
             scaler.unscale_(optimizer)
@@ -685,7 +687,7 @@ def run(plan: dict, emit: Emit, controls: Controls | None = None) -> Result:
                 "tokens": n_trained,
                 "tokens_per_s": n_real / took if took > 0 else 0.0,
                 "elapsed_s": time.monotonic() - t0,
-                "memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+                "memory_bytes": peak_memory(device),
             }
         )
         if n_trained:

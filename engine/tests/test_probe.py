@@ -61,7 +61,11 @@ def test_reports_torch_build_and_cuda_as_torch_sees_them(tmp_path):
     assert p["disk"]["path"].endswith("runs/x") and Path(p["disk"]["measured_at"]) == tmp_path
     assert p["disk"]["free_bytes"] > 0
     if not torch.cuda.is_available():
-        assert p["cpu"]["bench"]["matmul_gflops"] > 0 and p["cpu"]["bench"]["runs"] >= 1
+        bench = p["cpu"]["bench"]
+        assert bench["matmul_gflops"] > 0 and bench["runs"] >= 1
+        # 5 timings on all threads (their median is the rate) and 5 on one: one timing swings on a busy CPU.
+        assert len(bench["all_threads_gflops"]) == len(bench["one_thread_gflops"]) == 5
+        assert bench["matmul_gflops"] == pytest.approx(sorted(bench["all_threads_gflops"])[2], rel=0.01)
 
 
 def test_nvml_library_missing(tmp_path):

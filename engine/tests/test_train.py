@@ -358,3 +358,29 @@ def test_a_stop_during_the_last_step_finishes_the_run(tmp_path, model_dir):
     done = events[-1]
     assert done["type"] == "done" and done["step"] == 3 and done["stopped_early"] is False
     assert not result.stopped_early and of_type(events, "eval")
+
+
+def test_a_stop_during_a_step_ends_the_run_after_that_step(tmp_path, model_dir):
+    """Ctrl-C while a step computes: that step finishes, a checkpoint of it is saved and the run stops there,
+    not one step later (the stop comes after the step read its control lines)."""
+    from lorakit_engine.control import Controls
+
+    class StopDuringStep3(Controls):
+        reads = 0
+
+        def take(self):
+            taken = super().take()
+            self.reads += 1
+            if self.reads == 3:  # step 3 has read its (empty) control lines and computes when the stop comes
+                self.put("stop")
+            return taken
+
+    root = tmp_path / "run"
+    plan = read_plan(write_plan(root, make_plan(root, model_dir, **{"train.total_steps": 8})))
+    events: list[dict] = []
+    result = train_mod.run(plan, events.append, StopDuringStep3())
+    assert [e["step"] for e in of_type(events, "step")] == [1, 2, 3]
+    assert of_type(events, "checkpoint")[-1]["step"] == 3
+    done = events[-1]
+    assert done["type"] == "done" and done["step"] == 3 and done["stopped_early"] is True
+    assert result.stopped_early

@@ -23,12 +23,10 @@ import {
 } from "../runs/compare.js";
 import { type RunRow, RunStore } from "../runs/store.js";
 import { runRoad } from "../train/road.js";
-import { parse } from "./args.js";
-import { colors, err, out } from "./io.js";
-import type { Command } from "./main.js";
-import { eventPrinter, withInterrupt } from "./train.js";
-
-const usage = "lorakit compare <a.yaml> <b.yaml> [--no-train] [--out FILE]";
+import { defineCommand } from "./command.js";
+import { withInterrupt } from "./interrupt.js";
+import { colors, err, out, userPath } from "./io.js";
+import { eventPrinter, stoppedLine } from "./progress.js";
 
 const fmt = (x: number | null, digits = 4) => (x === null ? "—" : x.toFixed(digits));
 const pct = (x: number | null) => (x === null ? "—" : `${(100 * x).toFixed(1)}%`);
@@ -63,15 +61,34 @@ function staleness(loaded: LoadedConfig, run: RunRow): string[] {
   return changes;
 }
 
-export const command: Command = {
+export const command = defineCommand({
+  name: "compare",
   summary: "two runs side by side (the same recipe on two models, or one setting changed): what differs, and why",
-  usage,
-  async run(argv, io) {
-    const { values, positionals } = parse(argv, { "no-train": { type: "boolean" }, out: { type: "string" } }, usage);
-    if (positionals.length !== 2) {
-      err(io, `usage: ${usage}`);
-      return 2;
-    }
+  args: "<a.yaml> <b.yaml>",
+  positionals: [2, 2],
+  description:
+    "Trains each of the two runs that has not completed yet (a stopped one continues from its checkpoint, a " +
+    "failed one starts over) and reuses each that has (and says so), then shows what differs between them " +
+    "(model identity, template, data, hyperparameters), final and best eval loss, held-out exact match and every " +
+    "finding, and a verdict that follows from what differs: a different model with the same recipe and data " +
+    "tells a model problem from a pipeline problem. Writes one HTML page with both loss curves and the samples " +
+    "beside the reference answers.",
+  options: {
+    "no-train": {
+      type: "boolean",
+      description: "only read runs that have completed; stop with an error if one has not",
+    },
+    out: {
+      type: "string",
+      value: "FILE",
+      description: "where the HTML page goes (default compare-<a>-<b>.html in the current folder)",
+    },
+  },
+  examples: [
+    ["lorakit compare chatglm3.yaml deepseek.yaml", "the same recipe on two models: train both (if needed), compare"],
+    ["lorakit compare a.yaml b.yaml --no-train --out cmp.html", "compare two finished runs, page in cmp.html"],
+  ],
+  async run({ values, positionals }, io) {
     const c = colors(io);
     const identities = new Map<string, ModelIdentity | null>();
     const identity = (dir: string) => {
@@ -81,7 +98,7 @@ export const command: Command = {
     const summaries: RunSummary[] = [];
     for (const [i, configPath] of positionals.entries()) {
       const label = i === 0 ? "A" : "B";
-      const loaded = await loadConfig(configPath as string, io.cwd);
+      const loaded = await loadConfig(configPath as string, io.cwd, io.env);
       let store = RunStore.forOutputDir(loaded.outputDir);
       let run = store.getRun(loaded.name);
       let origin: RunSummary["origin"];
@@ -110,24 +127,26 @@ export const command: Command = {
         const resume = run?.status === "stopped";
         origin = resume ? { kind: "resumed" } : { kind: "trained" };
         out(io, `${label}: ${resume ? "resuming" : "training"} ${loaded.name} (${configPath})`);
-        const { onEvent, progress } = eventPrinter(io, loaded.config.train.log_every);
-        const result = await withInterrupt(io, (signal) =>
-          runRoad(loaded, {
-            signal,
-            env: io.env,
-            log: (l) => progress.line(l),
-            onEvent,
-            // A run stopped earlier continues from its checkpoint; a failed one starts over.
-            resume,
-            fresh: run?.status === "failed",
-          }),
-        );
-        progress.end();
-        if (result.error) throw result.error;
+        const { onEvent, progress, trace } = eventPrinter(io, loaded.config.train.log_every);
+        const result = await withInterrupt(
+          io,
+          (signal) =>
+            runRoad(loaded, {
+              signal,
+              env: io.env,
+              log: (l) => progress.line(l),
+              onEvent,
+              // A run stopped earlier continues from its checkpoint; a failed one starts over.
+              resume,
+              fresh: run?.status === "failed",
+            }),
+          progress,
+        ).finally(() => progress.end());
         if (result.status === "stopped") {
-          out(io, `stopped; continue with: lorakit compare ${positionals.join(" ")}`);
+          out(io, stoppedLine(trace, `lorakit compare ${positionals.join(" ")}`));
           return 130;
         }
+        if (result.error) throw result.error;
         store = RunStore.forOutputDir(loaded.outputDir);
         run = store.getRun(loaded.name) as RunRow;
       }
@@ -180,9 +199,9 @@ export const command: Command = {
 
     out(io, "");
     for (const [i, l] of lines.entries()) out(io, `${i === 0 ? c.bold("verdict") : "       "}  ${l}`);
-    const file = path.resolve(io.cwd, values.out ?? `compare-${a.name}-${b.name}.html`);
+    const file = values.out ? userPath(io, values.out) : path.resolve(io.cwd, `compare-${a.name}-${b.name}.html`);
     writeFileSync(file, renderCompare({ a, b, diff, verdict: lines }));
     out(io, `\nreport   ${file}`);
     return 0;
   },
-};
+});

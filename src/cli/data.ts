@@ -3,33 +3,45 @@
 import { loadConfig } from "../config/load.js";
 import { loadConversations, viewSample } from "../data/prepare.js";
 import { loadTokenizer } from "../data/tokenizer.js";
-import { LorakitError, usageError } from "../errors.js";
+import { LorakitError } from "../errors.js";
 import { inspectModel } from "../models/inspect.js";
 import { prepareForRun } from "../train/prepare-run.js";
-import { parse } from "./args.js";
+import { defineCommand } from "./command.js";
 import { out } from "./io.js";
-import type { Command } from "./main.js";
 import { printTokens } from "./tokens-view.js";
 
-const usage = "lorakit data <run.yaml> [--sample N]... [--show K] [--pieces] [--json]";
-
-export const command: Command = {
+export const command = defineCommand({
+  name: "data",
   summary: "prepare a run's data and show samples token by token, with length and trained-token statistics",
-  usage,
-  async run(argv, io) {
-    const { values, positionals } = parse(
-      argv,
-      {
-        sample: { type: "string", multiple: true },
-        show: { type: "string" },
-        pieces: { type: "boolean" },
-        json: { type: "boolean" },
-      },
-      usage,
-    );
-    const [configPath] = positionals;
-    if (!configPath) throw usageError("the run config is missing", usage);
-    const loaded = await loadConfig(configPath, io.cwd);
+  args: "<run.yaml>",
+  positionals: [1, 1],
+  description:
+    "Reads the run's data files, renders each sample with the chat template, tokenizes it with the model's " +
+    "tokenizer and masks the labels, as training will (the prepared data is kept and reused by `lorakit " +
+    "train`). Prints lengths, trained tokens, truncation, stop tokens and duplicates, then samples token by " +
+    "token: index, id, piece, and T for the tokens the loss is computed on.",
+  options: {
+    sample: {
+      type: "string",
+      multiple: true,
+      value: "N",
+      description: "show training sample N (0-based, in file order)",
+    },
+    show: { type: "string", value: "K", description: "show the first K samples (default 1)" },
+    pieces: { type: "boolean", description: "also show each token's raw vocabulary piece beside its text" },
+    json: {
+      type: "boolean",
+      description: "print the prepared data's folder, manifest and statistics as one JSON object instead",
+    },
+  },
+  examples: [
+    ["lorakit data run.yaml", "statistics and the first sample"],
+    ["lorakit data run.yaml --sample 3 --sample 17", "samples 3 and 17, token by token"],
+    ["lorakit data run.yaml --json | jq .manifest", "the manifest, for a script"],
+  ],
+  async run({ values, positionals }, io) {
+    const configPath = positionals[0] as string;
+    const loaded = await loadConfig(configPath, io.cwd, io.env);
     const model = inspectModel(loaded.modelDir);
     const tokenizer = await loadTokenizer(loaded.modelDir);
     const prepared = await prepareForRun(loaded, model, tokenizer, values.json ? () => {} : (l) => out(io, l));
@@ -84,4 +96,4 @@ export const command: Command = {
     }
     return 0;
   },
-};
+});

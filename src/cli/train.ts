@@ -1,103 +1,70 @@
 // `lorakit train run.yaml`: the whole road, supervised, with a live progress display.
 import { loadConfig } from "../config/load.js";
-import type { Event } from "../config/schema.js";
 import { renderFinding } from "../doctor/finding.js";
 import { LorakitError } from "../errors.js";
 import { runRoad } from "../train/road.js";
-import { parse } from "./args.js";
-import { colors, err, type Io, out } from "./io.js";
-import type { Command } from "./main.js";
-import { Progress } from "./progress.js";
+import { defineCommand } from "./command.js";
+import { withInterrupt } from "./interrupt.js";
+import { out } from "./io.js";
+import { eventPrinter, stoppedLine } from "./progress.js";
 
-const usage = "lorakit train <run.yaml> [--resume | --fresh] [--force] [--no-smoke]";
-
-/** Prints engine events for a person: the progress bar, evals, findings, checkpoints. */
-export function eventPrinter(io: Io, logEvery: number): { onEvent: (e: Event) => void; progress: Progress } {
-  const progress = new Progress(io, logEvery);
-  const c = colors(io);
-  const onEvent = (e: Event) => {
-    switch (e.type) {
-      case "start":
-        progress.line(
-          `engine      ${e.device_name} (${e.dtype}), LoRA on ${e.lora_modules} modules, ${e.trainable_params.toLocaleString("en-US")} trainable of ${e.total_params.toLocaleString("en-US")} parameters (${((100 * e.trainable_params) / Math.max(1, e.total_params)).toFixed(3)}%)${e.start_step ? `, resuming at step ${e.start_step}` : ""}`,
-        );
-        break;
-      case "step":
-        progress.step(e);
-        break;
-      case "eval":
-        progress.line(`eval        step ${e.step}: loss ${e.loss === null ? "NaN" : e.loss.toFixed(4)}`);
-        break;
-      case "checkpoint":
-        progress.line(c.dim(`checkpoint  step ${e.step} → ${e.path}`));
-        break;
-      case "finding":
-        break; // printed through the road's onFinding, with the preflight and output findings
-      case "log":
-        if (e.level !== "debug") progress.line(c.dim(e.message));
-        break;
-      case "done":
-        progress.end();
-        break;
-      default:
-        break;
-    }
-  };
-  return { onEvent, progress };
-}
-
-/** Turns Ctrl-C into an AbortSignal for the duration of `fn`. */
-export async function withInterrupt<T>(io: Io, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
-  if (io.signal) return fn(io.signal);
-  const ac = new AbortController();
-  const onSig = () => {
-    if (ac.signal.aborted) process.exit(130); // a second Ctrl-C: now
-    err(io, "\nstopping: a running engine saves a checkpoint first (Ctrl-C again to quit at once) …");
-    ac.abort();
-  };
-  process.on("SIGINT", onSig);
-  try {
-    return await fn(ac.signal);
-  } finally {
-    process.off("SIGINT", onSig);
-  }
-}
-
-export const command: Command = {
+export const command = defineCommand({
+  name: "train",
   summary: "fine-tune a model with LoRA as a run config says",
-  usage,
-  async run(argv, io) {
-    const { values, positionals } = parse(
-      argv,
-      {
-        resume: { type: "boolean" },
-        fresh: { type: "boolean" },
-        force: { type: "boolean" },
-        "no-smoke": { type: "boolean" },
-      },
-      usage,
-    );
-    const [configPath] = positionals;
-    if (!configPath) {
-      err(io, `usage: ${usage}`);
-      return 2;
-    }
-    const loaded = await loadConfig(configPath, io.cwd);
-    const { onEvent, progress } = eventPrinter(io, loaded.config.train.log_every);
-    const result = await withInterrupt(io, (signal) =>
-      runRoad(loaded, {
-        resume: Boolean(values.resume),
-        force: Boolean(values.force),
-        fresh: Boolean(values.fresh),
-        smoke: !values["no-smoke"],
-        signal,
-        env: io.env,
-        log: (l) => progress.line(l),
-        onEvent,
-        onFinding: (f) => progress.line(renderFinding(f, io)),
-      }),
-    );
-    progress.end();
+  args: "<run.yaml>",
+  positionals: [1, 1],
+  description:
+    "Reads the run config, checks the environment, config, memory, data and model (as `lorakit doctor` does), " +
+    "prepares the data, makes a smoke run (two steps, save, reload, generate), then trains with live " +
+    "monitors, samples the held-out prompts before and after, and writes the adapter (PEFT format) and " +
+    "report.html under output_dir/<name>/. Ctrl-C ends the current step, saves a checkpoint and stops; " +
+    "--resume continues from there.",
+  options: {
+    resume: {
+      type: "boolean",
+      description:
+        "continue the run from its last checkpoint (after Ctrl-C or a crash), with the same config; the losses match an uninterrupted run",
+    },
+    fresh: {
+      type: "boolean",
+      description: "start the run over: delete the checkpoints and adapter an earlier run of the same name left",
+    },
+    force: {
+      type: "boolean",
+      description:
+        "train even when the doctor's checks found errors (the run records that it was forced); warnings never stop a run",
+    },
+    "no-smoke": {
+      type: "boolean",
+      description: "skip the smoke run (two steps, save, reload and generate on a slice) before the real one",
+    },
+  },
+  examples: [
+    ["lorakit train run.yaml", "train as run.yaml says"],
+    ["lorakit train run.yaml --resume", "continue after Ctrl-C or a crash"],
+    ["lorakit train run.yaml --fresh", "train again from scratch under the same name"],
+    ["lorakit doctor run.yaml && lorakit train run.yaml --no-smoke", "check first, then train without the smoke run"],
+  ],
+  async run({ values, positionals }, io) {
+    const configPath = positionals[0] as string;
+    const loaded = await loadConfig(configPath, io.cwd, io.env);
+    const { onEvent, progress, trace } = eventPrinter(io, loaded.config.train.log_every);
+    const result = await withInterrupt(
+      io,
+      (signal) =>
+        runRoad(loaded, {
+          resume: Boolean(values.resume),
+          force: Boolean(values.force),
+          fresh: Boolean(values.fresh),
+          smoke: !values["no-smoke"],
+          signal,
+          env: io.env,
+          log: (l) => progress.line(l),
+          onEvent,
+          onFinding: (f) => progress.line(renderFinding(f, io)),
+        }),
+      progress,
+    ).finally(() => progress.end());
     if (result.exactMatch.n > 0 && result.exactMatch.after !== null) {
       const pct = (x: number | null) => (x === null ? "—" : `${(100 * x).toFixed(1)}%`);
       out(
@@ -107,11 +74,11 @@ export const command: Command = {
     }
     if (result.status !== "stopped") out(io, `run         ${result.outcome}`);
     out(io, `report      ${result.reportPath}`);
-    if (result.adapterDir) out(io, `adapter     ${result.adapterDir}`);
     if (result.status === "stopped") {
-      out(io, `stopped; continue with: lorakit train ${configPath} --resume`);
+      out(io, stoppedLine(trace, `lorakit train ${configPath} --resume`));
       return 130;
     }
+    if (result.adapterDir) out(io, `adapter     ${result.adapterDir}`);
     if (result.error) throw result.error;
     if (result.errorFindings.length > 0) {
       // The run finished, but the doctor found errors in it: say so in the exit code too.
@@ -119,4 +86,4 @@ export const command: Command = {
     }
     return 0;
   },
-};
+});

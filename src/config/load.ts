@@ -2,10 +2,11 @@
 // problem at once — each with its file:line, key path and the nearest valid key or value.
 import { existsSync, readdirSync, statSync } from "node:fs";
 import { readFile } from "node:fs/promises";
+import os from "node:os";
 import path from "node:path";
 import { isMap, isSeq, LineCounter, parseDocument } from "yaml";
 import { z } from "zod";
-import { LorakitError, nearest } from "../errors.js";
+import { editDistance, LorakitError, nearest } from "../errors.js";
 import { RunConfig } from "./schema.js";
 
 export interface LoadedConfig {
@@ -68,6 +69,79 @@ function valueAt(root: unknown, p: KeyPath): unknown {
   return cur;
 }
 
+/** Names other tools give lorakit's keys (transformers' TrainingArguments, peft's LoraConfig, common
+ * fine-tuning scripts), for "did you mean" when a config is written from one of their examples. */
+const KEY_ALIASES: Record<string, string> = {
+  learning_rate: "train.lr",
+  num_train_epochs: "train.epochs",
+  num_epochs: "train.epochs",
+  per_device_train_batch_size: "train.batch_size",
+  micro_batch_size: "train.batch_size",
+  gradient_accumulation_steps: "train.grad_accum",
+  lr_scheduler_type: "train.scheduler",
+  logging_steps: "train.log_every",
+  save_steps: "train.save_every",
+  eval_steps: "train.eval_every",
+  save_total_limit: "train.keep_checkpoints",
+  max_seq_length: "data.max_length",
+  cutoff_len: "data.max_length",
+  model_max_length: "data.max_length",
+  lora_r: "lora.r",
+  lora_rank: "lora.r",
+  rank: "lora.r",
+  lora_alpha: "lora.alpha",
+  lora_dropout: "lora.dropout",
+  target_modules: "lora.targets",
+  model_name_or_path: "model",
+  base_model: "model",
+  train_file: "data.train",
+  dataset: "data.train",
+  eval_file: "data.eval",
+  validation_file: "data.eval",
+};
+
+/** Every key of the run config as a path, down to the keys of its sections. */
+function configKeyPaths(): string[][] {
+  const out: string[][] = [];
+  const top = schemaAt(RunConfig, []);
+  if (!(top instanceof z.ZodObject)) return out;
+  for (const k of Object.keys(top.shape)) {
+    out.push([k]);
+    const inner = schemaAt(RunConfig, [k]);
+    if (inner instanceof z.ZodObject) for (const j of Object.keys(inner.shape)) out.push([k, j]);
+  }
+  return out;
+}
+
+const norm = (k: string) => k.toLowerCase().replace(/[-_\s]/g, "");
+
+/**
+ * The key meant by unknown `key` under `section`, searched in every section: another tool's name for it
+ * (`learning_rate` → train.lr), the same name elsewhere (`lr` at the top → train.lr), a shortened name
+ * (`max_len` → data.max_length), or a typo (within the section; across sections only a one-letter one).
+ */
+export function suggestKey(section: KeyPath, key: string): string | undefined {
+  const alias = KEY_ALIASES[key.toLowerCase().replace(/-/g, "_")];
+  if (alias) return alias;
+  const here = keyPathText(section);
+  const n = norm(key);
+  let best: { path: string; score: number } | undefined;
+  for (const p of configKeyPaths()) {
+    const leaf = norm(p[p.length - 1] as string);
+    const same = keyPathText(p.slice(0, -1)) === here;
+    const d = editDistance(n, leaf);
+    let score: number | undefined;
+    if (n === leaf) score = 0;
+    else if (Math.min(n.length, leaf.length) >= 3 && (leaf.startsWith(n) || n.startsWith(leaf))) score = 1;
+    else if (same && d <= Math.max(2, Math.floor(n.length / 3))) score = 1 + d;
+    else if (!same && n.length >= 4 && d <= 1) score = 1 + d;
+    if (score === undefined) continue;
+    score = 2 * score + (same ? 0 : 1); // the key's own section first, at equal closeness
+    if (!best || score < best.score) best = { path: keyPathText(p), score };
+  }
+  return best?.path;
+}
+
 /** Converts zod issues to LorakitErrors with line numbers and suggestions. */
 export function configIssues(
   issues: readonly z.core.$ZodIssue[],
@@ -83,11 +157,11 @@ export function configIssues(
       const known = s instanceof z.ZodObject ? Object.keys(s.shape) : [];
       for (const key of issue.keys) {
         const full = [...p, key];
-        const guess = nearest(key, known);
+        const guess = suggestKey(p, key);
         errors.push(
           new LorakitError("CONFIG_UNKNOWN_KEY", `unknown key '${keyPathText(full)}'`, {
             where: { file, line: lineOf(full), key: keyPathText(full) },
-            hint: guess ? `did you mean '${keyPathText([...p, guess])}'?` : `valid keys here: ${known.join(", ")}`,
+            hint: guess ? `did you mean '${guess}'?` : `valid keys here: ${known.join(", ")}`,
           }),
         );
       }
@@ -145,6 +219,12 @@ export function configIssues(
     }
   }
   return errors;
+}
+
+/** `~` and `~/…` as the home folder (HOME, else the account's), as a shell would; any other path unchanged. */
+export function expandHome(p: string, env: NodeJS.ProcessEnv = process.env): string {
+  if (p !== "~" && !p.startsWith("~/")) return p;
+  return path.join(env.HOME || os.homedir(), p.slice(1));
 }
 
 function asList(v: string | string[] | undefined): string[] {
@@ -208,8 +288,12 @@ export function parseConfigText(
   return { config: parsed.data, lineOf };
 }
 
-export async function loadConfig(configPath: string, cwd: string = process.cwd()): Promise<LoadedConfig> {
-  const file = path.resolve(cwd, configPath);
+export async function loadConfig(
+  configPath: string,
+  cwd: string = process.cwd(),
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<LoadedConfig> {
+  const file = path.resolve(cwd, expandHome(configPath, env));
   let text: string;
   try {
     text = await readFile(file, "utf8");
@@ -222,7 +306,9 @@ export async function loadConfig(configPath: string, cwd: string = process.cwd()
   const { config, lineOf } = parseConfigText(text, file);
   const base = path.dirname(file);
   const errors: LorakitError[] = [];
-  const modelDir = path.resolve(base, config.model);
+  // Paths in the config: `~` is the home folder; relative paths are from the config file's folder.
+  const resolve = (p: string) => path.resolve(base, expandHome(p, env));
+  const modelDir = resolve(config.model);
   if (!existsSync(modelDir)) {
     errors.push(missingPathError("model folder", modelDir, config.model, file, "model", lineOf(["model"])));
   } else if (!existsSync(path.join(modelDir, "config.json"))) {
@@ -235,7 +321,7 @@ export async function loadConfig(configPath: string, cwd: string = process.cwd()
   }
   const resolveFiles = (key: "train" | "eval") =>
     asList(config.data[key]).map((f, i) => {
-      const abs = path.resolve(base, f);
+      const abs = resolve(f);
       const keyPath = Array.isArray(config.data[key]) ? ["data", key, i] : ["data", key];
       if (!existsSync(abs))
         errors.push(missingPathError("data file", abs, f, file, keyPathText(keyPath), lineOf(keyPath)));
@@ -252,6 +338,6 @@ export async function loadConfig(configPath: string, cwd: string = process.cwd()
     modelDir,
     trainFiles,
     evalFiles,
-    outputDir: path.resolve(base, config.output_dir),
+    outputDir: resolve(config.output_dir),
   };
 }

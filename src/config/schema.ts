@@ -236,7 +236,7 @@ export const Event = z.discriminatedUnion("type", [
     tokens: nonNegInt, // trained (label) tokens in this optimizer step
     tokens_per_s: z.number().nonnegative(), // real (non-padding) input tokens per second
     elapsed_s: z.number().nonnegative(),
-    memory_bytes: nonNegInt.nullable(),
+    memory_bytes: nonNegInt.nullable(), // peak: CUDA memory allocated (GPU), resident set (CPU); null: not measured
   }),
   z.strictObject({
     type: z.literal("eval"),

@@ -19,12 +19,13 @@ export function runEngineJson<T>(
   py: PythonEnv,
   module: string,
   args: string[],
-  opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
+  opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv; signal?: AbortSignal } = {},
 ): Promise<EngineJson<T>> {
   return new Promise((resolve) => {
     const child = spawn(py.python, ["-m", module, ...args], {
       env: spawnEnv(py, opts.env),
       stdio: ["ignore", "pipe", "pipe"],
+      ...(opts.signal ? { signal: opts.signal, killSignal: "SIGKILL" as const } : {}),
     });
     let stdout = "";
     let stderr = "";
@@ -117,7 +118,10 @@ export interface Probe {
     usable: number | null;
     machine: string;
     bench?: {
+      /** The median of all_threads_gflops (probe.py bench_cpu). */
       matmul_gflops?: number;
+      all_threads_gflops?: number[];
+      one_thread_gflops?: number[];
       size?: number;
       runs?: number;
       seconds?: number;
@@ -131,11 +135,12 @@ export interface Probe {
 export async function runProbe(
   py: PythonEnv,
   outputDir: string,
-  opts: { env?: NodeJS.ProcessEnv; bench?: boolean; timeoutMs?: number } = {},
+  opts: { env?: NodeJS.ProcessEnv; bench?: boolean; timeoutMs?: number; signal?: AbortSignal } = {},
 ): Promise<{ probe: Probe | null; finding: Finding | null }> {
   const args = ["--output-dir", outputDir, ...(opts.bench === false ? ["--no-bench"] : [])];
   const r = await runEngineJson<Probe>(py, "lorakit_engine.probe", args, {
     env: opts.env,
+    ...(opts.signal ? { signal: opts.signal } : {}),
     timeoutMs: opts.timeoutMs ?? 120_000,
   });
   if (r.json) return { probe: r.json, finding: null };
@@ -261,8 +266,12 @@ export interface CpuWork {
   flopsPerToken: number;
 }
 
-/** A whole training step reaches about this share of the bare matmul rate on a CPU (assumed). */
+/** A whole training step reaches about this share of the bare matmul rate on a CPU (assumed)… */
 export const CPU_STEP_EFFICIENCY = 0.5;
+/** …and somewhere between these: the estimate's range, a factor of 2 either way. */
+export const CPU_STEP_EFFICIENCY_RANGE = [0.25, 1] as const;
+/** On an idle CPU each of torch's threads keeps at least this share of one thread's matmul rate (assumed). */
+export const CPU_THREAD_SCALING_FLOOR = 0.6;
 /** When the probe could not time the CPU: GFLOP/s per core (assumed, fp32, AVX2-class). */
 export const CPU_GFLOPS_PER_CORE_ASSUMED = 10;
 export const CPU_SLOW_SECONDS = 3600;
@@ -274,20 +283,50 @@ export function fmtDuration(s: number): string {
   return `${(s / 86400).toFixed(1)} days`;
 }
 
+const median = (xs: readonly number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
+};
+
+/**
+ * How long the run's training takes on this CPU: its FLOPs at the CPU's matmul rate × the share a whole step
+ * reaches. The rate is what the CPU can do, not what it did in a busy moment: all threads' median, but at least
+ * one thread's median × threads × CPU_THREAD_SCALING_FLOOR (one thread's rate holds steady while other jobs
+ * share the CPU; all threads' can drop tenfold). The range is the step share's (a factor of 2 either way), and
+ * further up when all threads ran slower together than one alone while measured (a busy CPU).
+ */
 export function cpuEstimate(p: Probe, work: CpuWork): { seconds: number; evidence: Record<string, unknown> } {
-  const measured = p.cpu.bench?.matmul_gflops;
+  const bench = p.cpu.bench;
+  const measured = bench?.matmul_gflops;
   const cores = p.cpu.usable ?? p.cpu.count ?? 1;
-  const gflops = measured ?? CPU_GFLOPS_PER_CORE_ASSUMED * cores;
+  const all = bench?.all_threads_gflops?.length ? median(bench.all_threads_gflops) : null;
+  const one = bench?.one_thread_gflops?.length ? median(bench.one_thread_gflops) : null;
+  const threads = bench?.threads ?? cores;
+  const gflops =
+    all !== null && one !== null
+      ? Math.max(all, one * threads * CPU_THREAD_SCALING_FLOOR)
+      : (measured ?? CPU_GFLOPS_PER_CORE_ASSUMED * cores);
   const basis =
     measured !== undefined
-      ? `measured: ${p.cpu.bench?.size}×${p.cpu.bench?.size} fp32 matmul at ${measured.toFixed(1)} GFLOP/s on ${p.cpu.bench?.threads} threads, × ${CPU_STEP_EFFICIENCY} for a whole training step`
-      : `assumed: ${CPU_GFLOPS_PER_CORE_ASSUMED} GFLOP/s per core × ${cores} cores, × ${CPU_STEP_EFFICIENCY} for a whole training step`;
-  const seconds = (work.tokens * work.flopsPerToken) / (gflops * 1e9 * CPU_STEP_EFFICIENCY);
+      ? `measured: ${bench?.size}×${bench?.size} fp32 matmul at ${measured.toFixed(1)} GFLOP/s${
+          all !== null && one !== null
+            ? ` (medians of ${bench?.all_threads_gflops?.length} timings: ${all.toFixed(1)} on ${threads} threads, ${one.toFixed(1)} on one)`
+            : ` on ${bench?.threads} threads`
+        }, × ${CPU_STEP_EFFICIENCY} for a whole training step (${CPU_STEP_EFFICIENCY_RANGE.join("–")} for the range)`
+      : `assumed: ${CPU_GFLOPS_PER_CORE_ASSUMED} GFLOP/s per core × ${cores} cores, × ${CPU_STEP_EFFICIENCY} for a whole training step (${CPU_STEP_EFFICIENCY_RANGE.join("–")} for the range)`;
+  const flops = work.tokens * work.flopsPerToken;
+  const seconds = flops / (gflops * 1e9 * CPU_STEP_EFFICIENCY);
+  const low = flops / (gflops * 1e9 * CPU_STEP_EFFICIENCY_RANGE[1]);
+  let high = flops / (gflops * 1e9 * CPU_STEP_EFFICIENCY_RANGE[0]);
+  const busy = all !== null && one !== null && all < one;
+  if (busy) high = Math.max(high, flops / (all * 1e9 * CPU_STEP_EFFICIENCY));
   return {
     seconds,
     evidence: {
-      duration: fmtDuration(seconds),
+      duration: `${fmtDuration(seconds)}, between ${fmtDuration(low)} and ${fmtDuration(high)}${busy ? " (the CPU is busy: its threads ran slower together than one alone)" : ""}`,
       seconds: Math.round(seconds),
+      range_seconds: [Math.round(low), Math.round(high)],
       tokens: work.tokens,
       tokens_basis: work.tokensBasis,
       flops_per_token: work.flopsPerToken,

@@ -59,6 +59,8 @@ export interface PreflightOptions {
   skipModel?: boolean;
   /** Called as each step finishes (the CLI prints it). */
   onStep?: (step: StepResult) => void;
+  /** Ctrl-C: the check running is killed and runPreflight throws INTERRUPTED (no finding is made of it). */
+  signal?: AbortSignal;
   log?: (line: string) => void;
 }
 
@@ -100,12 +102,25 @@ function readModelConfig(dir: string): { config: Record<string, unknown>; family
   return { config, family };
 }
 
+export function stoppedDuringChecks(): LorakitError {
+  return new LorakitError(
+    "INTERRUPTED",
+    "stopped (Ctrl-C) during the checks, before training started; nothing was trained",
+    {
+      hint: "run the same command again to start",
+      exitCode: 130,
+    },
+  );
+}
+
 /** Every check that can run before training, all findings at once. Never throws for what it finds. */
 export async function runPreflight(o: PreflightOptions): Promise<PreflightResult> {
   const { loaded } = o;
   const c = loaded.config;
   const steps: StepResult[] = [];
   const step = (name: StepName, summary: string, findings: Finding[], skipped = false) => {
+    // A check killed by Ctrl-C failed because of it: a stop, not a finding about the machine or the model.
+    if (o.signal?.aborted) throw stoppedDuringChecks();
     const s: StepResult = {
       n: steps.length + 1,
       name,
@@ -146,7 +161,7 @@ export async function runPreflight(o: PreflightOptions): Promise<PreflightResult
     }
   }
   if (py) {
-    const r = await runProbe(py, loaded.outputDir, { env: o.env });
+    const r = await runProbe(py, loaded.outputDir, { env: o.env, ...(o.signal ? { signal: o.signal } : {}) });
     probe = r.probe;
     if (r.finding) envOut.push(r.finding);
   }
@@ -271,6 +286,7 @@ export async function runPreflight(o: PreflightOptions): Promise<PreflightResult
       device: hardware?.device ?? "cpu",
       samples: o.templateSamples,
       env: o.env,
+      ...(o.signal ? { signal: o.signal } : {}),
     });
     facts = r.facts;
     modelOut.push(...r.findings);

@@ -53,6 +53,8 @@ export interface InspectOptions {
   noFp32Adapters?: boolean;
   env?: NodeJS.ProcessEnv;
   timeoutMs?: number;
+  /** Aborting kills the inspection (Ctrl-C during the checks). */
+  signal?: AbortSignal;
 }
 
 const TORCH_DTYPE: Record<Precision, string> = { bf16: "bfloat16", fp16: "float16", fp32: "float32" };
@@ -93,6 +95,7 @@ export async function inspectModel(
       {
         env: o.env,
         timeoutMs: o.timeoutMs ?? 600_000,
+        ...(o.signal ? { signal: o.signal } : {}),
       },
     );
     if (!r.json) {

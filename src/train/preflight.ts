@@ -49,6 +49,7 @@ export async function prepareAndCheck(
     log: (line: string) => void;
     onStep?: (s: StepResult) => void;
     skipModel?: boolean;
+    signal?: AbortSignal;
   },
 ): Promise<Checked> {
   const model = inspectModel(loaded.modelDir);
@@ -76,6 +77,7 @@ export async function prepareAndCheck(
     templateSamples: templateSamples(loaded, prepared, tokenizer),
     ...(opts.skipModel ? { skipModel: true } : {}),
     ...(opts.onStep ? { onStep: opts.onStep } : {}),
+    ...(opts.signal ? { signal: opts.signal } : {}),
     log: opts.log,
   });
   return { model, tokenizer, prepared, preflight };

@@ -246,6 +246,7 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
   const { model, tokenizer, prepared, preflight } = await prepareAndCheck(loaded, {
     py,
     env: opts.env ?? process.env,
+    ...(opts.signal ? { signal: opts.signal } : {}),
     log,
     onStep: (s) => {
       if (s.status !== "ok") log(`doctor      ${s.name}: ${s.summary}`);
