@@ -215,6 +215,7 @@ export function buildPlan(
     },
     resume: opts.resume,
     adapter_extras: prepared.adapterExtras,
+    adapter_files: prepared.adapterFiles,
     ...(opts.failAtStep !== undefined ? { fail_at_step: opts.failAtStep } : {}),
   };
 }
