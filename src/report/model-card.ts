@@ -113,6 +113,9 @@ export function usageSnippet(u: UsageFacts): string {
     ...paths,
     template,
     "tokenizer = AutoTokenizer.from_pretrained(adapter)  # the base's tokenizer files, copied beside the adapter",
+    ...(u.template === "jinja"
+      ? [`tokenizer.chat_template = open(f"{adapter}/chat_template.jinja", encoding="utf-8").read()  # as trained`]
+      : []),
     ...device,
     "model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to(device)",
     "model = PeftModel.from_pretrained(model, adapter).eval()",
@@ -127,8 +130,7 @@ export function usageSnippet(u: UsageFacts): string {
   if (u.template === "jinja") {
     return [
       ...header,
-      `tokenizer.chat_template = open(f"{adapter}/chat_template.jinja", encoding="utf-8").read()`,
-      "prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors='pt')",
+      `prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")`,
       `prompt = prompt["input_ids"].to(device)`,
       ...generate,
     ].join("\n");
