@@ -72,7 +72,7 @@ describe("report.html", () => {
     writeFileSync(file, html);
     const dom = renderInBrowser(file);
     expect(dom.match(/<svg/g)?.length).toBe(2);
-    expect(dom).toMatch(/<path d="M[\d.]+,[\d.]+L/); // the loss line was drawn
+    expect(dom).toMatch(/<path data-series="train" d="M[\d.]+,[\d.]+L/); // the loss line was drawn
     expect(dom).toContain("DATA_ROLE_TOKEN_AS_TEXT");
     expect(dom).toContain('class="out match"');
     expect(dom).toContain('class="out miss"');

@@ -110,6 +110,11 @@ def resolve_paths(plan: dict, base: Path) -> dict:
             holder = holder.get(k) if isinstance(holder, dict) else None
         if isinstance(holder, dict) and isinstance(holder.get(keys[-1]), str):
             holder[keys[-1]] = str((base / holder[keys[-1]]).resolve())
+    files = plan.get("adapter_files")
+    if isinstance(files, dict):
+        for name, source in files.items():
+            if isinstance(source, str):
+                files[name] = str((base / source).resolve())
     return plan
 
 

@@ -96,6 +96,20 @@ def preflight(plan: dict) -> dict[str, Any]:
                 f"adapter_extras: {name!r} is not a plain file name (or it would overwrite a peft file)",
                 "Name adapter_extras entries like 'chat_template.jinja': letters, digits, '.', '_', '-'.",
             )
+    for name, source in plan["adapter_files"].items():
+        if not _EXTRA_NAME.match(name) or name in _PEFT_FILES or name in plan["adapter_extras"]:
+            raise EngineError(
+                "PLAN_INVALID",
+                f"adapter_files: {name!r} is not a plain file name, or it would overwrite a peft file or an "
+                "adapter_extras entry",
+                "Name adapter_files entries like 'tokenizer.json': letters, digits, '.', '_', '-'.",
+            )
+        if not Path(source).is_file():
+            raise EngineError(
+                "PLAN_INVALID",
+                f"adapter_files: {name!r} is to be copied from {source}, which is not a file",
+                "Point the entry at a file of the base model (lorakit lists the tokenizer files it has).",
+            )
     model_dir = Path(plan["model"]["path"])
     if not (model_dir / "config.json").is_file():
         raise EngineError(
@@ -364,8 +378,8 @@ def report_norms(norms: dict[str, Any], emit: Emit) -> None:
 
 
 def write_adapter(model, plan: dict, state: dict | None = None) -> Path:
-    """run_dir/adapter/ in peft's format, plus the plan's extras. `state`: the LoRA tensors, whole, when the
-    model is sharded (sharding.full_adapter_state)."""
+    """run_dir/adapter/ in peft's format, plus the plan's extras and files. `state`: the LoRA tensors, whole,
+    when the model is sharded (sharding.full_adapter_state)."""
     run_dir = Path(plan["run_dir"])
     final, tmp = run_dir / "adapter", run_dir / ".tmp-adapter"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -373,6 +387,8 @@ def write_adapter(model, plan: dict, state: dict | None = None) -> Path:
     model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False, **whole)
     for name, text in plan["adapter_extras"].items():
         (tmp / name).write_text(text, encoding="utf-8")
+    for name, source in plan["adapter_files"].items():
+        shutil.copyfile(source, tmp / name)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     return final

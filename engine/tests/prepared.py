@@ -29,6 +29,9 @@ CHATGLM3 = {
     "lora.dropout": 0.0,
 }
 EOS = 2
+# Tokenizer files lorakit copies beside the adapter when the base has them (src/train/prepare-run.ts
+# TOKENIZER_FILES; a few more there).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def write_prepared(dir: Path, samples: list[tuple[list[int], list[int]]]) -> dict:
@@ -81,6 +84,7 @@ def make_plan(root: Path, model_dir: Path, train=None, eval=None, **over) -> dic
             root / "prepared" / "eval", memorize_set(3, seed=7) if eval is None else eval
         )
         eval_ref["dir"] = "prepared/eval"
+    tokenizer = [n for n in TOKENIZER_FILES if Path(model_dir, n).is_file()]
     plan = {
         "version": 1,
         "run_dir": "run",
@@ -115,6 +119,7 @@ def make_plan(root: Path, model_dir: Path, train=None, eval=None, **over) -> dic
         },
         "resume": False,
         "adapter_extras": {"chat_template.jinja": "{{ messages }}", "special_tokens.json": '{"eos": 2}'},
+        "adapter_files": {n: str(Path(model_dir, n)) for n in tokenizer},
     }
     for key, value in over.items():  # "train.total_steps" style keys
         holder = plan

@@ -74,7 +74,7 @@ def test_train_loss_decreases_on_a_memorizable_set(cli_run):
     assert all(isinstance(x, float) for x in evals)
 
 
-def test_train_writes_peft_adapter_extras_and_pruned_checkpoints(cli_run):
+def test_train_writes_peft_adapter_extras_files_and_pruned_checkpoints(cli_run):
     root, plan, events, _, _ = cli_run
     adapter = root / "run" / "adapter"
     assert events[-1]["adapter_dir"] == str(adapter)
@@ -87,6 +87,9 @@ def test_train_writes_peft_adapter_extras_and_pruned_checkpoints(cli_run):
         assert all(("lora_A" in k or "lora_B" in k) and f.get_tensor(k).dtype == torch.float32 for k in keys)
     for name, text in plan["adapter_extras"].items():
         assert (adapter / name).read_text() == text
+    assert sorted(plan["adapter_files"]) == ["tokenizer.json", "tokenizer_config.json"]  # what tiny-llama has
+    for name, source in plan["adapter_files"].items():
+        assert (adapter / name).read_bytes() == Path(source).read_bytes()
     ckpts = sorted(p.name for p in (root / "run" / "checkpoints").iterdir())
     assert ckpts == ["step-18", "step-20"]  # keep 2; saved at each epoch end (every 2 steps)
     step20 = root / "run" / "checkpoints" / "step-20"
@@ -95,6 +98,21 @@ def test_train_writes_peft_adapter_extras_and_pruned_checkpoints(cli_run):
     }
     state = json.loads((step20 / "state.json").read_text())
     assert state["step"] == 20 and state["epoch"] == 10 and state["micro_batch"] == 0
+
+
+def test_adapter_files_must_be_plain_names_of_existing_files(tmp_path, model_dir):
+    def refused(files: dict) -> str:
+        plan = read_plan(write_plan(tmp_path, make_plan(tmp_path, model_dir, adapter_files=files)))
+        with pytest.raises(EngineError) as e:
+            train_mod.preflight(plan)
+        assert e.value.code == "PLAN_INVALID"
+        return str(e.value)
+
+    assert "not a file" in refused({"tokenizer.model": str(tmp_path / "gone.model")})
+    assert "'../x'" in refused({"../x": str(model_dir / "config.json")})
+    assert "adapter_config.json" in refused({"adapter_config.json": str(model_dir / "config.json")})
+    # a name adapter_extras writes
+    assert "chat_template.jinja" in refused({"chat_template.jinja": str(model_dir / "config.json")})
 
 
 # ---------------------------------------------------------------- in process
@@ -202,13 +220,18 @@ def test_train_greedy_batched_equals_one_by_one(model_dir):
 
 def test_train_relative_plan_paths_resolve_against_the_plan(tmp_path, model_dir):
     plan = make_plan(tmp_path / "a", model_dir, **{"train.total_steps": 1, "samples.before": False})
+    (tmp_path / "a" / "tok").mkdir()
+    (tmp_path / "a" / "tok" / "tokenizer.model").write_bytes(b"\x00\xffbinary")
+    plan["adapter_files"]["tokenizer.model"] = "tok/tokenizer.model"
     write_plan(tmp_path / "a", plan)
     shutil.move(tmp_path / "a", tmp_path / "b")  # copied elsewhere, it still runs
     resolved = read_plan(tmp_path / "b" / "plan.json")
     assert resolved["run_dir"] == str(tmp_path / "b" / "run")
     assert resolved["data"]["train"]["dir"] == str(tmp_path / "b" / "prepared" / "train")
+    assert resolved["adapter_files"]["tokenizer.model"] == str(tmp_path / "b" / "tok" / "tokenizer.model")
     result = train_mod.run(resolved, lambda e: None)
     assert result.adapter_dir == tmp_path / "b" / "run" / "adapter"
+    assert (result.adapter_dir / "tokenizer.model").read_bytes() == b"\x00\xffbinary"
 
 
 def test_train_gradient_checkpointing_changes_nothing(tmp_path, model_dir):

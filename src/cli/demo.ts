@@ -106,6 +106,8 @@ export const command = defineCommand({
     out(io, "");
     out(io, c.bold(`held-out exact match: before ${pct(em.before)} → after ${pct(em.after)} (${em.n} samples)`));
     out(io, `adapter     ${result.adapterDir}`);
+    if (result.usage)
+      out(io, `use it      from Python: the snippet in ${path.join(result.adapterDir ?? "", "README.md")}`);
     out(io, `report      ${result.reportPath}`);
     const secs = (ms: number) => `${(ms / 1000).toFixed(0)} s`;
     out(

@@ -79,6 +79,10 @@ export const command = defineCommand({
       return 130;
     }
     if (result.adapterDir) out(io, `adapter     ${result.adapterDir}`);
+    if (result.usage && result.status === "completed") {
+      out(io, "use it      from Python, as below (also in the adapter's README.md, its model card):");
+      out(io, result.usage.replace(/^(?=.)/gm, "    "));
+    }
     if (result.error) throw result.error;
     if (result.errorFindings.length > 0) {
       // The run finished, but the doctor found errors in it: say so in the exit code too.

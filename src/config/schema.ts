@@ -193,8 +193,11 @@ export const Plan = z.strictObject({
   }),
   /** Continue from the newest complete checkpoint under run_dir/checkpoints. */
   resume: z.boolean(),
-  /** Files copied next to the adapter: the template and special tokens used. */
+  /** Files written next to the adapter, name → text: the template and special tokens used. */
   adapter_extras: z.record(z.string(), z.string()),
+  /** Files copied next to the adapter, name → source path: the base's tokenizer files, so that a tokenizer
+   * loads from the adapter folder. */
+  adapter_files: z.record(z.string(), z.string()),
   /** Test hook: make the engine fail on purpose at this optimizer step (crash tests). */
   fail_at_step: nonNegInt.optional(),
 });

@@ -12,7 +12,7 @@ import {
   type RunSummary,
 } from "../runs/compare.js";
 import type { SampleRow } from "../runs/store.js";
-import { escapeHtml, lineChart } from "./html.js";
+import { CHART_CSS, cumulativeTokens, escapeHtml, lineChart } from "./html.js";
 
 export interface CompareInput {
   a: RunSummary;
@@ -44,13 +44,27 @@ export function renderCompare({ a, b, diff, verdict }: CompareInput): string {
     label: `${r.label} ${kind}`,
     color,
     points: r.metrics.filter((m) => m.kind === kind).map((m) => [m.step, m.loss ?? Number.NaN] as [number, number]),
+    markers: kind === "eval",
   });
-  const chart = lineChart("Loss", [
-    series(a, "train", "#2563eb"),
-    series(b, "train", "#dc2626"),
-    series(a, "eval", "#93c5fd"),
-    series(b, "eval", "#fca5a5"),
-  ]);
+  // Token counts per step differ between runs (tokenizers, data): one row each, or one when they agree.
+  const [ta, tb] = [cumulativeTokens(a.metrics), cumulativeTokens(b.metrics)];
+  const tokens =
+    JSON.stringify(ta) === JSON.stringify(tb)
+      ? [{ label: "tokens", points: ta }]
+      : [
+          { label: `${a.label} tokens`, points: ta },
+          { label: `${b.label} tokens`, points: tb },
+        ];
+  const chart = lineChart(
+    "Loss",
+    [
+      series(a, "train", "#2563eb"),
+      series(b, "train", "#dc2626"),
+      series(a, "eval", "#7c3aed"),
+      series(b, "eval", "#ea580c"),
+    ],
+    { yLabel: "loss", tokens },
+  );
   const row = (k: string, f: (r: RunSummary) => string, cls = "") =>
     `<tr${cls ? ` class="${cls}"` : ""}><th>${escapeHtml(k)}</th><td>${escapeHtml(f(a))}</td><td>${escapeHtml(f(b))}</td></tr>`;
 
@@ -111,7 +125,7 @@ body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;color
 h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;width:100%}td,th{border:1px solid #ddd;padding:4px 6px;vertical-align:top;text-align:left}
 pre{margin:0;white-space:pre-wrap;word-break:break-word;font:12px/1.35 ui-monospace,monospace}
-.chart{margin:0}.chart svg text{font-size:11px}.grid{stroke:#eee}figcaption{font-weight:600}
+${CHART_CSS}
 .verdict{background:#f5f7ff;border:1px solid #c7d2fe;border-radius:6px;padding:8px 12px}.verdict p{margin:4px 0}
 .muted{color:#888}.ok{color:#059669}.changed td,.changed th{background:#fff7ed}.follows{color:#666}
 .error td:nth-child(2){color:#dc2626;font-weight:600}.warning td:nth-child(2){color:#b45309;font-weight:600}

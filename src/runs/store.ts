@@ -225,6 +225,14 @@ export class RunStore {
       .all(runId) as SampleRow[];
   }
 
+  /** The run's latest event of a type, as the engine sent it (undefined when there is none). */
+  lastEvent(runId: number, type: Event["type"]): Event | undefined {
+    const row = this.db
+      .prepare("SELECT json FROM events WHERE run_id=? AND type=? ORDER BY id DESC LIMIT 1")
+      .get(runId, type) as { json: string } | undefined;
+    return row ? (JSON.parse(row.json) as Event) : undefined;
+  }
+
   eventCount(runId: number, type?: string): number {
     const row = (
       type

@@ -1,6 +1,6 @@
 // The data stage of the road: prepare (or reuse) the tokens of a run's train and eval sets and
 // pick the held-out prompts sampled before and after training.
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 import type { LoadedConfig } from "../config/load.js";
 import { preparedLengths } from "../data/pack.js";
@@ -28,7 +28,20 @@ export interface PreparedRun {
   padId: number;
   /** Written beside the adapter: the template and special tokens used. */
   adapterExtras: Record<string, string>;
+  /** Copied beside the adapter, name → path: the base's tokenizer files (see TOKENIZER_FILES). */
+  adapterFiles: Record<string, string>;
 }
+
+/** The tokenizer files a base may have; those it has travel with the adapter, so a tokenizer loads from it. */
+export const TOKENIZER_FILES = [
+  "tokenizer.json",
+  "tokenizer.model",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+  "vocab.json",
+  "merges.txt",
+  "added_tokens.json",
+] as const;
 
 /** The text of the last user turn of a rendered prompt (what the report shows). */
 function promptText(tokenizer: Tokenizer, ids: readonly number[]): string {
@@ -116,5 +129,8 @@ export async function prepareForRun(
     stopIds: result.template.stopIds,
     padId,
     adapterExtras: extras,
+    adapterFiles: Object.fromEntries(
+      TOKENIZER_FILES.map((f) => [f, path.join(loaded.modelDir, f)]).filter(([, p]) => existsSync(p as string)),
+    ),
   };
 }

@@ -14,6 +14,7 @@ import { engineFailure, spawnEngine } from "../engine/supervisor.js";
 import { LorakitError } from "../errors.js";
 import type { ModelInfo } from "../models/inspect.js";
 import { renderReport } from "../report/html.js";
+import { modelCardFacts, writeModelCard } from "../report/model-card.js";
 import { RunStore, type SampleRow } from "../runs/store.js";
 import { prepareAndCheck } from "./preflight.js";
 import type { PreparedRun } from "./prepare-run.js";
@@ -114,6 +115,8 @@ export interface RoadResult {
   runId: number;
   /** Error findings made during or after training (the run completed, but its result is not to be trusted). */
   errorFindings: { code: string; title: string; fix: string }[];
+  /** Python that loads the adapter and generates (also in the adapter's README.md); null without an adapter. */
+  usage: string | null;
 }
 
 /**
@@ -215,6 +218,7 @@ export function buildPlan(
     },
     resume: opts.resume,
     adapter_extras: prepared.adapterExtras,
+    adapter_files: prepared.adapterFiles,
     ...(opts.failAtStep !== undefined ? { fail_at_step: opts.failAtStep } : {}),
   };
 }
@@ -379,7 +383,25 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
       },
     }),
   );
-  store.close();
   const adapterDir = result.finished ? result.finished.adapter_dir : null;
-  return { status, outcome, runDir, adapterDir, reportPath, exactMatch, error, runId: run.id, errorFindings };
+  // The adapter's model card (over peft's blank one) and how to use it, now that the metrics are known.
+  const usage =
+    adapterDir && existsSync(adapterDir)
+      ? writeModelCard(
+          modelCardFacts({
+            loaded,
+            model,
+            prepared,
+            plan,
+            store,
+            runId: run.id,
+            outcome,
+            adapterDir,
+            exactMatch,
+            python: py.python,
+          }),
+        )
+      : null;
+  store.close();
+  return { status, outcome, runDir, adapterDir, reportPath, exactMatch, error, runId: run.id, errorFindings, usage };
 }
