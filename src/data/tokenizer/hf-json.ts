@@ -41,10 +41,11 @@ export class HfJsonTokenizer implements Tokenizer {
   ) {
     if (!json || typeof json !== "object" || !json.model || typeof json.model !== "object") {
       throw new LorakitError("TOKENIZER_BAD_JSON", `${file} has no "model" section`, {
-        where: { file },
+        where: { file, key: "model" },
         hint: "check that the file is a Hugging Face tokenizer.json (a Git LFS pointer is not)",
       });
     }
+    checkIdsOfJson(json, file);
     // Optional sections default to null, as the Rust library reads them.
     this.json = json = { normalizer: null, pre_tokenizer: null, post_processor: null, decoder: null, ...json };
     json.added_tokens ??= [];
@@ -55,7 +56,7 @@ export class HfJsonTokenizer implements Tokenizer {
       patchDecoder(this.full.decoder);
     } catch (err) {
       throw new LorakitError("TOKENIZER_UNSUPPORTED", `${file}: ${(err as Error).message}`, {
-        where: { file },
+        where: { file, key: failingSection(json) },
         hint: "this tokenizer.json uses a component @huggingface/tokenizers cannot run",
       });
     }
@@ -120,6 +121,75 @@ export class HfJsonTokenizer implements Tokenizer {
   idToToken(id: number): string | undefined {
     return this.full.id_to_token(id);
   }
+}
+
+/** Prepared data holds ids as int32: every id a tokenizer can produce must be an integer in [0, 2^31). */
+const isId = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 0 && (v as number) < 2 ** 31;
+
+/** The vocabulary's and the added tokens' ids, which the library takes on trust (a null id encodes as undefined). */
+function checkIdsOfJson(json: TokenizerJson, file: string): void {
+  const bad = (key: string, what: string) =>
+    new LorakitError("TOKENIZER_BAD_JSON", `${file}: ${what}`, {
+      where: { file, key },
+      hint: "check that the file is complete and unedited, or re-export it with the tokenizers library",
+    });
+  const added: unknown = json.added_tokens;
+  if (added !== undefined && added !== null) {
+    if (!Array.isArray(added)) throw bad("added_tokens", "`added_tokens` is not a list");
+    added.forEach((t: unknown, i) => {
+      const token = t as Partial<AddedTokenJson> | null;
+      if (!token || typeof token !== "object") throw bad(`added_tokens[${i}]`, `added token ${i} is not an object`);
+      if (typeof token.content !== "string" || token.content.length === 0)
+        throw bad(`added_tokens[${i}].content`, `added token ${i} has no text (\`content\`)`);
+      if (!isId(token.id))
+        throw bad(
+          `added_tokens[${i}].id`,
+          `added token ${JSON.stringify(token.content)} has the id ${JSON.stringify(token.id)}`,
+        );
+    });
+  }
+  // Every component names its kind by a string `type`; the library would print any other value as "[object Object]".
+  const stack: [unknown, string][] = ["model", "normalizer", "pre_tokenizer", "post_processor", "decoder"].map((k) => [
+    json[k],
+    k,
+  ]);
+  for (let item = stack.pop(); item; item = stack.pop()) {
+    const [v, key] = item;
+    if (Array.isArray(v)) for (const [i, x] of v.entries()) stack.push([x, `${key}[${i}]`]);
+    else if (v && typeof v === "object") {
+      const type = (v as { type?: unknown }).type;
+      if (type !== undefined && typeof type !== "string")
+        throw bad(`${key}.type`, `\`${key}.type\` is ${JSON.stringify(type)}, not the name of a component`);
+      for (const [k, x] of Object.entries(v)) if (k !== "vocab" && k !== "merges") stack.push([x, `${key}.${k}`]);
+    }
+  }
+  const vocab = json.model.vocab;
+  if (Array.isArray(vocab)) {
+    // Unigram: [piece, score] pairs, the id is the position.
+    vocab.forEach((entry: unknown, i) => {
+      if (!Array.isArray(entry) || typeof entry[0] !== "string" || typeof entry[1] !== "number")
+        throw bad(`model.vocab[${i}]`, `vocabulary entry ${i} is not a [piece, score] pair`);
+    });
+  } else if (vocab && typeof vocab === "object") {
+    for (const [token, id] of Object.entries(vocab))
+      if (!isId(id))
+        throw bad(
+          `model.vocab[${JSON.stringify(token)}]`,
+          `vocabulary token ${JSON.stringify(token)} has the id ${JSON.stringify(id)}`,
+        );
+  }
+}
+
+/** The section the library cannot build: the first whose removal lets it load, else the model. */
+function failingSection(json: TokenizerJson): string {
+  for (const key of ["normalizer", "pre_tokenizer", "post_processor", "decoder", "added_tokens"]) {
+    if (json[key] === null || json[key] === undefined) continue;
+    try {
+      new HfTokenizer({ ...json, [key]: key === "added_tokens" ? [] : null }, {});
+      return key;
+    } catch {}
+  }
+  return "model";
 }
 
 /** Rust's ByteFallback decoder: a run of <0xNN> tokens that is not valid UTF-8 becomes one U+FFFD per byte
