@@ -4,7 +4,7 @@
 // or CRLF, with or without a BOM. Properties: what a file says does not depend on how it is laid out; a damaged
 // file or record is refused with its file, line and sample (or, with skip_bad_lines, every skip is counted:
 // nothing is dropped silently); and no input throws anything but a located LorakitError, or hangs.
-import { writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import fc from "fast-check";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -12,6 +12,7 @@ import { type Conversation, conversationKey, normalizeRecords } from "../src/dat
 import { readSamples } from "../src/data/read.js";
 import { type ChatTemplate, chatglm3Template } from "../src/data/template.js";
 import { loadTokenizer } from "../src/data/tokenizer.js";
+import { ROOT } from "../src/engine/python.js";
 import type { LorakitError } from "../src/errors.js";
 import {
   editJson,
@@ -28,6 +29,7 @@ import { layout, recordsOfOneFormat, serialize } from "./fuzz/shapes.js";
 import { fixture, tmpDir } from "./helpers.js";
 
 const dir = tmpDir("lorakit-fuzz-data-");
+const SEED_DIR = path.join(ROOT, "tests", "fixtures", "data");
 let n = 0;
 /** A fresh file holding `content`. */
 function file(content: string | Uint8Array, ext = ".jsonl"): string {
@@ -112,13 +114,23 @@ describe("data files: damaged files are refused located, or every skip is counte
     ),
   );
 
+  /** The repository's sample files (huanhuan.json, ShareGPT, ChatGLM3 tools, messages with BOM and CRLF, …). */
+  const seeds = readdirSync(SEED_DIR).map((name) => ({
+    ext: path.extname(name),
+    bytes: new Uint8Array(readFileSync(path.join(SEED_DIR, name))),
+  }));
+  const generated = fc.tuple(recordsOfOneFormat, layout).map(([{ records }, l]) => ({
+    ext: l.kind === "jsonl" ? ".jsonl" : ".json",
+    bytes: new TextEncoder().encode(serialize(records, l).text),
+  }));
+
   it(
     "mutated bytes: every problem names the file and its line; skip_bad_lines accounts for every record",
     () => {
       fc.assert(
-        fc.property(recordsOfOneFormat, layout, edits, ({ records }, l, es) => {
-          const bytes = mutate(new TextEncoder().encode(serialize(records, l).text), es);
-          const f = file(bytes, l.kind === "jsonl" ? ".jsonl" : ".json");
+        fc.property(fc.oneof(generated, fc.constantFrom(...seeds)), edits, (seed, es) => {
+          const bytes = mutate(seed.bytes, es);
+          const f = file(bytes, seed.ext);
           const strict = readAndNormalize(f);
           const lenient = readAndNormalize(f, true);
           if (!lenient.read.ok || lenient.read.value.files[0]?.kind !== "jsonl") return;

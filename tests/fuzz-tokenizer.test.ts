@@ -401,6 +401,46 @@ describe("tokenizer.json: mutated text and edited JSON", () => {
     );
 
     it(
+      `${name}: the same tokenizer.json, laid out otherwise (indent, CRLF, BOM, key order), encodes the same`,
+      async () => {
+        const dir = tmpDir("lorakit-fuzz-toklayout-");
+        const doc = JSON.parse(readFileSync(file, "utf8")) as Record<string, Json>;
+        const reference = await loadTokenizer(path.dirname(file));
+        let n = 0;
+        const texts = fc.array(nastyString(), { minLength: 1, maxLength: 3 });
+        await fc.assert(
+          fc.asyncProperty(
+            fc.constantFrom<number | string>(0, 1, 2, 4, "\t"),
+            fc.boolean(),
+            fc.boolean(),
+            fc.boolean(),
+            texts,
+            async (indent, crlf, bom, reverse, ts) => {
+              const order = (o: Record<string, Json>) =>
+                Object.fromEntries(reverse ? Object.entries(o).reverse() : Object.entries(o));
+              const laid = order({ ...doc, model: order(doc.model as Record<string, Json>) });
+              let text = JSON.stringify(laid, null, indent);
+              if (crlf) text = text.replaceAll("\n", "\r\n");
+              const d = path.join(dir, String(n++));
+              mkdirSync(d);
+              writeFileSync(path.join(d, "tokenizer.json"), `${bom ? "\uFEFF" : ""}${text}`);
+              writeFileSync(
+                path.join(d, "tokenizer_config.json"),
+                readFileSync(tokFile(name, "tokenizer_config.json")),
+              );
+              const tok = await loadTokenizer(d);
+              for (const t of ts)
+                for (const parseSpecial of [false, true])
+                  expect(tok.encode(t, { parseSpecial })).toEqual(reference.encode(t, { parseSpecial }));
+            },
+          ),
+          params(30),
+        );
+      },
+      testTimeout(30, 100),
+    );
+
+    it(
       `${name}: mutated bytes of tokenizer.json and tokenizer_config.json load or are refused, located`,
       async () => {
         const dir = tmpDir("lorakit-fuzz-tok-");
@@ -481,6 +521,25 @@ describe("found by fuzzing", () => {
     (k.added_tokens as { id: unknown }[])[0] = { ...(k.added_tokens as object[])[0], id: 2 ** 40 };
     expect(refusal(() => new HfJsonTokenizer(k, "h", {}, file))).toMatchObject({
       where: { key: "added_tokens[0].id" },
+    });
+  });
+
+  it("a vocabulary that is not one, or an unk_token it lacks, is refused (unknown text encoded as `undefined`)", () => {
+    const file = tokFile("bpe-metaspace", "tokenizer.json");
+    const j = json("bpe-metaspace");
+    j.model.vocab = "天"; // found by FUZZ_RUNS=20: the library built a model that gave `undefined` for "\n"
+    expect(refusal(() => new HfJsonTokenizer(j, "h", {}, file))).toMatchObject({
+      code: "TOKENIZER_BAD_JSON",
+      where: { file, key: "model.vocab" },
+    });
+    const k = json("bpe-metaspace");
+    k.model.unk_token = "<nope>";
+    k.model.byte_fallback = false;
+    const tok = new HfJsonTokenizer(k, "h", {}, file);
+    expect(tok.encode("hello")).not.toContain(undefined);
+    expect(refusal(() => tok.encode("天 ☃"))).toMatchObject({
+      code: "TOKENIZER_BAD_JSON",
+      where: { file, key: "model.vocab" },
     });
   });
 

@@ -37,7 +37,7 @@ export class HfJsonTokenizer implements Tokenizer {
     json: TokenizerJson,
     readonly hash: string,
     names: TokenNames,
-    file: string,
+    private readonly file: string,
   ) {
     if (!json || typeof json !== "object" || !json.model || typeof json.model !== "object") {
       throw new LorakitError("TOKENIZER_BAD_JSON", `${file} has no "model" section`, {
@@ -97,7 +97,19 @@ export class HfJsonTokenizer implements Tokenizer {
   encode(text: string, opts: EncodeOptions = {}): number[] {
     if (text.length === 0) return [];
     const tok = opts.parseSpecial ? this.full : this.plain;
-    return tok.encode(text, { add_special_tokens: false }).ids;
+    const ids = tok.encode(text, { add_special_tokens: false }).ids;
+    // The library maps a token its vocabulary lacks (an unk_token that is not in it) to undefined.
+    for (const id of ids)
+      if (!isId(id))
+        throw new LorakitError(
+          "TOKENIZER_BAD_JSON",
+          `${this.file} has no id for a token of ${JSON.stringify(text.slice(0, 40))} (its unk_token is not in the vocabulary?)`,
+          {
+            where: { file: this.file, key: "model.vocab" },
+            hint: "check that the file is complete and unedited, or re-export it with the tokenizers library",
+          },
+        );
+    return ids;
   }
 
   decode(ids: readonly number[], opts: DecodeOptions = {}): string {
@@ -170,7 +182,9 @@ function checkIdsOfJson(json: TokenizerJson, file: string): void {
       if (!Array.isArray(entry) || typeof entry[0] !== "string" || typeof entry[1] !== "number")
         throw bad(`model.vocab[${i}]`, `vocabulary entry ${i} is not a [piece, score] pair`);
     });
-  } else if (vocab && typeof vocab === "object") {
+  } else if (!vocab || typeof vocab !== "object") {
+    throw bad("model.vocab", `\`model.vocab\` is ${(JSON.stringify(vocab) ?? "missing").slice(0, 40)}, not a vocabulary`);
+  } else {
     for (const [token, id] of Object.entries(vocab))
       if (!isId(id))
         throw bad(
