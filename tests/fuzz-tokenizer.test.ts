@@ -543,6 +543,18 @@ describe("found by fuzzing", () => {
     });
   });
 
+  it("a setting the library checks only when it encodes is refused with its section (it threw TypeError)", () => {
+    const file = tokFile("bpe-metaspace", "tokenizer.json");
+    const j = json("bpe-metaspace");
+    // Found by FUZZ_RUNS=20: the whole document grafted as TemplateProcessing's `single`.
+    (j.post_processor as Record<string, unknown>).single = json("bpe-metaspace");
+    const tok = new HfJsonTokenizer(j, "h", {}, file);
+    expect(refusal(() => tok.encode("\u0000"))).toMatchObject({
+      code: "TOKENIZER_UNSUPPORTED",
+      where: { file, key: "post_processor" },
+    });
+  });
+
   it("a component whose `type` is not a name is refused with its key, not as 'Unknown Decoder type: [object Object]'", () => {
     const file = tokFile("bpe-metaspace", "tokenizer.json");
     const j = json("bpe-metaspace");

@@ -56,7 +56,7 @@ export class HfJsonTokenizer implements Tokenizer {
       patchDecoder(this.full.decoder);
     } catch (err) {
       throw new LorakitError("TOKENIZER_UNSUPPORTED", `${file}: ${(err as Error).message}`, {
-        where: { file, key: failingSection(json) },
+        where: { file, key: failingSection(json, (j) => new HfTokenizer(j, {})) },
         hint: "this tokenizer.json uses a component @huggingface/tokenizers cannot run",
       });
     }
@@ -94,10 +94,27 @@ export class HfJsonTokenizer implements Tokenizer {
     return this.plainTokenizer;
   }
 
+  /** Runs the library, whose components check some settings only when used: what it throws is refused, with
+   * the section that fails (found by retrying `retry` without each one). */
+  private library<T>(what: string, run: () => T, retry: (json: TokenizerJson) => void): T {
+    try {
+      return run();
+    } catch (err) {
+      if (err instanceof LorakitError) throw err;
+      throw new LorakitError("TOKENIZER_UNSUPPORTED", `${this.file}: cannot ${what} (${(err as Error).message})`, {
+        where: { file: this.file, key: failingSection(this.json, retry) },
+        hint: "this tokenizer.json uses a component or a setting @huggingface/tokenizers cannot run",
+      });
+    }
+  }
+
   encode(text: string, opts: EncodeOptions = {}): number[] {
     if (text.length === 0) return [];
-    const tok = opts.parseSpecial ? this.full : this.plain;
-    const ids = tok.encode(text, { add_special_tokens: false }).ids;
+    const ids = this.library(
+      `encode ${JSON.stringify(text.slice(0, 40))}`,
+      () => (opts.parseSpecial ? this.full : this.plain).encode(text, { add_special_tokens: false }).ids,
+      (json) => new HfTokenizer(json, {}).encode(text, { add_special_tokens: false }),
+    );
     // The library maps a token its vocabulary lacks (an unk_token that is not in it) to undefined.
     for (const id of ids)
       if (!isId(id))
@@ -115,10 +132,16 @@ export class HfJsonTokenizer implements Tokenizer {
   decode(ids: readonly number[], opts: DecodeOptions = {}): string {
     checkIds(ids, (id) => this.idToToken(id) !== undefined);
     if (ids.length === 0) return "";
-    return this.full.decode([...ids], {
-      skip_special_tokens: opts.skipSpecial ?? false,
-      clean_up_tokenization_spaces: false,
-    });
+    const options = { skip_special_tokens: opts.skipSpecial ?? false, clean_up_tokenization_spaces: false };
+    return this.library(
+      "decode",
+      () => this.full.decode([...ids], options),
+      (json) => {
+        const t = new HfTokenizer(json, {});
+        patchDecoder(t.decoder);
+        t.decode([...ids], options);
+      },
+    );
   }
 
   pieces(ids: readonly number[]): string[] {
@@ -183,7 +206,10 @@ function checkIdsOfJson(json: TokenizerJson, file: string): void {
         throw bad(`model.vocab[${i}]`, `vocabulary entry ${i} is not a [piece, score] pair`);
     });
   } else if (!vocab || typeof vocab !== "object") {
-    throw bad("model.vocab", `\`model.vocab\` is ${(JSON.stringify(vocab) ?? "missing").slice(0, 40)}, not a vocabulary`);
+    throw bad(
+      "model.vocab",
+      `\`model.vocab\` is ${(JSON.stringify(vocab) ?? "missing").slice(0, 40)}, not a vocabulary`,
+    );
   } else {
     for (const [token, id] of Object.entries(vocab))
       if (!isId(id))
@@ -194,12 +220,12 @@ function checkIdsOfJson(json: TokenizerJson, file: string): void {
   }
 }
 
-/** The section the library cannot build: the first whose removal lets it load, else the model. */
-function failingSection(json: TokenizerJson): string {
+/** The section that makes `run` fail: the first whose removal lets it succeed, else the model. */
+function failingSection(json: TokenizerJson, run: (json: TokenizerJson) => void): string {
   for (const key of ["normalizer", "pre_tokenizer", "post_processor", "decoder", "added_tokens"]) {
     if (json[key] === null || json[key] === undefined) continue;
     try {
-      new HfTokenizer({ ...json, [key]: key === "added_tokens" ? [] : null }, {});
+      run({ ...json, [key]: key === "added_tokens" ? [] : null });
       return key;
     } catch {}
   }
