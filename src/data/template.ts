@@ -707,7 +707,7 @@ export function readChatTemplate(
   let origin: Where = { file: cfgPath, key: "chat_template" };
   const ct = cfg.chat_template;
   if (typeof ct === "string") source = ct;
-  else if (Array.isArray(ct)) {
+  else if (Array.isArray(ct) && ct.length > 0) {
     // transformers' named templates: [{name, template}], the one named "default" first.
     const named = ct as unknown[];
     const isNamed = (t: unknown): t is { name?: unknown; template?: unknown } => !!t && typeof t === "object";
@@ -720,7 +720,8 @@ export function readChatTemplate(
     if (!isNamed(entry) || typeof entry.template !== "string")
       throw bad("has a chat_template that is not text", origin);
     source = entry.template;
-  } else if (ct !== undefined && ct !== null) throw bad("has a chat_template that is not text", origin);
+  } else if (ct !== undefined && ct !== null && !Array.isArray(ct))
+    throw bad("has a chat_template that is not text", origin);
   const jinjaFile = path.join(modelDir, "chat_template.jinja");
   if (source === undefined && existsSync(jinjaFile)) {
     source = readFileSync(jinjaFile, "utf8");
