@@ -555,6 +555,17 @@ describe("found by fuzzing", () => {
     });
   });
 
+  it("a decoder that cannot run is refused when the file loads, not when samples are shown after training", () => {
+    const file = tokFile("bpe-metaspace", "tokenizer.json");
+    const j = json("bpe-metaspace");
+    // Found by FUZZ_RUNS=20 FUZZ_SEED=7: a null in the decoder Sequence; encode worked, decode threw TypeError.
+    ((j.decoder as Record<string, unknown>).decoders as unknown[]).push(null);
+    expect(refusal(() => new HfJsonTokenizer(j, "h", {}, file))).toMatchObject({
+      code: "TOKENIZER_UNSUPPORTED",
+      where: { file, key: "decoder" },
+    });
+  });
+
   it("a component whose `type` is not a name is refused with its key, not as 'Unknown Decoder type: [object Object]'", () => {
     const file = tokFile("bpe-metaspace", "tokenizer.json");
     const j = json("bpe-metaspace");

@@ -80,6 +80,9 @@ export class HfJsonTokenizer implements Tokenizer {
     this.eosId = id("eos");
     this.padId = id("pad");
     this.unkId = id("unk", modelUnk);
+    // The decoder runs first when samples are shown, after training: a broken one is refused now.
+    const probe = [0, 1, 2, 3].filter((i) => this.idToToken(i) !== undefined);
+    if (probe.length > 0) this.decode(probe);
   }
 
   /** The instance that treats special-token spellings as ordinary text (built on first use; encode only). */
