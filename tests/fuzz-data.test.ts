@@ -4,7 +4,7 @@
 // or CRLF, with or without a BOM. Properties: what a file says does not depend on how it is laid out; a damaged
 // file or record is refused with its file, line and sample (or, with skip_bad_lines, every skip is counted:
 // nothing is dropped silently); and no input throws anything but a located LorakitError, or hangs.
-import { readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import fc from "fast-check";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -23,20 +23,16 @@ import {
   mutate,
   mutations,
   params,
+  scratch,
   testTimeout,
 } from "./fuzz/harness.js";
 import { layout, recordsOfOneFormat, serialize } from "./fuzz/shapes.js";
-import { fixture, tmpDir } from "./helpers.js";
+import { fixture } from "./helpers.js";
 
-const dir = tmpDir("lorakit-fuzz-data-");
+const disk = scratch("lorakit-fuzz-data-");
 const SEED_DIR = path.join(ROOT, "tests", "fixtures", "data");
-let n = 0;
 /** A fresh file holding `content`. */
-function file(content: string | Uint8Array, ext = ".jsonl"): string {
-  const f = path.join(dir, `${n++}${ext}`);
-  writeFileSync(f, content);
-  return f;
-}
+const file = (content: string | Uint8Array, ext = ".jsonl") => disk.file(ext, content);
 
 /** The conversations without their origins (which name lines that differ between layouts). */
 const contentOf = (convs: Conversation[]) => convs.map(({ origin: _, ...rest }) => rest);
@@ -69,6 +65,7 @@ describe("data files: layout does not change what they say", () => {
     () => {
       fc.assert(
         fc.property(recordsOfOneFormat, layout, layout, ({ records }, a, b) => {
+          disk.newCase();
           const outcomes = [a, b].map((l) => {
             const { text, lines } = serialize(records, l);
             const f = file(text, l.kind === "jsonl" ? ".jsonl" : ".json");
@@ -129,6 +126,7 @@ describe("data files: damaged files are refused located, or every skip is counte
     () => {
       fc.assert(
         fc.property(fc.oneof(generated, fc.constantFrom(...seeds)), edits, (seed, es) => {
+          disk.newCase();
           const bytes = mutate(seed.bytes, es);
           const f = file(bytes, seed.ext);
           const strict = readAndNormalize(f);
@@ -154,6 +152,7 @@ describe("data files: damaged files are refused located, or every skip is counte
           fc.oneof(fc.uint8Array({ maxLength: 64 }), fc.string({ unit: "binary", maxLength: 64 })),
           fc.constantFrom(".json", ".jsonl"),
           (content, ext) => {
+            disk.newCase();
             readAndNormalize(file(content, ext));
           },
         ),
@@ -168,6 +167,7 @@ describe("data files: damaged files are refused located, or every skip is counte
     () => {
       fc.assert(
         fc.property(recordsOfOneFormat, jsonEdits(3), fc.boolean(), ({ records }, es, crlf) => {
+          disk.newCase();
           const edited = editJson(records as Json, es);
           const list = Array.isArray(edited) ? edited : [edited];
           const { text, lines } = serialize(list, {

@@ -22,13 +22,13 @@ import {
   mutations,
   nastyString,
   params,
+  scratch,
   testTimeout,
 } from "./fuzz/harness.js";
-import { fixture, tmpDir } from "./helpers.js";
+import { fixture } from "./helpers.js";
 
-const dir = tmpDir("lorakit-fuzz-files-");
-let n = 0;
-const fresh = (ext: string) => path.join(dir, `${n++}${ext}`);
+const disk = scratch("lorakit-fuzz-files-");
+const fresh = (ext: string) => disk.file(ext);
 
 // ---------------------------------------------------------------- safetensors
 
@@ -76,6 +76,7 @@ describe("safetensors", () => {
           ),
           fc.dictionary(nastyString(8), nastyString(16), { maxKeys: 3 }),
           (tensors, metadata) => {
+            disk.newCase();
             const f = fresh(".safetensors");
             writeSafetensors(f, tensors, metadata);
             const back = readSafetensors(f);
@@ -118,6 +119,7 @@ describe("safetensors", () => {
         );
         fc.assert(
           fc.property(edits, (es) => {
+            disk.newCase();
             const f = fresh(".safetensors");
             writeFileSync(f, mutate(bytes, es));
             const out = handled(() => readSafetensors(f), { file: f, at: true });
@@ -141,6 +143,7 @@ describe("safetensors", () => {
       const data = bytes.subarray(8 + n0);
       fc.assert(
         fc.property(jsonEdits(3), (es) => {
+          disk.newCase();
           const json = Buffer.from(expandDeep(JSON.stringify(editJson(header, es))), "utf8");
           const len = Buffer.alloc(8);
           len.writeBigUInt64LE(BigInt(json.length));
@@ -160,6 +163,7 @@ describe("safetensors", () => {
   it("random bytes are refused, located", () => {
     fc.assert(
       fc.property(fc.uint8Array({ maxLength: 64 }), (bytes) => {
+        disk.newCase();
         const f = fresh(".safetensors");
         writeFileSync(f, bytes);
         handled(() => readSafetensors(f), { file: f, at: true });
@@ -367,13 +371,13 @@ describe("config", () => {
   it(
     "loadConfig: an edited config and its paths on disk load or are refused, located",
     async () => {
-      const root = tmpDir("lorakit-fuzz-config-");
-      mkdirSync(path.join(root, "m"));
-      writeFileSync(path.join(root, "m", "config.json"), "{}");
-      writeFileSync(path.join(root, "train.jsonl"), "");
       await fc.assert(
         fc.asyncProperty(jsonEdits(2), async (es) => {
-          const f = path.join(root, `${n++}.yaml`);
+          const root = disk.newCase();
+          mkdirSync(path.join(root, "m"));
+          writeFileSync(path.join(root, "m", "config.json"), "{}");
+          writeFileSync(path.join(root, "train.jsonl"), "");
+          const f = path.join(root, "run.yaml");
           writeFileSync(f, stringify(editJson(CONFIGS[1] as Json, es)));
           await handledAsync(() => loadConfig(f), { file: f, at: true, libraryText: true });
         }),

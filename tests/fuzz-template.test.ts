@@ -4,7 +4,7 @@
 // located LorakitError. What renders is consistent (ids of the vocabulary, one flag and role per token, spans
 // over exactly the trained tokens); the built-in chatglm3 on the official tokenizer decodes back to the
 // conversation's text; the checkpoint's ChatML-like jinja template gives the built-in chatml's ids and labels.
-import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import fc from "fast-check";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -30,11 +30,13 @@ import {
   mutations,
   nastyString,
   params,
+  scratch,
   testTimeout,
 } from "./fuzz/harness.js";
-import { fixture, officialChatglm3, tmpDir } from "./helpers.js";
+import { fixture, officialChatglm3 } from "./helpers.js";
 
 const DATA = "/data/train.jsonl";
+const disk = scratch("lorakit-fuzz-template-");
 const want = { file: DATA, at: true };
 /** A jinja template's render errors quote the library's message. */
 const wantJinja = { ...want, libraryText: true };
@@ -243,17 +245,14 @@ describe("checkpoints' jinja templates", () => {
   it(
     "an edited tokenizer_config.json (chat_template, bos/eos) gives a template or a located refusal",
     () => {
-      const dir = tmpDir("lorakit-fuzz-tplcfg-");
       const config = JSON.parse(readFileSync(fixture("tokenizers", "bpe-bytelevel", "tokenizer_config.json"), "utf8"));
       config.chat_template = [
         { name: "default", template: config.chat_template },
         { name: "tool_use", template: toolsJinja },
       ];
-      let n = 0;
       fc.assert(
         fc.property(jsonEdits(3), fc.constantFrom("auto", "jinja"), plainChat, (edits, template, conv) => {
-          const d = path.join(dir, String(n++));
-          mkdirSync(d);
+          const d = disk.newCase();
           copyFileSync(fixture("tokenizers", "bpe-bytelevel", "tokenizer.json"), path.join(d, "tokenizer.json"));
           writeFileSync(path.join(d, "tokenizer_config.json"), JSON.stringify(editJson(config as Json, edits)));
           const t = handled(() => chooseTemplate({ template, tokenizer: bl, modelDir: d, modelType: "qwen2" }), {
@@ -288,7 +287,7 @@ describe("found by fuzzing", () => {
   });
 
   it("a tokenizer_config.json that is not an object, or whose chat_template list holds no template, is refused located", () => {
-    const d = tmpDir("lorakit-fuzz-pin-");
+    const d = disk.newCase();
     const cfg = path.join(d, "tokenizer_config.json");
     for (const [text, where] of [
       ["null", { file: cfg, line: 1 }],
@@ -304,13 +303,13 @@ describe("found by fuzzing", () => {
   });
 
   it("a tokenizer_config.json with a byte-order mark is read, as loadTokenizer reads it", () => {
-    const d = tmpDir("lorakit-fuzz-pin-");
+    const d = disk.newCase();
     writeFileSync(path.join(d, "tokenizer_config.json"), `\uFEFF${JSON.stringify({ chat_template: "{{ x }}" })}`);
     expect(readChatTemplate(d)?.source).toBe("{{ x }}");
   });
 
   it("a chat_template that cannot be parsed names the file and key it came from", () => {
-    const d = tmpDir("lorakit-fuzz-pin-");
+    const d = disk.newCase();
     copyFileSync(fixture("tokenizers", "bpe-bytelevel", "tokenizer.json"), path.join(d, "tokenizer.json"));
     writeFileSync(path.join(d, "tokenizer_config.json"), JSON.stringify({ chat_template: "{% for m in messages %}" }));
     expect(() => chooseTemplate({ template: "jinja", tokenizer: bl, modelDir: d })).toThrow(

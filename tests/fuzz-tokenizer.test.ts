@@ -3,7 +3,7 @@
 // flipped, inserted, deleted, truncated; lengths and keys rewritten) — and a `tokenizer.json` (its text
 // mutated, its JSON tree edited) either load or are refused with a located LorakitError; one that loads
 // encodes and decodes any text. On the real ChatGLM3 file: decode(encode(s)) is s as normalized, for any s.
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import fc from "fast-check";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -22,14 +22,16 @@ import {
   nastyNumbers,
   nastyString,
   params,
+  scratch,
   testTimeout,
   varintBytes,
 } from "./fuzz/harness.js";
-import { fixture, officialChatglm3, tmpDir } from "./helpers.js";
+import { fixture, officialChatglm3 } from "./helpers.js";
 
 const SPM_FIXTURES = ["spm-chatglm3", "spm-nfkc"] as const;
 const JSON_FIXTURES = ["bpe-bytelevel", "bpe-metaspace"] as const;
 const tokFile = (name: string, file: string) => fixture("tokenizers", name, file);
+const disk = scratch("lorakit-fuzz-tok-");
 
 /** Offsets of every varint that is a field key or a length, in the ModelProto and the messages it nests. */
 function varintStarts(buf: Uint8Array): number[] {
@@ -403,10 +405,8 @@ describe("tokenizer.json: mutated text and edited JSON", () => {
     it(
       `${name}: the same tokenizer.json, laid out otherwise (indent, CRLF, BOM, key order), encodes the same`,
       async () => {
-        const dir = tmpDir("lorakit-fuzz-toklayout-");
         const doc = JSON.parse(readFileSync(file, "utf8")) as Record<string, Json>;
         const reference = await loadTokenizer(path.dirname(file));
-        let n = 0;
         const texts = fc.array(nastyString(), { minLength: 1, maxLength: 3 });
         await fc.assert(
           fc.asyncProperty(
@@ -421,8 +421,7 @@ describe("tokenizer.json: mutated text and edited JSON", () => {
               const laid = order({ ...doc, model: order(doc.model as Record<string, Json>) });
               let text = JSON.stringify(laid, null, indent);
               if (crlf) text = text.replaceAll("\n", "\r\n");
-              const d = path.join(dir, String(n++));
-              mkdirSync(d);
+              const d = disk.newCase();
               writeFileSync(path.join(d, "tokenizer.json"), `${bom ? "\uFEFF" : ""}${text}`);
               writeFileSync(
                 path.join(d, "tokenizer_config.json"),
@@ -443,14 +442,11 @@ describe("tokenizer.json: mutated text and edited JSON", () => {
     it(
       `${name}: mutated bytes of tokenizer.json and tokenizer_config.json load or are refused, located`,
       async () => {
-        const dir = tmpDir("lorakit-fuzz-tok-");
         const json = new Uint8Array(readFileSync(file));
         const config = new Uint8Array(readFileSync(tokFile(name, "tokenizer_config.json")));
-        let n = 0;
         await fc.assert(
           fc.asyncProperty(mutations(0, 3), fc.boolean(), async (edits, onConfig) => {
-            const d = path.join(dir, String(n++));
-            mkdirSync(d);
+            const d = disk.newCase();
             writeFileSync(path.join(d, "tokenizer.json"), onConfig ? json : mutate(json, edits));
             writeFileSync(path.join(d, "tokenizer_config.json"), onConfig ? mutate(config, edits) : config);
             const at = (f: string) => f.startsWith(d);
@@ -467,14 +463,11 @@ describe("tokenizer.json: mutated text and edited JSON", () => {
   it(
     "spm-chatglm3: an edited tokenizer_config.json (added tokens, bos/eos names) loads or is refused, located",
     async () => {
-      const dir = tmpDir("lorakit-fuzz-tokcfg-");
       const model = readFileSync(tokFile("spm-chatglm3", "tokenizer.model"));
       const config = JSON.parse(readFileSync(tokFile("spm-chatglm3", "tokenizer_config.json"), "utf8")) as Json;
-      let n = 0;
       await fc.assert(
         fc.asyncProperty(jsonEdits(3), async (edits) => {
-          const d = path.join(dir, String(n++));
-          mkdirSync(d);
+          const d = disk.newCase();
           writeFileSync(path.join(d, "tokenizer.model"), model);
           writeFileSync(path.join(d, "tokenizer_config.json"), JSON.stringify(editJson(config, edits)));
           const at = (f: string) => f.startsWith(d);
@@ -590,7 +583,7 @@ describe("found by fuzzing", () => {
   });
 
   it("a tokenizer.json that is not JSON is refused with its line", async () => {
-    const dir = tmpDir("lorakit-fuzz-pin-");
+    const dir = disk.newCase();
     writeFileSync(path.join(dir, "tokenizer.json"), '{\n  "model": {\n    "type": "BPE",,\n');
     await expect(loadTokenizer(dir)).rejects.toMatchObject({
       code: "TOKENIZER_BAD_JSON",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import itertools
 import json
 import os
 import shutil
@@ -194,9 +193,6 @@ def dumps(doc) -> str:
     return text
 
 
-_counter = itertools.count()
-
-
 @pytest.fixture(scope="module")
 def work():
     root = Path(tempfile.mkdtemp(prefix="lorakit-fuzz-engine-"))
@@ -205,7 +201,9 @@ def work():
 
 
 def fresh(work: Path) -> Path:
-    d = work / str(next(_counter))
+    """The current example's folder, emptied: a long run never holds more than one example's files."""
+    d = work / "case"
+    shutil.rmtree(d, ignore_errors=True)
     d.mkdir()
     return d
 

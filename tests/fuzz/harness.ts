@@ -5,8 +5,12 @@
 //
 // CI runs each property a fixed, seeded number of times. By hand: FUZZ_RUNS=20 multiplies every count by 20,
 // FUZZ_SEED=n starts elsewhere; a failure prints the seed and path that replay it (fast-check's `seed` and `path`).
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import vm from "node:vm";
 import fc from "fast-check";
+import { afterAll } from "vitest";
 import { LorakitError } from "../../src/errors.js";
 
 /** Multiplier on every property's CI run count (FUZZ_RUNS, default 1). */
@@ -24,6 +28,30 @@ export function params<T>(ci: number, extra: fc.Parameters<T> = {}): fc.Paramete
 
 /** The vitest timeout of a test that runs `ci` cases of at most `msPerCase` each (typical, not the bound). */
 export const testTimeout = (ci: number, msPerCase: number) => 60_000 + Math.round(ci * RUNS_FACTOR * msPerCase);
+
+/** A suite's scratch folder, removed when the suite ends. Each case starts with `newCase()`, which empties the
+ * case folder, so that a long run (FUZZ_RUNS) never holds more than one case's files on disk. */
+export function scratch(prefix: string) {
+  const root = mkdtempSync(path.join(os.tmpdir(), prefix));
+  afterAll(() => rmSync(root, { recursive: true, force: true }));
+  const dir = path.join(root, "case");
+  let n = 0;
+  return {
+    /** The current case's folder, emptied. */
+    newCase(): string {
+      rmSync(dir, { recursive: true, force: true });
+      mkdirSync(dir);
+      return dir;
+    },
+    /** A fresh path in the current case's folder (written when `content` is given). */
+    file(ext: string, content?: string | Uint8Array): string {
+      mkdirSync(dir, { recursive: true });
+      const f = path.join(dir, `${n++}${ext}`);
+      if (content !== undefined) writeFileSync(f, content);
+      return f;
+    },
+  };
+}
 
 const context = vm.createContext({});
 const callRun = new vm.Script("run()");
