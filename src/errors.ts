@@ -4,6 +4,8 @@
 export interface Where {
   file?: string;
   line?: number;
+  /** Byte offset in a binary file (a tokenizer.model, a safetensors file), 0-based. */
+  offset?: number;
   /** Key path inside a config or record, e.g. `train.lr` or `conversations[2].role`. */
   key?: string;
   /** Sample index (0-based, in file order). */
@@ -55,6 +57,7 @@ export function formatWhere(where: Where | undefined): string {
   if (!where) return "";
   const parts: string[] = [];
   if (where.file) parts.push(where.line !== undefined ? `${where.file}:${where.line}` : where.file);
+  if (where.offset !== undefined) parts.push(`byte ${where.offset}`);
   if (where.key) parts.push(`key ${where.key}`);
   if (where.sample !== undefined) parts.push(`sample ${where.sample}`);
   return parts.join(", ");

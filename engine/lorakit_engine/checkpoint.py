@@ -162,8 +162,60 @@ def _write_synced(path: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
+def _read(file: Path, read):
+    """read(file), or the engine's error naming the file: the readers (json, safetensors, torch's unpickler)
+    each fail on a damaged file in their own way."""
+    try:
+        return read(file)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise EngineError(
+            "CHECKPOINT_UNREADABLE",
+            f"checkpoint file {file} cannot be read ({type(e).__name__}: {first[:300]})",
+            "The checkpoint is damaged or incomplete: resume from an earlier one (delete this step-N "
+            "folder), or start the run again.",
+        ) from e
+
+
 def read_state(path: Path) -> dict:
-    return json.loads((path / STATE).read_text(encoding="utf-8"))
+    file = Path(path) / STATE
+    state = _read(file, lambda f: json.loads(f.read_text(encoding="utf-8")))
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise EngineError(
+            "CHECKPOINT_UNREADABLE",
+            f"checkpoint file {file} is not a checkpoint's state (an object with its step)",
+            "The checkpoint is damaged: resume from an earlier one (delete this step-N folder), "
+            "or start the run again.",
+        )
+    return state
+
+
+def read_files(path: Path, rank: int = 0, world: int = 1) -> dict:
+    """Every file `load` restores from checkpoint `path`, read: its state, the adapter weights, the optimizer,
+    scheduler, scaler (None when absent) and this rank's RNG state. A file that cannot be read is an
+    EngineError naming it."""
+    path = Path(path)
+    pt = lambda f: torch.load(f, weights_only=True)  # noqa: E731
+    state = read_state(path)
+    weights = _read(path / "adapter_model.safetensors", lambda f: load_file(str(f)))
+    optim = _read(path / "optimizer.pt", pt)
+    sched = _read(path / "scheduler.pt", pt)
+    scaler = _read(path / "scaler.pt", pt) if (path / "scaler.pt").is_file() else None
+    rng = path / rng_file(rank, world)
+    if not rng.is_file():
+        raise EngineError(
+            "CHECKPOINT_MISMATCH",
+            f"checkpoint {path} has no {rng.name}: it was written by a different number of processes",
+            "Resume with the train.devices the run started with, or start a new run in a new run_dir.",
+        )
+    return {
+        "state": state,
+        "weights": weights,
+        "optimizer": optim,
+        "scheduler": sched,
+        "scaler": scaler,
+        "rng": _read(rng, pt),
+    }
 
 
 def load(
@@ -173,8 +225,8 @@ def load(
     return its state (step, epoch, micro_batch, tokens_seen, …)."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-    state = read_state(path)
-    weights = load_file(str(path / "adapter_model.safetensors"))
+    files = read_files(path, rank, world)
+    weights = files["weights"]
     expected = set(get_peft_model_state_dict(model).keys())
     if set(weights) != expected:
         missing, extra = sorted(expected - set(weights)), sorted(set(weights) - expected)
@@ -185,19 +237,12 @@ def load(
             "Resume with the same model and lora settings, or start a new run in a new run_dir.",
         )
     set_peft_model_state_dict(model, weights)  # sharded (FSDP2): its load hooks cut the whole tensors
-    optim = torch.load(path / "optimizer.pt", weights_only=True)
+    optim = files["optimizer"]
     if sharding.is_sharded(model):  # whole tensors (saved sharded or not), cut into this rank's slices
         optim = sharding.shard_optimizer_state(optimizer, optim)
     optimizer.load_state_dict(optim)
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    if scaler is not None and (path / "scaler.pt").is_file():
-        scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
-    rng = path / rng_file(rank, world)
-    if not rng.is_file():
-        raise EngineError(
-            "CHECKPOINT_MISMATCH",
-            f"checkpoint {path} has no {rng.name}: it was written by a different number of processes",
-            "Resume with the train.devices the run started with, or start a new run in a new run_dir.",
-        )
-    set_rng_state(torch.load(rng, weights_only=True), cuda_device)
-    return state
+    scheduler.load_state_dict(files["scheduler"])
+    if scaler is not None and files["scaler"] is not None:
+        scaler.load_state_dict(files["scaler"])
+    set_rng_state(files["rng"], cuda_device)
+    return files["state"]

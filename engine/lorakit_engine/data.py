@@ -62,7 +62,14 @@ class Prepared:
             raise _bad(self.dir, "offsets must increase (every sample holds at least one token)")
         self.n_tokens = n_tokens
         manifest = self.dir / "manifest.json"
-        self.manifest = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
+        self.manifest = {}
+        if manifest.is_file():
+            try:
+                self.manifest = json.loads(manifest.read_text(encoding="utf-8"))
+            except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested beyond the parser
+                raise _bad(self.dir, f"manifest.json is not JSON ({type(e).__name__}: {e})") from e
+            if not isinstance(self.manifest, dict):
+                raise _bad(self.dir, "manifest.json is not a JSON object")
 
     def __len__(self) -> int:
         return len(self.offsets) - 1

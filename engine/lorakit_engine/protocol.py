@@ -81,22 +81,35 @@ def read_plan(path: Path | str) -> dict:
             f"cannot read the plan {path}: {e.strerror}",
             "Pass --plan with an existing plan.json.",
         ) from e
+    except UnicodeDecodeError as e:
+        raise EngineError(
+            "PLAN_INVALID",
+            f"{path} is not UTF-8 text (byte {e.start})",
+            "Write the plan with `lorakit`; a plan is JSON in UTF-8.",
+        ) from e
     except json.JSONDecodeError as e:
         raise EngineError(
             "PLAN_INVALID",
             f"{path} is not JSON: {e.msg} at line {e.lineno} column {e.colno}",
             "Write the plan with `lorakit` or fix the JSON syntax.",
         ) from e
-    check_plan(plan)
+    except RecursionError as e:
+        raise EngineError(
+            "PLAN_INVALID",
+            f"{path} nests lists or objects thousands of levels deep",
+            "Write the plan with `lorakit`; a plan is a few levels of settings.",
+        ) from e
+    check_plan(plan, path)
     return resolve_paths(plan, path.resolve().parent)
 
 
-def check_plan(plan: Any) -> None:
+def check_plan(plan: Any, path: Path | str | None = None) -> None:
     problems = schema_errors("plan", plan)
     if problems:
         raise EngineError(
             "PLAN_INVALID",
-            f"the plan has {len(problems)} problem(s): " + "; ".join(problems),
+            f"{f'{path}: ' if path is not None else ''}the plan has {len(problems)} problem(s): "
+            + "; ".join(problems),
             "Fix the keys named above (protocol/plan.schema.json is the contract); plans written by "
             "lorakit of the same version always match.",
         )

@@ -4,7 +4,7 @@ import { existsSync, readdirSync, statSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { isMap, isSeq, LineCounter, parseDocument } from "yaml";
+import { type CST, isMap, isSeq, LineCounter, Parser, parseDocument, visit } from "yaml";
 import { z } from "zod";
 import { editDistance, LorakitError, nearest } from "../errors.js";
 import { RunConfig } from "./schema.js";
@@ -244,12 +244,43 @@ function missingPathError(kind: string, abs: string, shown: string, file: string
   });
 }
 
+/** How deep a config may nest collections. The YAML composer recurses once per level and runs out of stack
+ * about a thousand levels down (2 KB of `- - - …`), where V8 may abort the whole process instead of throwing. */
+export const MAX_YAML_DEPTH = 64;
+
+/** Offset of the first collection nested deeper than MAX_YAML_DEPTH, from the parser's tokens (which it builds
+ * without recursion), or undefined. */
+function tooDeep(text: string): number | undefined {
+  const stack: [CST.Token | null | undefined, number][] = [...new Parser().parse(text)].map((t) => [t, 0]);
+  for (let item = stack.pop(); item; item = stack.pop()) {
+    const [token, depth] = item;
+    if (!token) continue;
+    if (token.type === "document") stack.push([token.value, depth]);
+    else if (token.type === "block-map" || token.type === "block-seq" || token.type === "flow-collection") {
+      if (depth >= MAX_YAML_DEPTH) return token.offset;
+      for (const it of token.items as CST.CollectionItem[]) stack.push([it.key, depth + 1], [it.value, depth + 1]);
+    } else if (token.type === "block-scalar") for (const p of token.props) stack.push([p, depth]);
+  }
+  return undefined;
+}
+
 /** Parses and validates a config from text (no file-system checks). */
 export function parseConfigText(
   text: string,
   file: string,
 ): { config: RunConfig; lineOf: (p: KeyPath) => number | undefined } {
   const lineCounter = new LineCounter();
+  const deep = tooDeep(text);
+  if (deep !== undefined) {
+    throw new LorakitError(
+      "CONFIG_BAD_YAML",
+      `the config nests lists or mappings more than ${MAX_YAML_DEPTH} levels deep`,
+      {
+        where: { file, line: text.slice(0, deep).split("\n").length },
+        hint: "a run config is a few sections of settings: check the brackets and the indentation",
+      },
+    );
+  }
   const doc = parseDocument(text, { lineCounter, prettyErrors: false });
   if (doc.errors.length > 0) {
     throw LorakitError.fromList(
@@ -262,7 +293,23 @@ export function parseConfigText(
       ),
     );
   }
-  const raw: unknown = doc.toJS() ?? {};
+  let raw: unknown;
+  try {
+    raw = doc.toJS() ?? {};
+  } catch (e) {
+    // Aliases that expand past yaml's limit (a "billion laughs" document), or one that cannot be resolved.
+    let at: number | undefined;
+    visit(doc, {
+      Alias(_, node) {
+        at = node.range?.[0];
+        return visit.BREAK;
+      },
+    });
+    throw new LorakitError("CONFIG_BAD_YAML", (e as Error).message, {
+      where: { file, line: at === undefined ? 1 : lineCounter.linePos(at).line },
+      hint: "write the values out instead of through anchors and aliases (&name / *name)",
+    });
+  }
   const lineOf = (p: KeyPath): number | undefined => {
     let node: unknown = doc.contents;
     let range: [number, number, number] | undefined;

@@ -538,7 +538,7 @@ export function normalizeRecords(records: readonly RawRecord[], opts: NormalizeO
             "DATA_MIXED_FORMATS",
             `this sample is in ${format} format, but the file's first sample (line ${first[file]}) is ${had}`,
             {
-              where: { file, line },
+              where: rec.origin,
               hint: "Keep one format per file: convert this sample, or move it to its own file.",
             },
           ),

@@ -49,7 +49,10 @@ export function errorFromList(errors: readonly LorakitError[]): LorakitError {
   if (errors.length <= MAX_LISTED) return LorakitError.fromList(errors);
   const shown = errors.slice(0, MAX_LISTED);
   const rest = errors.length - MAX_LISTED;
-  const last = new LorakitError(errors[MAX_LISTED]?.code ?? "DATA_MORE", `… and ${rest} more problem(s) like these`, {
+  const next = errors[MAX_LISTED] as LorakitError;
+  // Located at the first problem not listed, so that the summary too says where to look.
+  const last = new LorakitError(next.code, `… and ${rest} more problem(s) like these, the next one here`, {
+    where: next.where,
     hint: "Fix the ones listed and run again to see the rest.",
   });
   return LorakitError.fromList([...shown, last]);
@@ -136,6 +139,40 @@ interface Parsed {
   bad: { origin: Origin; reason: string; error: LorakitError }[];
 }
 
+/** How deep a sample may nest arrays and objects. JSON.parse takes any depth, but JSON.stringify and every
+ * recursive walk after it (keys, tool dumps, templates) overflow the stack a few thousand levels down. */
+export const MAX_DEPTH = 100;
+
+/** Whether `value` nests deeper than MAX_DEPTH (walked without recursion, stopping at the limit). */
+function tooDeep(value: unknown): boolean {
+  const stack: [unknown, number][] = [[value, 1]];
+  for (let item = stack.pop(); item; item = stack.pop()) {
+    const [v, depth] = item;
+    if (v === null || typeof v !== "object") continue;
+    if (depth > MAX_DEPTH) return true;
+    for (const x of Array.isArray(v) ? v : Object.values(v))
+      if (x !== null && typeof x === "object") stack.push([x, depth + 1]);
+  }
+  return false;
+}
+
+/** A parsed record, or a bad one when it nests too deep. */
+function add(out: Parsed, value: unknown, origin: Origin & { sample: number }): void {
+  if (!tooDeep(value)) {
+    out.records.push({ value, origin });
+    return;
+  }
+  const why = `the sample nests arrays or objects more than ${MAX_DEPTH} levels deep`;
+  out.bad.push({
+    origin,
+    reason: why,
+    error: new LorakitError("DATA_TOO_DEEP", why, {
+      where: origin,
+      hint: "A sample is a conversation of text: flatten the nested value, or set data.skip_bad_lines to skip it.",
+    }),
+  });
+}
+
 function parseJsonArray(text: string, file: string): Parsed {
   const out: Parsed = { records: [], bad: [] };
   let line = 1;
@@ -145,8 +182,9 @@ function parseJsonArray(text: string, file: string): Parsed {
     at = start;
     const chunk = text.slice(start, end);
     const sample = out.records.length + out.bad.length;
+    let value: unknown;
     try {
-      out.records.push({ value: JSON.parse(chunk), origin: { file, line, sample } });
+      value = JSON.parse(chunk);
     } catch (e) {
       const pos = parsePosition(e instanceof Error ? e.message : "");
       const errLine = pos === undefined ? line : lineAt(text, start + pos, start, line);
@@ -159,7 +197,9 @@ function parseJsonArray(text: string, file: string): Parsed {
           hint: "Fix the element (a missing comma or quote is the usual cause) or set data.skip_bad_lines to skip it.",
         }),
       });
+      continue;
     }
+    add(out, value, { file, line, sample });
   }
   return out;
 }
@@ -171,8 +211,9 @@ function parseJsonLines(text: string, file: string): Parsed {
     const raw = (lines[i] as string).replace(/\r$/, "");
     if (!raw.trim()) continue;
     const origin = { file, line: i + 1, sample: out.records.length + out.bad.length };
+    let value: unknown;
     try {
-      out.records.push({ value: JSON.parse(raw), origin });
+      value = JSON.parse(raw);
     } catch (e) {
       const why = reason(e);
       out.bad.push({
@@ -180,7 +221,9 @@ function parseJsonLines(text: string, file: string): Parsed {
         reason: why,
         error: new LorakitError("DATA_BAD_JSON", `malformed JSON line: ${why}`, { where: origin, hint: JSONL_HINT }),
       });
+      continue;
     }
+    add(out, value, origin);
   }
   return out;
 }

@@ -3,6 +3,7 @@
 // spaces so the data starts 8-byte aligned, then the tensors' bytes, contiguous, in header order.
 import { closeSync, openSync, readFileSync, writeSync } from "node:fs";
 import os from "node:os";
+import { LorakitError } from "../errors.js";
 
 export type Dtype = "I32" | "I64" | "F32";
 export type TensorData = Int32Array | BigInt64Array | Float32Array;
@@ -80,21 +81,100 @@ export interface SafetensorsFile {
   metadata: Record<string, string>;
 }
 
+/** A file that is not the safetensors this reader takes: the error names the file, the byte offset and the tensor. */
+function bad(file: string, what: string, offset: number, key?: string): LorakitError {
+  return new LorakitError("SAFETENSORS_INVALID", `${file} is not a valid safetensors file: ${what}`, {
+    where: { file, offset, ...(key !== undefined ? { key } : {}) },
+    hint: "The file is damaged or incomplete (a Git LFS pointer is not the file): write it again (for prepared data, delete its folder and prepare again).",
+  });
+}
+
+const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
+/** A header value as the message shows it (an absent one as "none"). */
+function shown(v: unknown): string {
+  if (v === undefined) return "none";
+  try {
+    const s = JSON.stringify(v);
+    return s.length > 80 ? `${s.slice(0, 79)}…` : s;
+  } catch {
+    return "a value nested too deep to show";
+  }
+}
+
 export function readSafetensors(file: string): SafetensorsFile {
   checkEndianness();
-  const buf = readFileSync(file);
-  if (buf.length < 8) throw new Error(`${file}: too short for safetensors`);
-  const n = Number(buf.readBigUInt64LE(0));
-  if (8 + n > buf.length) throw new Error(`${file}: header length ${n} runs past the end`);
-  const header = JSON.parse(buf.subarray(8, 8 + n).toString("utf8")) as Record<string, unknown>;
+  let buf: Buffer;
+  try {
+    buf = readFileSync(file);
+  } catch (e) {
+    throw new LorakitError("SAFETENSORS_INVALID", `cannot read ${file}: ${(e as Error).message}`, {
+      where: { file },
+      hint: "Check that the file exists and is readable.",
+    });
+  }
+  if (buf.length < 8) throw bad(file, `${buf.length} bytes, too short for the 8-byte header length`, 0);
+  const big = buf.readBigUInt64LE(0);
+  if (big > BigInt(buf.length - 8))
+    throw bad(file, `the header length ${big} runs past the end (${buf.length} bytes)`, 0);
+  const n = Number(big);
   const base = 8 + n;
-  const out: SafetensorsFile = { tensors: {}, metadata: (header.__metadata__ as Record<string, string>) ?? {} };
-  for (const [name, v] of Object.entries(header)) {
-    if (name === "__metadata__") continue;
-    const { dtype, shape, data_offsets } = v as { dtype: Dtype; shape: number[]; data_offsets: [number, number] };
-    const [a, b] = data_offsets;
-    if (!(dtype in SIZE)) throw new Error(`${file}: tensor ${name} has unsupported dtype ${dtype}`);
-    if (base + b > buf.length || a > b) throw new Error(`${file}: tensor ${name} offsets out of range`);
+  let text: string;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(buf.subarray(8, base));
+  } catch {
+    throw bad(file, "the header is not UTF-8", 8);
+  }
+  let header: unknown;
+  try {
+    header = JSON.parse(text);
+  } catch (e) {
+    const at = /position (\d+)/.exec((e as Error).message);
+    throw bad(
+      file,
+      `the header is not JSON (${(e as Error).message})`,
+      8 + Buffer.byteLength(text.slice(0, Number(at?.[1] ?? 0))),
+    );
+  }
+  if (!header || typeof header !== "object" || Array.isArray(header))
+    throw bad(file, "the header is not a JSON object", 8);
+  const out: SafetensorsFile = { tensors: {}, metadata: {} };
+  for (const [name, v] of Object.entries(header as Record<string, unknown>)) {
+    if (name === "__metadata__") {
+      if (!v || typeof v !== "object" || Array.isArray(v) || !Object.values(v).every((x) => typeof x === "string"))
+        throw bad(file, "`__metadata__` is not a map of strings", 8, name);
+      out.metadata = v as Record<string, string>;
+      continue;
+    }
+    const t = (v ?? {}) as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
+    const { dtype, shape, data_offsets: offsets } = t;
+    if (typeof dtype !== "string" || !(dtype in SIZE))
+      throw bad(
+        file,
+        `tensor ${JSON.stringify(name)} has the dtype ${shown(dtype)} (this reader takes I32, I64, F32)`,
+        8,
+        name,
+      );
+    if (!Array.isArray(shape) || !shape.every(isCount))
+      throw bad(file, `tensor ${JSON.stringify(name)} has the shape ${shown(shape)}`, 8, name);
+    if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isCount))
+      throw bad(file, `tensor ${JSON.stringify(name)} has the data_offsets ${shown(offsets)}`, 8, name);
+    const [a, b] = offsets as [number, number];
+    if (a > b || base + b > buf.length)
+      throw bad(
+        file,
+        `tensor ${JSON.stringify(name)}'s bytes [${a}, ${b}) are not inside the file's ${buf.length - base} data bytes`,
+        8,
+        name,
+      );
+    const size = SIZE[dtype as Dtype];
+    const count = (shape as number[]).reduce((x, y) => x * y, 1);
+    if (count * size !== b - a)
+      throw bad(
+        file,
+        `tensor ${JSON.stringify(name)} of shape ${shown(shape)} needs ${count * size} bytes, its offsets hold ${b - a}`,
+        base + a,
+        name,
+      );
     // Copy into an aligned buffer (the file's bytes are only aligned when the writer aligned them).
     const bytes = new Uint8Array(b - a);
     bytes.set(buf.subarray(base + a, base + b));
@@ -104,7 +184,7 @@ export function readSafetensors(file: string): SafetensorsFile {
         : dtype === "I64"
           ? new BigInt64Array(bytes.buffer)
           : new Float32Array(bytes.buffer);
-    out.tensors[name] = { dtype, shape, data };
+    out.tensors[name] = { dtype: dtype as Dtype, shape: shape as number[], data };
   }
   return out;
 }

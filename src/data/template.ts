@@ -18,7 +18,7 @@ import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { Template } from "@huggingface/jinja";
 import type { TEMPLATES } from "../config/schema.js";
-import { LorakitError } from "../errors.js";
+import { LorakitError, type Where } from "../errors.js";
 import { familyFor } from "../models/families.js";
 import { CHATGLM3_TOOLS_SYSTEM, type Conversation, type Message, type Role, trains } from "./formats.js";
 import type { Tokenizer } from "./tokenizer.js";
@@ -347,6 +347,8 @@ export interface JinjaOptions {
   eosToken?: string;
   /** Extra stop spellings (the model family's). */
   stopTokens?: readonly string[];
+  /** Where the template's source is (tokenizer_config.json's `chat_template`, or chat_template.jinja). */
+  origin?: Where;
 }
 
 const SENTINEL_OPEN = "\u{F0000}";
@@ -376,6 +378,7 @@ export function jinjaTemplate(source: string, tok: Tokenizer, opts: JinjaOptions
       "TEMPLATE_PARSE",
       `the checkpoint's chat_template cannot be parsed: ${(e as Error).message}`,
       {
+        ...(opts.origin ? { where: opts.origin } : {}),
         hint: "Use a built-in template (data.template: chatml, llama3, deepseek or chatglm3).",
       },
     );
@@ -576,11 +579,27 @@ export function jinjaTemplate(source: string, tok: Tokenizer, opts: JinjaOptions
       prevTok = tokAt;
     }
     roles.fill(msgs[msgs.length - 1]?.role ?? "user", prevTok, n);
+    /** Message j's content, found by rendering a sentinel in its place: exact when putting the content back
+     * gives S (an empty content, or one that also appears elsewhere, has no other way to be found). */
+    const sentinelSpan = (j: number) => {
+      const mark = `${SENTINEL_OPEN}c${j}${SENTINEL_CLOSE}`;
+      const marked = text(
+        msgs.map((m, i) => (i === j ? { ...m, content: mark } : m)),
+        conv.tools,
+        false,
+        conv,
+      );
+      const content = (msgs[j] as Message).content;
+      for (let at = marked.indexOf(mark); at >= 0; at = marked.indexOf(mark, at + 1))
+        if (S === marked.slice(0, at) + content + marked.slice(at + mark.length))
+          return { message: j, start: at, end: at + content.length };
+      return undefined;
+    };
     const spans: Rendered["spans"] = [];
     msgs.forEach((m, j) => {
       if (!trains(m)) return;
       const contentSpan = () => {
-        const span = t.content?.find((c) => c.message === j) ?? locate(S, m.content, msgs, j);
+        const span = t.content?.find((c) => c.message === j) ?? sentinelSpan(j) ?? locate(S, m.content, msgs, j);
         if (!span)
           throw new LorakitError(
             "TEMPLATE_SPAN",
@@ -651,18 +670,28 @@ function locate(S: string, content: string, msgs: readonly Message[], j: number)
 /** The checkpoint's chat_template: tokenizer_config.json `chat_template`, else chat_template.jinja beside it. */
 export function readChatTemplate(
   modelDir: string,
-): { source: string; bosToken?: string; eosToken?: string } | undefined {
+): { source: string; bosToken?: string; eosToken?: string; origin: Where } | undefined {
   const cfgPath = path.join(modelDir, "tokenizer_config.json");
   let cfg: Record<string, unknown> = {};
+  const bad = (what: string, where: Where) =>
+    new LorakitError("MODEL_BAD_FILE", `tokenizer_config.json ${what}`, {
+      where,
+      hint: "Restore the checkpoint's tokenizer_config.json.",
+    });
   if (existsSync(cfgPath)) {
+    // A leading U+FEFF is the byte-order mark Windows editors write, as loadTokenizer reads it.
+    const text = readFileSync(cfgPath, "utf8").replace(/^\uFEFF/, "");
+    let parsed: unknown;
     try {
-      cfg = JSON.parse(readFileSync(cfgPath, "utf8")) as Record<string, unknown>;
+      parsed = JSON.parse(text);
     } catch (e) {
-      throw new LorakitError("MODEL_BAD_FILE", `tokenizer_config.json is not valid JSON: ${(e as Error).message}`, {
-        where: { file: cfgPath },
-        hint: "Restore the checkpoint's tokenizer_config.json.",
-      });
+      const at = /position (\d+)/.exec((e as Error).message);
+      const line = (at ? text.slice(0, Number(at[1])) : text).split("\n").length;
+      throw bad(`is not valid JSON: ${(e as Error).message}`, { file: cfgPath, line });
     }
+    if (!parsed || typeof parsed !== "object" || Array.isArray(parsed))
+      throw bad("is not a JSON object", { file: cfgPath, line: 1 });
+    cfg = parsed as Record<string, unknown>;
   }
   const spelling = (v: unknown): string | undefined =>
     typeof v === "string"
@@ -675,15 +704,30 @@ export function readChatTemplate(
     ...(spelling(cfg.eos_token) !== undefined ? { eosToken: spelling(cfg.eos_token) } : {}),
   };
   let source: string | undefined;
+  let origin: Where = { file: cfgPath, key: "chat_template" };
   const ct = cfg.chat_template;
   if (typeof ct === "string") source = ct;
-  else if (Array.isArray(ct)) {
-    const named = ct as { name?: string; template?: string }[];
-    source = (named.find((t) => t.name === "default") ?? named[0])?.template;
-  }
+  else if (Array.isArray(ct) && ct.length > 0) {
+    // transformers' named templates: [{name, template}], the one named "default" first.
+    const named = ct as unknown[];
+    const isNamed = (t: unknown): t is { name?: unknown; template?: unknown } => !!t && typeof t === "object";
+    const i = Math.max(
+      0,
+      named.findIndex((t) => isNamed(t) && t.name === "default"),
+    );
+    const entry = named[i];
+    origin = { file: cfgPath, key: `chat_template[${i}].template` };
+    if (!isNamed(entry) || typeof entry.template !== "string")
+      throw bad("has a chat_template that is not text", origin);
+    source = entry.template;
+  } else if (ct !== undefined && ct !== null && !Array.isArray(ct))
+    throw bad("has a chat_template that is not text", origin);
   const jinjaFile = path.join(modelDir, "chat_template.jinja");
-  if (source === undefined && existsSync(jinjaFile)) source = readFileSync(jinjaFile, "utf8");
-  return source === undefined ? undefined : { source, ...tokens };
+  if (source === undefined && existsSync(jinjaFile)) {
+    source = readFileSync(jinjaFile, "utf8");
+    origin = { file: jinjaFile, line: 1 };
+  }
+  return source === undefined ? undefined : { source, ...tokens, origin };
 }
 
 export interface TemplateChoice {

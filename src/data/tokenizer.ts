@@ -66,12 +66,16 @@ function isChatglm(config: Record<string, unknown> | undefined): boolean {
 }
 
 function parseJson(bytes: Buffer, file: string): unknown {
+  // A leading U+FEFF here is the file's byte-order mark (Windows editors write one), not content.
+  const text = bytes.toString("utf8").replace(/^\uFEFF/, "");
   try {
-    // A leading U+FEFF here is the file's byte-order mark (Windows editors write one), not content.
-    return JSON.parse(bytes.toString("utf8").replace(/^\uFEFF/, ""));
+    return JSON.parse(text);
   } catch (err) {
-    throw new LorakitError("TOKENIZER_BAD_JSON", `${file} is not valid JSON (${(err as Error).message})`, {
-      where: { file },
+    const message = (err as Error).message;
+    const at = /position (\d+)/.exec(message);
+    const upTo = at ? text.slice(0, Number(at[1])) : text;
+    throw new LorakitError("TOKENIZER_BAD_JSON", `${file} is not valid JSON (${message})`, {
+      where: { file, line: upTo.split("\n").length },
       hint: "check that the file is complete (a Git LFS pointer is not the file)",
     });
   }

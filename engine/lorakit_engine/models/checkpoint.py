@@ -62,7 +62,7 @@ def read_config(folder: Path | str) -> dict:
         )
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested beyond the parser
         raise CheckpointError(
             "checkpoint.bad_config", f"config.json is not valid JSON: {e}", path=path
         ) from e
@@ -91,18 +91,19 @@ def find_weights(folder: Path | str) -> WeightFiles:
         try:
             weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
             assert isinstance(weight_map, dict)
-        except (json.JSONDecodeError, KeyError, TypeError, AssertionError) as e:
+        except (ValueError, RecursionError, KeyError, TypeError, AssertionError) as e:
             raise CheckpointError(
                 "checkpoint.bad_index", "the index has no valid `weight_map`", path=path
             ) from e
-        shards = list(dict.fromkeys(weight_map.values()))
-        bad = [s for s in shards if not isinstance(s, str) or Path(s).name != s]
+        # Checked before dict.fromkeys, which cannot take a list or an object as a shard name.
+        bad = [s for s in weight_map.values() if not isinstance(s, str) or Path(s).name != s]
         if bad:
             raise CheckpointError(
                 "checkpoint.bad_index",
-                f"the index names shard files outside the folder: {few(bad)}",
+                f"the index names shard files outside the folder: {few(map(repr, bad))}",
                 path=path,
             )
+        shards = list(dict.fromkeys(weight_map.values()))
         missing = [s for s in shards if not (folder / s).is_file()]
         if missing:
             raise CheckpointError(
@@ -122,7 +123,23 @@ def find_weights(folder: Path | str) -> WeightFiles:
 
 
 def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) of one weight file, read lazily where the format allows."""
+    """(name, tensor) of one weight file, read lazily where the format allows. A file that cannot be read is a
+    CheckpointError naming it (safetensors and torch's unpickler fail on a damaged file in their own ways)."""
+    try:
+        yield from _iter_tensors(path)
+    except CheckpointError:
+        raise
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(
+            "checkpoint.bad_file",
+            f"the weights cannot be read ({type(e).__name__}: {first[:300]})",
+            path=path,
+            hint="the file is damaged or incomplete (a Git LFS pointer is not the weights): fetch it again",
+        ) from e
+
+
+def _iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 

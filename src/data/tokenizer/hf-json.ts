@@ -39,14 +39,15 @@ export class HfJsonTokenizer implements Tokenizer {
     json: TokenizerJson,
     readonly hash: string,
     names: TokenNames,
-    file: string,
+    private readonly file: string,
   ) {
     if (!json || typeof json !== "object" || !json.model || typeof json.model !== "object") {
       throw new LorakitError("TOKENIZER_BAD_JSON", `${file} has no "model" section`, {
-        where: { file },
+        where: { file, key: "model" },
         hint: "check that the file is a Hugging Face tokenizer.json (a Git LFS pointer is not)",
       });
     }
+    checkIdsOfJson(json, file);
     // Optional sections default to null, as the Rust library reads them.
     this.json = json = { normalizer: null, pre_tokenizer: null, post_processor: null, decoder: null, ...json };
     json.added_tokens ??= [];
@@ -57,7 +58,7 @@ export class HfJsonTokenizer implements Tokenizer {
       patchDecoder(this.full.decoder);
     } catch (err) {
       throw new LorakitError("TOKENIZER_UNSUPPORTED", `${file}: ${(err as Error).message}`, {
-        where: { file },
+        where: { file, key: failingSection(json, (j) => new HfTokenizer(j, {})) },
         hint: "this tokenizer.json uses a component @huggingface/tokenizers cannot run",
       });
     }
@@ -83,6 +84,9 @@ export class HfJsonTokenizer implements Tokenizer {
     this.padId = id("pad");
     this.unkId = id("unk", modelUnk);
     this.pieceBytes = pieceDecoder(json.decoder);
+    // The decoder runs first when samples are shown, after training: a broken one is refused now.
+    const probe = [0, 1, 2, 3].filter((i) => this.idToToken(i) !== undefined);
+    if (probe.length > 0) this.decode(probe);
   }
 
   /** The instance that treats special-token spellings as ordinary text (built on first use; encode only). */
@@ -97,19 +101,54 @@ export class HfJsonTokenizer implements Tokenizer {
     return this.plainTokenizer;
   }
 
+  /** Runs the library, whose components check some settings only when used: what it throws is refused, with
+   * the section that fails (found by retrying `retry` without each one). */
+  private library<T>(what: string, run: () => T, retry: (json: TokenizerJson) => void): T {
+    try {
+      return run();
+    } catch (err) {
+      if (err instanceof LorakitError) throw err;
+      throw new LorakitError("TOKENIZER_UNSUPPORTED", `${this.file}: cannot ${what} (${(err as Error).message})`, {
+        where: { file: this.file, key: failingSection(this.json, retry) },
+        hint: "this tokenizer.json uses a component or a setting @huggingface/tokenizers cannot run",
+      });
+    }
+  }
+
   encode(text: string, opts: EncodeOptions = {}): number[] {
     if (text.length === 0) return [];
-    const tok = opts.parseSpecial ? this.full : this.plain;
-    return tok.encode(text, { add_special_tokens: false }).ids;
+    const ids = this.library(
+      `encode ${JSON.stringify(text.slice(0, 40))}`,
+      () => (opts.parseSpecial ? this.full : this.plain).encode(text, { add_special_tokens: false }).ids,
+      (json) => new HfTokenizer(json, {}).encode(text, { add_special_tokens: false }),
+    );
+    // The library maps a token its vocabulary lacks (an unk_token that is not in it) to undefined.
+    for (const id of ids)
+      if (!isId(id))
+        throw new LorakitError(
+          "TOKENIZER_BAD_JSON",
+          `${this.file} has no id for a token of ${JSON.stringify(text.slice(0, 40))} (its unk_token is not in the vocabulary?)`,
+          {
+            where: { file: this.file, key: "model.vocab" },
+            hint: "check that the file is complete and unedited, or re-export it with the tokenizers library",
+          },
+        );
+    return ids;
   }
 
   decode(ids: readonly number[], opts: DecodeOptions = {}): string {
     checkIds(ids, (id) => this.idToToken(id) !== undefined);
     if (ids.length === 0) return "";
-    return this.full.decode([...ids], {
-      skip_special_tokens: opts.skipSpecial ?? false,
-      clean_up_tokenization_spaces: false,
-    });
+    const options = { skip_special_tokens: opts.skipSpecial ?? false, clean_up_tokenization_spaces: false };
+    return this.library(
+      "decode",
+      () => this.full.decode([...ids], options),
+      (json) => {
+        const t = new HfTokenizer(json, {});
+        patchDecoder(t.decoder);
+        t.decode([...ids], options);
+      },
+    );
   }
 
   pieces(ids: readonly number[]): string[] {
@@ -174,6 +213,80 @@ function pieceDecoder(decoder: unknown): (piece: string) => Uint8Array {
     for (const [from, to] of replace) text = text.replaceAll(from, to);
     return utf8Encoder.encode(text);
   };
+}
+
+/** Prepared data holds ids as int32: every id a tokenizer can produce must be an integer in [0, 2^31). */
+const isId = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 0 && (v as number) < 2 ** 31;
+
+/** The vocabulary's and the added tokens' ids, which the library takes on trust (a null id encodes as undefined). */
+function checkIdsOfJson(json: TokenizerJson, file: string): void {
+  const bad = (key: string, what: string) =>
+    new LorakitError("TOKENIZER_BAD_JSON", `${file}: ${what}`, {
+      where: { file, key },
+      hint: "check that the file is complete and unedited, or re-export it with the tokenizers library",
+    });
+  const added: unknown = json.added_tokens;
+  if (added !== undefined && added !== null) {
+    if (!Array.isArray(added)) throw bad("added_tokens", "`added_tokens` is not a list");
+    added.forEach((t: unknown, i) => {
+      const token = t as Partial<AddedTokenJson> | null;
+      if (!token || typeof token !== "object") throw bad(`added_tokens[${i}]`, `added token ${i} is not an object`);
+      if (typeof token.content !== "string" || token.content.length === 0)
+        throw bad(`added_tokens[${i}].content`, `added token ${i} has no text (\`content\`)`);
+      if (!isId(token.id))
+        throw bad(
+          `added_tokens[${i}].id`,
+          `added token ${JSON.stringify(token.content)} has the id ${JSON.stringify(token.id)}`,
+        );
+    });
+  }
+  // Every component names its kind by a string `type`; the library would print any other value as "[object Object]".
+  const stack: [unknown, string][] = ["model", "normalizer", "pre_tokenizer", "post_processor", "decoder"].map((k) => [
+    json[k],
+    k,
+  ]);
+  for (let item = stack.pop(); item; item = stack.pop()) {
+    const [v, key] = item;
+    if (Array.isArray(v)) for (const [i, x] of v.entries()) stack.push([x, `${key}[${i}]`]);
+    else if (v && typeof v === "object") {
+      const type = (v as { type?: unknown }).type;
+      if (type !== undefined && typeof type !== "string")
+        throw bad(`${key}.type`, `\`${key}.type\` is ${JSON.stringify(type)}, not the name of a component`);
+      for (const [k, x] of Object.entries(v)) if (k !== "vocab" && k !== "merges") stack.push([x, `${key}.${k}`]);
+    }
+  }
+  const vocab = json.model.vocab;
+  if (Array.isArray(vocab)) {
+    // Unigram: [piece, score] pairs, the id is the position.
+    vocab.forEach((entry: unknown, i) => {
+      if (!Array.isArray(entry) || typeof entry[0] !== "string" || typeof entry[1] !== "number")
+        throw bad(`model.vocab[${i}]`, `vocabulary entry ${i} is not a [piece, score] pair`);
+    });
+  } else if (!vocab || typeof vocab !== "object") {
+    throw bad(
+      "model.vocab",
+      `\`model.vocab\` is ${(JSON.stringify(vocab) ?? "missing").slice(0, 40)}, not a vocabulary`,
+    );
+  } else {
+    for (const [token, id] of Object.entries(vocab))
+      if (!isId(id))
+        throw bad(
+          `model.vocab[${JSON.stringify(token)}]`,
+          `vocabulary token ${JSON.stringify(token)} has the id ${JSON.stringify(id)}`,
+        );
+  }
+}
+
+/** The section that makes `run` fail: the first whose removal lets it succeed, else the model. */
+function failingSection(json: TokenizerJson, run: (json: TokenizerJson) => void): string {
+  for (const key of ["normalizer", "pre_tokenizer", "post_processor", "decoder", "added_tokens"]) {
+    if (json[key] === null || json[key] === undefined) continue;
+    try {
+      run({ ...json, [key]: key === "added_tokens" ? [] : null });
+      return key;
+    } catch {}
+  }
+  return "model";
 }
 
 /** Rust's ByteFallback decoder: a run of <0xNN> tokens that is not valid UTF-8 becomes one U+FFFD per byte

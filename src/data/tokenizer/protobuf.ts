@@ -52,8 +52,20 @@ const WIRE_I64 = 1;
 const WIRE_LEN = 2;
 const WIRE_I32 = 5;
 
+/** A decoding failure and the byte offset it was found at. */
+class ProtoError extends Error {
+  constructor(
+    message: string,
+    readonly offset: number,
+  ) {
+    super(message);
+  }
+}
+
 class Reader {
   pos: number;
+  /** Offset of the last field key read (what a bad wire type or an overrunning field is reported at). */
+  keyAt = 0;
   private readonly view: DataView;
 
   constructor(
@@ -70,15 +82,16 @@ class Reader {
   }
 
   varint(): number {
+    const at = this.pos;
     let result = 0;
     let shift = 0;
     for (;;) {
-      if (this.pos >= this.end) throw new Error("truncated varint");
+      if (this.pos >= this.end) throw new ProtoError("truncated varint", at);
       const b = this.buf[this.pos++] as number;
       if (shift < 49) result += (b & 0x7f) * 2 ** shift;
       if ((b & 0x80) === 0) return result;
       shift += 7;
-      if (shift > 63) throw new Error("varint longer than 10 bytes");
+      if (shift > 63) throw new ProtoError("varint longer than 10 bytes", at);
     }
   }
 
@@ -88,23 +101,25 @@ class Reader {
   }
 
   float(): number {
-    if (this.pos + 4 > this.end) throw new Error("truncated float");
+    if (this.pos + 4 > this.end) throw new ProtoError("truncated float", this.pos);
     const v = this.view.getFloat32(this.pos, true);
     this.pos += 4;
     return v;
   }
 
   bytes(): Uint8Array {
+    const at = this.pos;
     const n = this.varint();
-    if (this.pos + n > this.end) throw new Error("length-delimited field runs past its message");
+    if (this.pos + n > this.end) throw new ProtoError("length-delimited field runs past its message", at);
     const out = this.buf.subarray(this.pos, this.pos + n);
     this.pos += n;
     return out;
   }
 
   sub(): Reader {
+    const at = this.pos;
     const n = this.varint();
-    if (this.pos + n > this.end) throw new Error("sub-message runs past its parent");
+    if (this.pos + n > this.end) throw new ProtoError("sub-message runs past its parent", at);
     const r = new Reader(this.buf, this.pos, this.pos + n);
     this.pos += n;
     return r;
@@ -117,13 +132,14 @@ class Reader {
       const n = this.varint(); // read before adding: `pos += varint()` would add to the old pos
       this.pos += n;
     } else if (wire === WIRE_I32) this.pos += 4;
-    else throw new Error(`unsupported wire type ${wire}`);
-    if (this.pos > this.end) throw new Error("field runs past its message");
+    else throw new ProtoError(`unsupported wire type ${wire}`, this.keyAt);
+    if (this.pos > this.end) throw new ProtoError("field runs past its message", this.keyAt);
   }
 
   /** Iterates the fields of this message: field number and wire type. */
   *fields(): Generator<[number, number]> {
     while (!this.done()) {
+      this.keyAt = this.pos;
       const key = this.varint();
       yield [Math.floor(key / 8), key & 7];
     }
@@ -131,7 +147,12 @@ class Reader {
 }
 
 function str(r: Reader): string {
-  return strictUtf8.decode(r.bytes());
+  const bytes = r.bytes();
+  try {
+    return strictUtf8.decode(bytes);
+  } catch {
+    throw new ProtoError("a string is not valid UTF-8", r.pos - bytes.length);
+  }
 }
 
 function readPiece(r: Reader): SentencePieceEntry {
@@ -193,6 +214,8 @@ function readNormalizer(r: Reader | undefined): NormalizerSpec {
 
 /** Decodes a ModelProto; `file` names it in errors. */
 export function parseModelProto(buf: Uint8Array, file: string): ModelProto {
+  // The field being read, for the error's key (sentencepiece_model.proto's names).
+  let key: string | undefined;
   try {
     const r = new Reader(buf);
     const pieces: SentencePieceEntry[] = [];
@@ -200,17 +223,26 @@ export function parseModelProto(buf: Uint8Array, file: string): ModelProto {
     let normalizer: Reader | undefined;
     let denormalizer: Reader | undefined;
     for (const [field, wire] of r.fields()) {
-      if (field === 1 && wire === WIRE_LEN) pieces.push(readPiece(r.sub()));
-      else if (field === 2 && wire === WIRE_LEN) trainer = r.sub();
+      key = undefined;
+      if (field === 1 && wire === WIRE_LEN) {
+        key = `pieces[${pieces.length}]`;
+        pieces.push(readPiece(r.sub()));
+      } else if (field === 2 && wire === WIRE_LEN) trainer = r.sub();
       else if (field === 3 && wire === WIRE_LEN) normalizer = r.sub();
       else if (field === 5 && wire === WIRE_LEN) denormalizer = r.sub();
       else r.skip(wire);
     }
-    if (pieces.length === 0) throw new Error("no pieces");
+    key = "pieces";
+    if (pieces.length === 0) throw new ProtoError("no pieces", 0);
+    key = "trainer_spec";
+    const trainerSpec = readTrainer(trainer);
+    key = "normalizer_spec";
+    const normalizerSpec = readNormalizer(normalizer);
+    key = "denormalizer_spec";
     return {
       pieces,
-      trainer: readTrainer(trainer),
-      normalizer: readNormalizer(normalizer),
+      trainer: trainerSpec,
+      normalizer: normalizerSpec,
       denormalizer: denormalizer ? readNormalizer(denormalizer) : undefined,
     };
   } catch (err) {
@@ -221,7 +253,7 @@ export function parseModelProto(buf: Uint8Array, file: string): ModelProto {
       `${file} is not a SentencePiece model (${(err as Error).message})` +
         (tiktoken ? "; it looks like a tiktoken rank file (GLM-4 ships one)" : ""),
       {
-        where: { file },
+        where: { file, ...(err instanceof ProtoError ? { offset: err.offset } : {}), ...(key ? { key } : {}) },
         hint: tiktoken
           ? "use a checkpoint that ships tokenizer.json (for GLM-4, the -hf variant)"
           : "check that the file is complete (a Git LFS pointer is not the model) or provide tokenizer.json",

@@ -42,20 +42,29 @@ export class SentencePieceModel {
   }
 
   constructor(proto: ModelProto, file: string) {
-    const unsupported = (what: string, hint: string) =>
-      new LorakitError("TOKENIZER_UNSUPPORTED", what, { where: { file }, hint });
+    const unsupported = (what: string, hint: string, key: string) =>
+      new LorakitError("TOKENIZER_UNSUPPORTED", what, { where: { file, key }, hint });
     if (proto.trainer.modelType !== ModelType.BPE) {
       const name = Object.entries(ModelType).find(([, v]) => v === proto.trainer.modelType)?.[0] ?? "unknown";
       throw unsupported(
         `SentencePiece model type ${name} is not supported (only BPE)`,
         "provide tokenizer.json for this checkpoint",
+        "trainer_spec.model_type",
       );
     }
     if (proto.trainer.treatWhitespaceAsSuffix) {
-      throw unsupported("treat_whitespace_as_suffix is not supported", "provide tokenizer.json for this checkpoint");
+      throw unsupported(
+        "treat_whitespace_as_suffix is not supported",
+        "provide tokenizer.json for this checkpoint",
+        "trainer_spec.treat_whitespace_as_suffix",
+      );
     }
     if (proto.denormalizer && proto.denormalizer.precompiledCharsmap.length > 0) {
-      throw unsupported("a denormalizer charsmap is not supported", "provide tokenizer.json for this checkpoint");
+      throw unsupported(
+        "a denormalizer charsmap is not supported",
+        "provide tokenizer.json for this checkpoint",
+        "denormalizer_spec.precompiled_charsmap",
+      );
     }
 
     const n = proto.pieces.length;
@@ -68,30 +77,39 @@ export class SentencePieceModel {
     const userDefined: string[] = [];
     for (let id = 0; id < n; id++) {
       const p = proto.pieces[id] as ModelProto["pieces"][number];
-      if (p.piece.length === 0) throw unsupported(`piece ${id} is empty`, "the model file is broken");
+      const key = `pieces[${id}]`;
+      if (p.piece.length === 0) throw unsupported(`piece ${id} is empty`, "the model file is broken", key);
       this.pieceOf[id] = p.piece;
       this.types[id] = p.type;
       this.scores[id] = p.score;
       const normal = p.type === PieceType.NORMAL || p.type === PieceType.USER_DEFINED || p.type === PieceType.UNUSED;
       const table = normal ? this.mergeable : this.reserved;
       if (table.has(p.piece))
-        throw unsupported(`piece ${JSON.stringify(p.piece)} is defined twice`, "the model file is broken");
+        throw unsupported(`piece ${JSON.stringify(p.piece)} is defined twice`, "the model file is broken", key);
       table.set(p.piece, id);
       if (p.type === PieceType.USER_DEFINED) userDefined.push(p.piece);
       if (p.type === PieceType.UNKNOWN) unkId = id;
       if (p.type === PieceType.BYTE) {
         const m = /^<0x([0-9A-F]{2})>$/.exec(p.piece);
         if (!m || !proto.trainer.byteFallback) {
-          throw unsupported(`byte piece ${JSON.stringify(p.piece)} without byte fallback`, "the model file is broken");
+          throw unsupported(
+            `byte piece ${JSON.stringify(p.piece)} without byte fallback`,
+            "the model file is broken",
+            key,
+          );
         }
         const byte = Number.parseInt(m[1] as string, 16);
         this.byteIds[byte] = id;
         this.byteOf[id] = byte;
       }
     }
-    if (unkId < 0) throw unsupported("no <unk> piece", "the model file is broken");
+    if (unkId < 0) throw unsupported("no <unk> piece", "the model file is broken", "pieces");
     if (proto.trainer.byteFallback && this.byteIds.includes(-1)) {
-      throw unsupported("byte fallback is on but some <0xNN> pieces are missing", "the model file is broken");
+      throw unsupported(
+        "byte fallback is on but some <0xNN> pieces are missing",
+        "the model file is broken",
+        "trainer_spec.byte_fallback",
+      );
     }
     this.unkId = unkId;
     const control = (piece: string) => {

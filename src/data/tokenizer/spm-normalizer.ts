@@ -100,7 +100,7 @@ function offset(unit: number): number {
 
 function badCharsmap(file: string, why: string): LorakitError {
   return new LorakitError("TOKENIZER_BAD_MODEL", `${file}: the normalizer's precompiled charsmap is broken (${why})`, {
-    where: { file },
+    where: { file, key: "normalizer_spec.precompiled_charsmap" },
     hint: "re-export the tokenizer or provide tokenizer.json",
   });
 }
