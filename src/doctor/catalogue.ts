@@ -80,6 +80,16 @@ export const ERRORS = {
   DATA_EMPTY_FILE: e("data", "lorakit", "a data file holds no records"),
   DATA_EMPTY: e("data", "lorakit", "`lorakit tokenize --chat` was given a file without a conversation"),
   DATA_BAD_RECORD: e("data", "lorakit", "a record is not a JSON object"),
+  DATA_TOO_DEEP: e(
+    "data",
+    "lorakit",
+    "a record nests values more than 100 levels deep (a bad record: `data.skip_bad_lines` skips and counts it)",
+  ),
+  SAFETENSORS_INVALID: e(
+    "data",
+    "lorakit",
+    "a safetensors file (prepared data, rows) is damaged: with the file, the byte offset and the tensor",
+  ),
   DATA_UNKNOWN_FORMAT: e("data", "lorakit", "a record's keys match no supported format (with the nearest one)"),
   DATA_MIXED_FORMATS: e(
     "data",
@@ -152,6 +162,11 @@ export const ERRORS = {
     "training",
     "engine",
     "a checkpoint does not fit the run (other adapter tensors, another device count)",
+  ),
+  CHECKPOINT_UNREADABLE: e(
+    "training",
+    "engine",
+    "a checkpoint file cannot be read (truncated, damaged, not what its name says): with the file",
   ),
   NO_CHECKPOINT: e("training", "engine", "the plan resumes but the run has no complete checkpoint"),
   RESUME_MISMATCH: e("training", "engine", "resuming with settings that differ from the checkpoint's"),
