@@ -80,6 +80,9 @@ export const MANIFEST_VERSION = 2;
 const PROMPTS = 16;
 /** Batches in flight per worker: enough to keep each busy while results are written. */
 const WINDOW = 3;
+/** Inputs smaller than this are prepared on the main thread: starting workers (each loads the tokenizer)
+ * would take longer than the work. */
+const WORKERS_FROM = 8 << 20;
 
 export interface PrepareProgress {
   /** `hash`: reading the files for their content hash; `prepare`: the pass; `write`: the output files. */
@@ -114,7 +117,8 @@ export interface PrepareOptions {
   split?: number;
   /** How many held-out prompts (with their answers) the eval manifest keeps for generation (default 16). */
   prompts?: number;
-  /** Worker threads (default: one per core the process may use when there are two or more; 0: none). */
+  /** Worker threads (default: one per core the process may use, when there are two or more and the input
+   * files hold 8 MiB or more; 0: none). */
   workers?: number;
   /** The compiled worker script (default: prepare-worker.js beside this module; without it, no workers). */
   workerScript?: URL | string;
@@ -808,7 +812,8 @@ export async function prepareDataset(opts: PrepareOptions, cacheRoot: string): P
   const tmp = path.join(cacheRoot, `.tmp-${hash}-${process.pid}-${randomBytes(4).toString("hex")}`);
   let runner: BatchRunner | undefined;
   try {
-    const wanted = opts.workers ?? (os.availableParallelism() >= 2 ? os.availableParallelism() : 0);
+    const cores = os.availableParallelism();
+    const wanted = opts.workers ?? (cores >= 2 && totalBytes >= WORKERS_FROM ? cores : 0);
     if (wanted > 0 && typeof opts.template !== "object") {
       runner = await workerPool(wanted, opts.workerScript ?? defaultWorkerScript(), {
         settings,

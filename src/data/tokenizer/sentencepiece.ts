@@ -3,10 +3,10 @@
 // (ties: leftmost) until none is in the vocabulary, then unknown characters become UTF-8 byte pieces
 // (byte fallback) or one merged <unk>. Decoding reassembles byte runs and turns ▁ back into spaces.
 //
-// Speed, with the same ids: symbols are integers and a candidate merge is one lookup in a pair table built
-// from the vocabulary; the normalized text is cut between two characters that no piece holds side by side
-// (no merge can cross such a cut), which leaves "▁word"s and one- or two-character CJK segments, encoded
-// once and then served from a cache.
+// Speed, with the same ids: symbols are integers and a candidate merge is one lookup in a table of the pairs
+// met so far; the normalized text is cut between two characters that no piece holds side by side (no merge
+// can cross such a cut), which leaves "▁word"s and one- or two-character CJK segments, encoded once and then
+// served from a cache.
 import { LorakitError } from "../../errors.js";
 import { type ModelProto, ModelType, PieceType, parseModelProto } from "./protobuf.js";
 import { SentencePieceNormalizer } from "./spm-normalizer.js";
@@ -16,6 +16,8 @@ const SPACE_SYMBOL = "\u2581";
 const CACHE_LIMIT = 100_000; // entries; the cache is dropped when full
 const CACHE_MAX_SEGMENT = 64; // UTF-16 units; longer segments are rarely repeated
 const UNSEEN = -2;
+const ABSENT = -2;
+const PAIR_LIMIT = 1 << 20; // pairs remembered; the table starts over when full
 
 export class SentencePieceModel {
   readonly size: number;
@@ -39,15 +41,13 @@ export class SentencePieceModel {
   private readonly normalizer: SentencePieceNormalizer;
   /** User-defined pieces by first UTF-16 unit, longest first. */
   private readonly userDefined = new Map<string, string[]>();
-  /** (left symbol, right symbol) → the mergeable piece their concatenation is. */
+  /** (left symbol, right symbol) → the mergeable piece their concatenation is, or -1: filled as pairs are met. */
   private readonly pairs = new PairTable();
   /**
    * Adjacent code points inside some mergeable piece. Between two characters that are not, no merge can
    * ever cross (every merged symbol is a piece), so the text is cut there and each segment encoded alone.
    */
   private readonly bigrams = new PairTable();
-  /** Stand-in symbols (ids ≥ size) for single characters that are not pieces but start some piece. */
-  private readonly virtual = new Map<string, number>();
   /** Symbol of each BMP character (UNSEEN until first asked). */
   private readonly charSym = new Int32Array(0x10000).fill(UNSEEN);
   /** What PieceToId gives for each mergeable piece (a reserved piece of the same text wins). */
@@ -143,35 +143,36 @@ export class SentencePieceModel {
       if (this.types[id] === PieceType.UNUSED) unused = true;
     }
     this.segmentable = !unused;
-    this.buildPairs();
+    this.buildBigrams();
   }
 
-  /** Every way a mergeable piece splits into two symbols that may stand side by side. */
-  private buildPairs(): void {
-    const symbolOf = (part: string): number => {
-      const id = this.mergeable.get(part);
-      if (id !== undefined) return id;
-      // Only a single character can be a symbol without being a piece (merges only make pieces).
-      if ((part.codePointAt(0) as number) > 0xffff ? part.length !== 2 : part.length !== 1) return -1;
-      let v = this.virtual.get(part);
-      if (v === undefined) {
-        v = this.size + this.virtual.size;
-        this.virtual.set(part, v);
-      }
-      return v;
-    };
-    for (const [piece, id] of this.mergeable) {
-      const cps = [...piece];
-      for (let k = 1; k < cps.length; k++)
-        this.bigrams.set(cps[k - 1]?.codePointAt(0) as number, cps[k]?.codePointAt(0) as number, 1);
-      let cut = 0;
-      for (let k = 0; k + 1 < cps.length; k++) {
-        cut += (cps[k] as string).length;
-        const a = symbolOf(piece.slice(0, cut));
-        const b = symbolOf(piece.slice(cut));
-        if (a >= 0 && b >= 0) this.pairs.set(a, b, id);
+  /** The bigrams of every mergeable piece (code points side by side). */
+  private buildBigrams(): void {
+    for (const piece of this.mergeable.keys()) {
+      let prev = piece.codePointAt(0) as number;
+      for (let at = prev > 0xffff ? 2 : 1; at < piece.length; ) {
+        const cp = piece.codePointAt(at) as number;
+        this.bigrams.set(prev, cp, 1);
+        prev = cp;
+        at += cp > 0xffff ? 2 : 1;
       }
     }
+  }
+
+  /** The text of a symbol: a piece, or (ids from size on) a character that is none. */
+  private symbolText(sym: number): string {
+    return sym < this.size ? (this.pieceOf[sym] as string) : String.fromCodePoint(sym - this.size);
+  }
+
+  /** The mergeable piece two adjacent symbols make, or -1; looked up once per pair, then from the table. */
+  private merge(a: number, b: number): number {
+    let m = this.pairs.get(a, b);
+    if (m === ABSENT) {
+      m = this.mergeable.get(this.symbolText(a) + this.symbolText(b)) ?? -1;
+      if (this.pairs.size >= PAIR_LIMIT) this.pairs.clear();
+      this.pairs.set(a, b, m);
+    }
+    return m;
   }
 
   /** SentencePiece's PieceToId: reserved pieces first, then the rest, else <unk>. */
@@ -282,14 +283,14 @@ export class SentencePieceModel {
     out.push(id);
   }
 
-  /** The symbol a single code point starts as: its piece, a stand-in when only pieces hold it, or -1. */
+  /** The symbol a single code point starts as: its piece, or size + the code point when it is none. */
   private charSymbol(cp: number): number {
     if (cp < 0x10000) {
       const known = this.charSym[cp] as number;
       if (known !== UNSEEN) return known;
     }
     const ch = String.fromCodePoint(cp);
-    const sym = this.mergeable.get(ch) ?? this.virtual.get(ch) ?? -1;
+    const sym = this.mergeable.get(ch) ?? this.size + cp;
     if (cp < 0x10000) this.charSym[cp] = sym;
     return sym;
   }
@@ -323,7 +324,7 @@ export class SentencePieceModel {
       }
       start[n] = i;
       end[n] = i + len;
-      sym[n] = id; // -1: frozen (user-defined) or a character no piece holds: never merged
+      sym[n] = id; // -1: frozen (user-defined), never merged
       prev[n] = n - 1;
       next[n] = n + 1;
       n++;
@@ -339,7 +340,7 @@ export class SentencePieceModel {
       const a = sym[left] as number;
       const b = sym[right] as number;
       if (a < 0 || b < 0) return;
-      const merged = this.pairs.get(a, b);
+      const merged = this.merge(a, b);
       if (merged < 0) return;
       heap.push(left, right, this.scores[merged] as number, (end[right] as number) - (start[left] as number), merged);
       if (this.types[merged] === PieceType.UNUSED) {
@@ -451,7 +452,7 @@ export class SentencePieceModel {
   }
 }
 
-/** An open-addressing hash table from a pair of non-negative integers to a non-negative integer. */
+/** An open-addressing hash table from a pair of non-negative integers to an integer. */
 class PairTable {
   private a = new Int32Array(1024).fill(-1);
   private b = new Int32Array(1024);
@@ -469,9 +470,19 @@ class PairTable {
     }
   }
 
+  /** The value, or ABSENT. */
   get(a: number, b: number): number {
     const h = this.slot(a, b);
-    return this.a[h] === -1 ? -1 : (this.v[h] as number);
+    return this.a[h] === -1 ? ABSENT : (this.v[h] as number);
+  }
+
+  get size(): number {
+    return this.count;
+  }
+
+  clear(): void {
+    this.a.fill(-1);
+    this.count = 0;
   }
 
   has(a: number, b: number): boolean {
