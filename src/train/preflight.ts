@@ -66,7 +66,8 @@ export async function prepareAndCheck(
       evalSamples: prepared.eval?.samples ?? 0,
       trainTokens: prepared.train.tokens,
       trainLengths: prepared.trainLengths ?? undefined,
-      trainOrigins: prepared.result.manifest.origins,
+      // Read only when pack_tokens asks (the pack finding names a sample): a million origins are not free.
+      ...(prepared.trainLengths ? { trainOrigins: prepared.result.manifest.origins } : {}),
       source: "prepared",
       basis: `prepared data ${prepared.result.dir}`,
     },
