@@ -33,12 +33,14 @@ export function buildSample(
   const labeled = buildLabels(rendered, { maxLength: opts.maxLength, maskHistory: opts.maskHistory ?? false });
   let last = -1;
   const byRole: SampleFacts["trainedByRole"] = {};
-  labeled.labels.forEach((l, i) => {
-    if (l === IGNORE) return;
+  const { labels, roles } = labeled;
+  for (let i = 0; i < labels.length; i++) {
+    const l = labels[i] as number;
+    if (l === IGNORE) continue;
     last = l;
-    const r = labeled.roles[i] as keyof typeof byRole;
+    const r = roles[i] as keyof typeof byRole;
     byRole[r] = (byRole[r] ?? 0) + 1;
-  });
+  }
   // Trained tokens of non-assistant turns that carry `loss: true`: asked for, not a masking mistake.
   let asked = 0;
   for (const span of rendered.spans) {
@@ -47,7 +49,6 @@ export function buildSample(
     for (let i = span.start; i < Math.min(span.end, labeled.labels.length); i++)
       if (labeled.labels[i] !== IGNORE && labeled.roles[i] !== "assistant") asked++;
   }
-  const stop = new Set(template.stopIds);
   const facts: SampleFacts = {
     origin: conv.origin,
     length: rendered.ids.length,
@@ -55,7 +56,7 @@ export function buildSample(
     trained: labeled.trained,
     trainedBefore: labeled.trainedBefore,
     truncated: labeled.truncated,
-    endsWithStop: last >= 0 && stop.has(last),
+    endsWithStop: last >= 0 && template.stopIds.includes(last),
     trainedByRole: byRole,
     trainedAsked: asked,
     key: sha256(conversationKey(conv)),
