@@ -67,7 +67,7 @@ export async function prepareAndCheck(
       trainTokens: prepared.train.tokens,
       trainLengths: prepared.trainLengths ?? undefined,
       // Read only when pack_tokens asks (the pack finding names a sample): a million origins are not free.
-      ...(prepared.trainLengths ? { trainOrigins: prepared.result.manifest.origins } : {}),
+      ...(loaded.config.train.pack_tokens !== undefined ? { trainOrigins: prepared.result.manifest.origins } : {}),
       source: "prepared",
       basis: `prepared data ${prepared.result.dir}`,
     },
