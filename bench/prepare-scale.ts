@@ -81,6 +81,18 @@ if (flag("child-tokenize")) {
     };
   };
   await time("lorakit_sentencepiece", arg("model", ""));
+  // The same split as prepare_baseline.py's: texts with a CJK character, and the others.
+  const cjk = /[\u4e00-\u9fff]/;
+  const all = texts.splice(0);
+  for (const [lang, part] of [
+    ["zh", all.filter((t) => cjk.test(t))],
+    ["en", all.filter((t) => !cjk.test(t))],
+  ] as const) {
+    texts.push(...part);
+    await time(`lorakit_sentencepiece_${lang}`, arg("model", ""));
+    texts.splice(0);
+  }
+  texts.push(...all);
   const json = arg("json", "");
   if (json) await time("huggingface_tokenizers_js", json, Number(arg("json-limit", "20000")));
   console.log(JSON.stringify(out));

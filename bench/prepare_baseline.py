@@ -1,17 +1,19 @@
 """The Python side of bench/prepare-scale.ts: the same JSONL, the same ChatGLM3 tokenization, done with the
-`sentencepiece` (C++) and `tokenizers` (Rust) libraries, so lorakit's figures have a yardstick on the same machine.
+`sentencepiece` (C++) and `tokenizers` (Rust) libraries, so lorakit's figures have a yardstick on the same
+machine.
 
-  prepare   What `lorakit data` does to an alpaca JSONL, the way a careful Python script does it: read line by
-            line, render each record with ChatGLM3's finetune_demo semantics ([gMASK] sop, per message
-            <|role|> + encode(metadata + "\\n") + encode(content), eos; the loss mask shifted right by one; a
-            `history` of [question, answer] pairs first; data.system as the system turn), cut at max_length, drop
-            samples with nothing left to train, append ids and labels to spool files, write tokens.safetensors
-            (input_ids, labels int32, offsets int64). `--procs N` spreads chunks of lines over N processes,
-            results in order. Prints one JSON line: samples/s, tokens/s, and the sha256 of input_ids and labels,
-            which equal lorakit's prepared data for the same file with eval_split 0.
-  tokenize  The tokenizer alone on every text of the records (contents and "\\n"): sentencepiece with 1 and 2
-            threads, and `tokenizers` on a tokenizer.json made from the same tokenizer.model (transformers'
-            generate_merges: the BPE merges in score order); the ids of both must be equal. One JSON line.
+  prepare   What `lorakit data` does to an alpaca JSONL, the way a careful Python script does it: read line
+            by line, render each record with ChatGLM3's finetune_demo semantics ([gMASK] sop, per message
+            <|role|> + encode(metadata + "\\n") + encode(content), eos; the loss mask shifted right by one;
+            a `history` of [question, answer] pairs first; data.system as the system turn), cut at
+            max_length, drop samples with nothing left to train, append ids and labels to spool files, write
+            tokens.safetensors (input_ids, labels int32, offsets int64). `--procs N` spreads chunks of lines
+            over N processes, results in order. Prints one JSON line: samples/s, tokens/s, and the sha256 of
+            input_ids and labels, which equal lorakit's prepared data for the same file with eval_split 0.
+  tokenize  The tokenizer alone on every text of the records (contents and "\\n"): sentencepiece with 1
+            and 2 threads (and on the Chinese and the other texts apart), and `tokenizers` on a
+            tokenizer.json made from the same tokenizer.model (transformers' generate_merges: the BPE merges
+            in score order); the ids of both must be equal. One JSON line.
 
 Runs with the engine's Python (`~/.cache/lorakit/python/<hash>/bin/python`), which has both libraries.
 """
@@ -31,12 +33,22 @@ from array import array
 from multiprocessing import Pool
 from pathlib import Path
 
-SPECIALS = ["[MASK]", "[gMASK]", "[sMASK]", "sop", "eop", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"]
+SPECIALS = [
+    "[MASK]",
+    "[gMASK]",
+    "[sMASK]",
+    "sop",
+    "eop",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+]
 IGNORE = -100
 
 
 class Glm3:
-    """ChatGLM3's tokenizer: the SentencePiece model (or the same as tokenizer.json), specials after the vocab."""
+    """ChatGLM3's tokenizer: the SentencePiece model (or the same as a tokenizer.json), specials after it."""
 
     def __init__(self, model: str, kind: str):
         import sentencepiece as spm
@@ -62,7 +74,9 @@ def hf_tokenizer(model: str):
     sp = spm.SentencePieceProcessor(model_file=model)
     scores = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
     vocab = {p: i for i, (p, _) in enumerate(scores)}
-    tok = Tokenizer(BPE(vocab, generate_merges(vocab, scores), unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    tok = Tokenizer(
+        BPE(vocab, generate_merges(vocab, scores), unk_token="<unk>", fuse_unk=True, byte_fallback=True)
+    )
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     return tok
 
@@ -166,7 +180,11 @@ def prepare(a: argparse.Namespace) -> dict:
     tokens = offsets[-1]
     header = {
         "offsets": {"dtype": "I64", "shape": [len(offsets)], "data_offsets": [0, 8 * len(offsets)]},
-        "input_ids": {"dtype": "I32", "shape": [tokens], "data_offsets": [8 * len(offsets), 8 * len(offsets) + 4 * tokens]},
+        "input_ids": {
+            "dtype": "I32",
+            "shape": [tokens],
+            "data_offsets": [8 * len(offsets), 8 * len(offsets) + 4 * tokens],
+        },
         "labels": {
             "dtype": "I32",
             "shape": [tokens],
@@ -210,6 +228,13 @@ def texts_of(path: str) -> list[str]:
     return [t for t in texts if t]
 
 
+def split_lang(texts: list[str]) -> dict[str, list[str]]:
+    """Chinese texts (any CJK character) and the others (English, and the "\\n" after each role)."""
+    zh = [t for t in texts if any("\u4e00" <= c <= "\u9fff" for c in t)]
+    en = [t for t in texts if not any("\u4e00" <= c <= "\u9fff" for c in t)]
+    return {"zh": zh, "en": en}
+
+
 def tokenize(a: argparse.Namespace) -> dict:
     import sentencepiece as spm
 
@@ -222,11 +247,18 @@ def tokenize(a: argparse.Namespace) -> dict:
         ids = fn()
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         n = sum(len(x) for x in ids)
-        res[name] = {"tokens": n, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "tokens_per_s": round(n / wall)}
+        res[name] = {
+            "tokens": n,
+            "wall_s": round(wall, 2),
+            "cpu_s": round(cpu, 2),
+            "tokens_per_s": round(n / wall),
+        }
         return ids
 
     ref = timed("sentencepiece_1_thread", lambda: sp.encode(texts, num_threads=1))
     timed("sentencepiece_2_threads", lambda: sp.encode(texts, num_threads=2))
+    for lang, part in split_lang(texts).items():
+        timed(f"sentencepiece_1_thread_{lang}", lambda part=part: sp.encode(part, num_threads=1))
     tok = hf_tokenizer(a.model)
     if a.save_json:
         Path(a.save_json).mkdir(parents=True, exist_ok=True)
