@@ -1,9 +1,11 @@
 // Data preparation at scale: files are streamed in bounded batches (the same records whatever the read and
 // batch sizes), batches run on worker threads and come back in file order (the same bytes as one thread and
 // as the in-memory path), problems are named as one pass would name them, the held-out share's fix-up runs a
-// second pass, `lorakit data` reads no further than the samples it shows, and progress is shown.
+// second pass, a killed preparation's leftovers are removed, `lorakit data` reads no further than the samples it
+// shows, and progress is shown.
 // Speed is measured in bench/prepare-scale.ts, never here.
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { PassThrough } from "node:stream";
 import { build } from "esbuild";
@@ -296,6 +298,26 @@ describe("preparing in a stream", () => {
       ["DATA_BAD_RECORD", 56],
     ]);
     expect(all[1]).toEqual(all[0]);
+  });
+});
+
+describe("what a killed preparation leaves", () => {
+  it("is removed by the next preparation once its process is gone; a running one's is kept", async () => {
+    const dir = tmpDir();
+    const file = path.join(dir, "train.jsonl");
+    writeFileSync(file, jsonl(records(20)));
+    const cache = tmpDir();
+    const gone = spawnSync(process.execPath, ["-e", "0"]).pid as number; // exited: its pid is free
+    const dead = path.join(cache, `.tmp-0123456789abcdef-${gone}-00ff00ff`);
+    const alive = path.join(cache, `.tmp-0123456789abcdef-${process.ppid}-00ff00ff`);
+    for (const d of [dead, alive]) {
+      mkdirSync(d);
+      writeFileSync(path.join(d, ".train.input_ids.spool"), Buffer.alloc(1024));
+    }
+    await prepareDataset(options({ files: [file] }), cache);
+    expect(existsSync(dead)).toBe(false);
+    expect(existsSync(alive)).toBe(true);
+    expect(readdirSync(cache).filter((n) => n.startsWith(".tmp-"))).toEqual([path.basename(alive)]);
   });
 });
 

@@ -26,6 +26,7 @@ import {
   existsSync,
   mkdirSync,
   openSync,
+  readdirSync,
   readFileSync,
   readSync,
   renameSync,
@@ -746,6 +747,24 @@ function lazyOrigins(manifest: Omit<Manifest, "origins">, file: string): Manifes
 
 // ---------------------------------------------------------------- prepare
 
+/**
+ * Temporary directories of preparations whose process is gone (killed: they never reached their rename).
+ * Their token spools can be gigabytes; a directory whose process still runs is left alone.
+ */
+function removeAbandoned(cacheRoot: string): void {
+  for (const name of readdirSync(cacheRoot)) {
+    const pid = /^\.tmp-[0-9a-f]+-(\d+)-[0-9a-f]+$/.exec(name)?.[1];
+    if (pid === undefined || Number(pid) === process.pid) continue;
+    try {
+      process.kill(Number(pid), 0);
+      continue; // alive (or another user's): not ours to remove
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "ESRCH") continue;
+    }
+    rmSync(path.join(cacheRoot, name), { recursive: true, force: true });
+  }
+}
+
 /** Prepare (or reuse) the tokens of a dataset under `cacheRoot/<hash>/`. */
 export async function prepareDataset(opts: PrepareOptions, cacheRoot: string): Promise<PrepareResult> {
   const t0 = performance.now();
@@ -809,6 +828,7 @@ export async function prepareDataset(opts: PrepareOptions, cacheRoot: string): P
     forced: {},
   };
   mkdirSync(cacheRoot, { recursive: true });
+  removeAbandoned(cacheRoot);
   const tmp = path.join(cacheRoot, `.tmp-${hash}-${process.pid}-${randomBytes(4).toString("hex")}`);
   let runner: BatchRunner | undefined;
   try {
