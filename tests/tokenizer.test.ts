@@ -1,11 +1,13 @@
 // Tokenizers against the reference libraries: every text of the golden corpus, encoded by the fixture
 // tokenizers with sentencepiece / Rust tokenizers (engine/tests/fixtures/tokenizers.py → expected.json),
 // must give the same ids, pieces and decoded text here; plus special-token handling, round trips and errors.
+import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
+import { SentencePieceModel } from "../src/data/tokenizer/sentencepiece.js";
 import { CHATGLM3_SPECIALS, loadTokenizer, type Tokenizer } from "../src/data/tokenizer.js";
 import { LorakitError } from "../src/errors.js";
 import { type Expected, referenceSuite } from "./tokenizer-reference.js";
@@ -165,5 +167,78 @@ describe("loadTokenizer", () => {
     expect(tok.bosId).toBeUndefined();
     const llama = await loadTokenizer(path.join(FIXTURES, "bpe-metaspace"));
     expect([llama.bosId, llama.eosId, llama.unkId, llama.padId]).toEqual([1, 2, 0, undefined]);
+  });
+});
+
+describe("SentencePiece pieces marked UNUSED", () => {
+  /** The model with these pieces' type set to UNUSED (a `type` field appended to each: in proto2 the last wins). */
+  function markUnused(model: Buffer, ids: Set<number>): Buffer {
+    const varint = (v: number) => {
+      const out: number[] = [];
+      do {
+        out.push((v & 0x7f) | (v >= 0x80 ? 0x80 : 0));
+        v = Math.floor(v / 128);
+      } while (v > 0);
+      return Buffer.from(out);
+    };
+    const read = (at: number): [number, number] => {
+      let v = 0;
+      let shift = 1;
+      for (;;) {
+        const b = model[at++] as number;
+        v += (b & 0x7f) * shift;
+        shift *= 128;
+        if (!(b & 0x80)) return [v, at];
+      }
+    };
+    const parts: Buffer[] = [];
+    let piece = 0;
+    for (let at = 0; at < model.length; ) {
+      const [key, afterKey] = read(at);
+      const [len, start] = read(afterKey);
+      let value = model.subarray(start, start + len);
+      if (key === ((1 << 3) | 2) && ids.has(piece++)) value = Buffer.concat([value, Buffer.from([0x18, 5])]);
+      parts.push(varint(key), varint(value.length), value);
+      at = start + len;
+    }
+    return Buffer.concat(parts);
+  }
+
+  it("are split back into the pieces they were merged from, as sentencepiece does (no segment cache)", () => {
+    const base = readFileSync(path.join(FIXTURES, "spm-chatglm3", "tokenizer.model"));
+    const plain = SentencePieceModel.fromBytes(new Uint8Array(base), "base");
+    const texts = [
+      ...(JSON.parse(readFileSync(CORPUS, "utf8")) as { texts: string[] }).texts,
+      "臣妾参见皇上，皇上万福金安。 The model was fine-tuned for three epochs.",
+    ];
+    // Pieces of two or more characters that the corpus uses: some marked UNUSED.
+    const merged = (id: number) => {
+      const piece = plain.idToPiece(id) ?? "";
+      return [...piece].length >= 2 && !/^<0x[0-9A-F]{2}>$/.test(piece) && !plain.isControl(id) && !plain.isUnknown(id);
+    };
+    const used = new Set(texts.flatMap((t) => plain.encode(t)).filter(merged));
+    const marked = new Set([...used].filter((_, i) => i % 3 === 0));
+    expect(marked.size).toBeGreaterThan(10);
+    const file = path.join(mkdtempSync(path.join(os.tmpdir(), "lorakit-unused-")), "tokenizer.model");
+    writeFileSync(file, markUnused(base, marked));
+    const python = process.env.LORAKIT_PYTHON ?? "python3";
+    const r = spawnSync(
+      python,
+      [
+        "-c",
+        "import json, sys, sentencepiece as spm\n" +
+          "sp = spm.SentencePieceProcessor(model_file=sys.argv[1])\n" +
+          "print(json.dumps(sp.encode(json.load(sys.stdin))))",
+        file,
+      ],
+      { input: JSON.stringify(texts), encoding: "utf8" },
+    );
+    expect(r.stderr).toBe("");
+    const want = JSON.parse(r.stdout) as number[][];
+    const model = SentencePieceModel.fromBytes(new Uint8Array(readFileSync(file)), file);
+    const got = texts.map((t) => model.encode(t));
+    expect(got).toEqual(want);
+    // The marking mattered: some text now encodes differently than with the plain model.
+    expect(texts.some((t, i) => JSON.stringify(plain.encode(t)) !== JSON.stringify(got[i]))).toBe(true);
   });
 });

@@ -1,12 +1,13 @@
 // `lorakit data run.yaml`: prepare (or reuse) the run's data and show what will be trained —
 // counts, lengths, truncation, trained share — and samples token by token.
 import { loadConfig } from "../config/load.js";
-import { loadConversations, viewSample } from "../data/prepare.js";
+import { pickConversations, viewSample } from "../data/prepare.js";
 import { loadTokenizer } from "../data/tokenizer.js";
 import { LorakitError } from "../errors.js";
 import { inspectModel } from "../models/inspect.js";
 import { prepareForRun } from "../train/prepare-run.js";
 import { defineCommand } from "./command.js";
+import { DataProgress } from "./data-progress.js";
 import { out } from "./io.js";
 import { printTokens } from "./tokens-view.js";
 
@@ -44,7 +45,19 @@ export const command = defineCommand({
     const loaded = await loadConfig(configPath, io.cwd, io.env);
     const model = inspectModel(loaded.modelDir);
     const tokenizer = await loadTokenizer(loaded.modelDir);
-    const prepared = await prepareForRun(loaded, model, tokenizer, values.json ? () => {} : (l) => out(io, l));
+    const progress = new DataProgress(io);
+    const prepared = await prepareForRun(
+      loaded,
+      model,
+      tokenizer,
+      values.json
+        ? () => {}
+        : (l) => {
+            progress.end();
+            out(io, l);
+          },
+      values.json ? () => {} : progress.update,
+    );
     const { result } = prepared;
     const stats = result.train.stats;
     if (values.json) {
@@ -69,19 +82,21 @@ export const command = defineCommand({
       `ends        ${pct(stats.endsWithStop.share)} of the ${stats.endsWithStop.of} samples not cut learn a stop token at the end`,
     );
     out(io, `duplicates  ${stats.duplicates.samples}; train/eval overlap ${stats.overlap.samples}`);
-    const { conversations } = loadConversations(loaded.trainFiles, {
+    const wanted = values.sample?.length
+      ? values.sample.map(Number)
+      : Array.from({ length: Math.max(0, Number(values.show ?? 1)) }, (_, i) => i);
+    // Only as far into the data as the last sample shown (the whole file when one lies past its end).
+    const { picked, count } = pickConversations(loaded.trainFiles, wanted, {
       format: loaded.config.data.format,
       ...(loaded.config.data.system !== undefined ? { system: loaded.config.data.system } : {}),
       skipBadLines: loaded.config.data.skip_bad_lines,
     });
-    const picks = values.sample?.length
-      ? values.sample.map(Number)
-      : Array.from({ length: Math.min(Number(values.show ?? 1), conversations.length) }, (_, i) => i);
+    const picks = values.sample?.length ? wanted : wanted.filter((i) => i < count);
     for (const i of picks) {
-      const conv = conversations[i];
+      const conv = picked.get(i);
       if (!conv || !Number.isInteger(i)) {
-        throw new LorakitError("CLI_BAD_ARGS", `--sample ${i}: the training data has ${conversations.length} samples`, {
-          hint: `pick 0..${conversations.length - 1}`,
+        throw new LorakitError("CLI_BAD_ARGS", `--sample ${i}: the training data has ${count} samples`, {
+          hint: `pick 0..${count - 1}`,
         });
       }
       const view = viewSample(conv, result.template, tokenizer, {

@@ -492,31 +492,35 @@ export interface Normalized {
   formats: Record<string, FormatName>;
 }
 
-/** Normalize raw records; throws one LorakitError listing every problem found. */
-export function normalizeRecords(records: readonly RawRecord[], opts: NormalizeOptions = {}): Normalized {
+export interface NormalizedRecord {
+  /** The record's format (given, or detected from its keys); absent when it is no object or undetectable. */
+  format?: FormatName;
+  conversation?: Conversation;
+  errors: LorakitError[];
+}
+
+/** One record on its own: its format and conversation, or its problems (whether formats mix in a file is
+ * `FileFormats`' to say, in file order). */
+export function normalizeRecord(rec: RawRecord, opts: NormalizeOptions = {}): NormalizedRecord {
   const given = opts.format ?? "auto";
-  const formats: Record<string, FormatName> = {};
-  const first: Record<string, number> = {};
-  const conversations: Conversation[] = [];
-  const errors: LorakitError[] = [];
-  for (const rec of records) {
-    const { file, line } = rec.origin;
-    if (!isObject(rec.value)) {
-      errors.push(
+  if (!isObject(rec.value)) {
+    return {
+      errors: [
         new LorakitError("DATA_BAD_RECORD", `a sample must be a JSON object, found ${typeName(rec.value)}`, {
           where: rec.origin,
           hint: 'Write each sample as an object, e.g. {"instruction": …, "input": "", "output": …}.',
         }),
-      );
-      continue;
-    }
-    let format: FormatName;
-    if (given === "auto") {
-      const found = detectFormat(rec.value);
-      if (!found) {
-        const keys = Object.keys(rec.value);
-        const guesses = keys.map((k) => [k, nearest(k, ALL_KEYS)] as const).filter(([k, g]) => g && g !== k);
-        errors.push(
+      ],
+    };
+  }
+  let format: FormatName;
+  if (given === "auto") {
+    const found = detectFormat(rec.value);
+    if (!found) {
+      const keys = Object.keys(rec.value);
+      const guesses = keys.map((k) => [k, nearest(k, ALL_KEYS)] as const).filter(([k, g]) => g && g !== k);
+      return {
+        errors: [
           new LorakitError(
             "DATA_UNKNOWN_FORMAT",
             `cannot tell the sample's format from its keys (${keys.join(", ") || "none"})`,
@@ -527,39 +531,70 @@ export function normalizeRecords(records: readonly RawRecord[], opts: NormalizeO
                 : "Use alpaca (instruction/input/output), messages, sharegpt or ChatGLM3 conversations; or set data.format.",
             },
           ),
-        );
-        continue;
-      }
-      format = found;
-      const had = formats[file];
-      if (had && had !== format) {
-        errors.push(
-          new LorakitError(
-            "DATA_MIXED_FORMATS",
-            `this sample is in ${format} format, but the file's first sample (line ${first[file]}) is ${had}`,
-            {
-              where: rec.origin,
-              hint: "Keep one format per file: convert this sample, or move it to its own file.",
-            },
-          ),
-        );
-        continue;
-      }
-      if (!had) {
-        formats[file] = format;
-        first[file] = line;
-      }
-    } else {
-      format = given;
-      formats[file] ??= format;
+        ],
+      };
     }
-    const check = new Check(rec.origin, rec.value);
-    const conv = normalizeOne(check, format, opts);
-    if (conv) conversations.push(conv);
-    errors.push(...check.errors);
+    format = found;
+  } else {
+    format = given;
+  }
+  const check = new Check(rec.origin, rec.value);
+  const conversation = normalizeOne(check, format, opts);
+  return { format, ...(conversation ? { conversation } : {}), errors: check.errors };
+}
+
+/** The format of each file, from its first record: a later record in another format is refused. */
+export class FileFormats {
+  readonly formats: Record<string, FormatName> = {};
+  private readonly first: Record<string, number> = {};
+
+  constructor(private readonly given: DataFormat = "auto") {}
+
+  /** Records the record's format; the error when it differs from its file's (the record is then left out). */
+  check(origin: Origin, format: FormatName): LorakitError | undefined {
+    const { file, line } = origin;
+    if (this.given !== "auto") {
+      this.formats[file] ??= format;
+      return undefined;
+    }
+    const had = this.formats[file];
+    if (had && had !== format) {
+      return new LorakitError(
+        "DATA_MIXED_FORMATS",
+        `this sample is in ${format} format, but the file's first sample (line ${this.first[file]}) is ${had}`,
+        {
+          where: origin,
+          hint: "Keep one format per file: convert this sample, or move it to its own file.",
+        },
+      );
+    }
+    if (!had) {
+      this.formats[file] = format;
+      this.first[file] = line;
+    }
+    return undefined;
+  }
+}
+
+/** Normalize raw records; throws one LorakitError listing every problem found. */
+export function normalizeRecords(records: readonly RawRecord[], opts: NormalizeOptions = {}): Normalized {
+  const files = new FileFormats(opts.format ?? "auto");
+  const conversations: Conversation[] = [];
+  const errors: LorakitError[] = [];
+  for (const rec of records) {
+    const r = normalizeRecord(rec, opts);
+    if (r.format) {
+      const mixed = files.check(rec.origin, r.format);
+      if (mixed) {
+        errors.push(mixed);
+        continue;
+      }
+    }
+    if (r.conversation) conversations.push(r.conversation);
+    errors.push(...r.errors);
   }
   if (errors.length > 0) throw errorFromList(errors);
-  return { conversations, formats };
+  return { conversations, formats: files.formats };
 }
 
 /** A stable text for a conversation's content (duplicates, split overlap): roles, contents, tools. */

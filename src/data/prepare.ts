@@ -13,22 +13,92 @@
 //
 // A sample with no trained token left (its answers cut away by max_length, or every assistant turn
 // `loss: false`) is dropped from training; the count and origins are in the manifest and its stats.
+//
+// At scale: one streaming pass. The files are read in batches of raw records (read.ts), each batch is
+// parsed, normalized, rendered and labelled on a worker thread (prepare-batch.ts, prepare-pool.ts) or on
+// this one, and the results are taken back in file order: token ids go to spool files beside the output,
+// the stats keep a few numbers per sample (stats.ts). At most `WINDOW` batches per worker are in flight, so
+// memory does not grow with the file; only per-sample numbers do (tens of bytes each). When the held-out
+// share would hold out none (or all) of the records, the pass runs again with that one record's split fixed.
 import { createHash, randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  renameSync,
+  rmSync,
+  statSync,
+} from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { LorakitError } from "../errors.js";
-import { type Conversation, conversationKey, type DataFormat, normalizeRecords } from "./formats.js";
-import { buildLabels, IGNORE, type Labeled } from "./mask.js";
-import { errorFromList, type FileInfo, type Origin, type RawRecord, readSamples, type SkippedLine } from "./read.js";
-import { flat, writeSafetensors } from "./safetensors.js";
-import { computeStats, type DataStats, type SampleFacts } from "./stats.js";
-import { type ChatTemplate, chooseTemplate, type Rendered, type TemplateOption } from "./template.js";
+import {
+  type Conversation,
+  type DataFormat,
+  FileFormats,
+  type NormalizeOptions,
+  normalizeRecord,
+  normalizeRecords,
+} from "./formats.js";
+import { IGNORE } from "./mask.js";
+import {
+  type BatchResult,
+  type BatchSettings,
+  buildSample,
+  type Facts,
+  fromData,
+  type Outcome,
+  recordId,
+} from "./prepare-batch.js";
+import { type BatchRunner, defaultWorkerScript, inThread, workerPool } from "./prepare-pool.js";
+import {
+  checkWholeObject,
+  emptyFile,
+  type FileInfo,
+  isBad,
+  type Origin,
+  ProblemList,
+  parseBatch,
+  type RawRecord,
+  readSamples,
+  type SkippedLine,
+  scanRecords,
+} from "./read.js";
+import { writeAll, writeSafetensors } from "./safetensors.js";
+import { type DataStats, IntList, StatsBuilder } from "./stats.js";
+import { type ChatTemplate, chooseTemplate, type TemplateOption } from "./template.js";
 import type { Tokenizer } from "./tokenizer.js";
+
+export { buildSample, splitValue } from "./prepare-batch.js";
 
 /** Version 2: records keyed by their index in the file (the eval split of one-line JSON arrays changed). */
 export const MANIFEST_VERSION = 2;
 /** Held-out prompts kept in the eval manifest for before/after samples, unless `prompts` says otherwise. */
 const PROMPTS = 16;
+/** Batches in flight per worker: enough to keep each busy while results are written. */
+const WINDOW = 3;
+/** Inputs smaller than this are prepared on the main thread: starting workers (each loads the tokenizer)
+ * would take longer than the work. */
+const WORKERS_FROM = 8 << 20;
+
+export interface PrepareProgress {
+  /** `hash`: reading the files for their content hash; `prepare`: the pass; `write`: the output files. */
+  phase: "hash" | "prepare" | "write";
+  /** Bytes of the input files done, of `totalBytes`. */
+  bytes: number;
+  totalBytes: number;
+  /** Records taken in so far. */
+  records: number;
+  elapsedS: number;
+  /** Records read and not yet taken back (bounded by the pipeline's window). */
+  inFlight: number;
+  /** Worker threads (0: all on the main thread). */
+  workers: number;
+}
 
 export interface PrepareOptions {
   files: string[];
@@ -48,6 +118,15 @@ export interface PrepareOptions {
   split?: number;
   /** How many held-out prompts (with their answers) the eval manifest keeps for generation (default 16). */
   prompts?: number;
+  /** Worker threads (default: one per core the process may use, when there are two or more and the input
+   * files hold 8 MiB or more; 0: none). */
+  workers?: number;
+  /** The compiled worker script (default: prepare-worker.js beside this module; without it, no workers). */
+  workerScript?: URL | string;
+  /** Records per batch (default 512). */
+  batchRecords?: number;
+  /** Called now and then while hashing and preparing (at most every 200 ms, and once at the end). */
+  onProgress?: (p: PrepareProgress) => void;
 }
 
 export interface SplitManifest {
@@ -112,26 +191,42 @@ export interface PrepareResult {
 
 const sha256 = (s: string | Buffer) => createHash("sha256").update(s).digest("hex");
 
-function fileInfo(file: string): Omit<FileInfo, "records"> {
-  let bytes: Buffer;
+/** A data file's identity for the content hash, read in pieces (the file is never held whole). */
+function fileInfo(file: string, progress?: (bytes: number) => void): Omit<FileInfo, "records"> {
+  let fd: number;
   try {
-    bytes = readFileSync(file);
+    fd = openSync(file, "r");
   } catch (e) {
     throw new LorakitError("DATA_NOT_FOUND", `cannot read the data file: ${(e as Error).message}`, {
       where: { file },
       hint: "Check data.train / data.eval; relative paths resolve against the config file.",
     });
   }
-  const text = bytes
-    .subarray(0, 64)
-    .toString("utf8")
-    .replace(/^\uFEFF/, "");
+  const hash = createHash("sha256");
+  const buf = Buffer.allocUnsafe(8 << 20);
+  let head: Buffer | undefined;
+  let bytes = 0;
+  try {
+    for (;;) {
+      const n = readSync(fd, buf, 0, buf.length, null);
+      if (n === 0) break;
+      if (!head) head = Buffer.from(buf.subarray(0, Math.min(n, 64)));
+      else if (head.length < 64) head = Buffer.concat([head, buf.subarray(0, Math.min(n, 64 - head.length))]);
+      hash.update(buf.subarray(0, n));
+      bytes += n;
+      progress?.(n);
+    }
+  } finally {
+    closeSync(fd);
+  }
+  head ??= Buffer.alloc(0);
+  const text = head.toString("utf8").replace(/^\uFEFF/, "");
   return {
     path: path.resolve(file),
-    sha256: sha256(bytes),
-    bytes: bytes.length,
+    sha256: hash.digest("hex"),
+    bytes,
     kind: text.trimStart().startsWith("[") ? "json" : "jsonl",
-    bom: bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf,
+    bom: head[0] === 0xef && head[1] === 0xbb && head[2] === 0xbf,
   };
 }
 
@@ -145,7 +240,8 @@ export function resolveTemplate(opts: PrepareOptions): ChatTemplate {
   });
 }
 
-/** Read and normalize the conversations of the given files (throws every problem at once). */
+/** Read and normalize the conversations of the given files (throws every problem at once). Small files only:
+ * everything is held in memory (`pickConversations` streams). */
 export function loadConversations(
   files: readonly string[],
   opts: { format?: DataFormat; system?: string; skipBadLines?: boolean },
@@ -161,26 +257,44 @@ export function loadConversations(
   return { read, conversations: norm.conversations, formats: norm.formats, raw: byOrigin };
 }
 
+/**
+ * The conversations at the given positions (0-based, among the files' conversations in order), reading
+ * only as far as the last one; `count` is how many conversations were read (all of them when a position
+ * lies past the end). Records that are not JSON or not a sample are passed over, as preparing with
+ * `skip_bad_lines` would; preparing names them.
+ */
+export function pickConversations(
+  files: readonly string[],
+  positions: readonly number[],
+  opts: NormalizeOptions & { skipBadLines?: boolean },
+): { picked: Map<number, Conversation>; count: number } {
+  const want = new Set(positions.filter((p) => Number.isInteger(p) && p >= 0));
+  const last = Math.max(-1, ...want);
+  const picked = new Map<number, Conversation>();
+  const formats = new FileFormats(opts.format ?? "auto");
+  let count = 0;
+  const scan = scanRecords(files, { batchRecords: 64, readBytes: 1 << 20 });
+  try {
+    for (const ev of scan) {
+      if (ev.type !== "batch") continue;
+      for (const rec of parseBatch(ev, files[ev.fileIndex] as string)) {
+        if (isBad(rec)) continue;
+        const n = normalizeRecord(rec, opts);
+        if (!n.conversation || (n.format && formats.check(rec.origin, n.format))) continue;
+        if (want.has(count)) picked.set(count, n.conversation);
+        count++;
+        if (want.size > 0 && picked.size === want.size && count > last) return { picked, count };
+      }
+    }
+  } finally {
+    scan.return(undefined);
+  }
+  return { picked, count };
+}
+
 /** A record's identity: its file and its index there (lines are shared by the records of a one-line array). */
 export function recordKey(o: Origin): string {
   return `${o.file}\u0000${o.sample ?? `line ${o.line}`}`;
-}
-
-/** Held out when the hash of the record's JSON text falls below `split`. */
-export function splitValue(record: unknown): number {
-  return Number.parseInt(sha256(JSON.stringify(record)).slice(0, 8), 16) / 2 ** 32;
-}
-
-function pickEval(convs: readonly Conversation[], raw: Map<string, RawRecord>, split: number): boolean[] {
-  const h = convs.map((c) => {
-    const rec = raw.get(recordKey(c.origin));
-    if (!rec) throw new Error(`internal: no record for ${c.origin.file}:${c.origin.line}`);
-    return splitValue(rec.value);
-  });
-  const held = h.map((x) => x < split);
-  if (split > 0 && convs.length >= 2 && !held.some(Boolean)) held[h.indexOf(Math.min(...h))] = true;
-  if (held.length > 0 && held.every(Boolean)) held[h.indexOf(Math.max(...h))] = false;
-  return held;
 }
 
 function specialSpellings(tok: Tokenizer): string[] {
@@ -188,184 +302,384 @@ function specialSpellings(tok: Tokenizer): string[] {
   return [...tok.specialTokens.keys()].filter((s) => s.length >= 3 && /[^A-Za-z0-9]/.test(s));
 }
 
-interface Built {
-  labeled: Labeled;
-  facts: SampleFacts;
-  conv: Conversation;
-}
+// ---------------------------------------------------------------- one split, written as it comes
 
-/** Render and label one conversation, with the facts the stats need. */
-export function buildSample(
-  conv: Conversation,
-  template: ChatTemplate,
-  opts: { maxLength: number; maskHistory?: boolean; spellings?: readonly string[] },
-): Built & { rendered: Rendered } {
-  const rendered = template.render(conv);
-  const labeled = buildLabels(rendered, { maxLength: opts.maxLength, maskHistory: opts.maskHistory ?? false });
-  let last = -1;
-  const byRole: SampleFacts["trainedByRole"] = {};
-  labeled.labels.forEach((l, i) => {
-    if (l === IGNORE) return;
-    last = l;
-    const r = labeled.roles[i] as keyof typeof byRole;
-    byRole[r] = (byRole[r] ?? 0) + 1;
-  });
-  // Trained tokens of non-assistant turns that carry `loss: true`: asked for, not a masking mistake.
-  let asked = 0;
-  for (const span of rendered.spans) {
-    const m = conv.messages[span.message];
-    if (!m || m.role === "assistant" || m.loss !== true) continue;
-    for (let i = span.start; i < Math.min(span.end, labeled.labels.length); i++)
-      if (labeled.labels[i] !== IGNORE && labeled.roles[i] !== "assistant") asked++;
+const STAGE = 1 << 20; // tokens staged before a spool write
+
+/** The samples of one split as they arrive: tokens to spool files, numbers for the manifest and stats. */
+class SplitWriter {
+  readonly stats = new StatsBuilder();
+  /** Conversations routed here (`counts.records`). */
+  records = 0;
+  kept = 0;
+  tokens = 0;
+  trained = 0;
+  truncated = 0;
+  lost = 0;
+  maxId = -1;
+  readonly dropped: (Origin & { reason: string })[] = [];
+  readonly prompts: SplitManifest["prompts"] = [];
+  readonly templateErrors = new ProblemList();
+  tokenMissing = false;
+  /** Stats index of each kept sample (its origin is kept there). */
+  private readonly keptIdx = new IntList();
+  private offsets = new Float64Array(1024);
+  private readonly ids: number;
+  private readonly labels: number;
+  private readonly stageIds = new Int32Array(STAGE);
+  private readonly stageLabels = new Int32Array(STAGE);
+  private staged = 0;
+
+  constructor(
+    readonly dir: string,
+    readonly split: "train" | "eval",
+    private readonly promptLimit: number,
+  ) {
+    this.ids = openSync(path.join(dir, `.${split}.input_ids.spool`), "w");
+    this.labels = openSync(path.join(dir, `.${split}.labels.spool`), "w");
   }
-  const stop = new Set(template.stopIds);
-  const facts: SampleFacts = {
-    origin: conv.origin,
-    length: rendered.ids.length,
-    tokens: labeled.ids.length,
-    trained: labeled.trained,
-    trainedBefore: labeled.trainedBefore,
-    truncated: labeled.truncated,
-    endsWithStop: last >= 0 && stop.has(last),
-    trainedByRole: byRole,
-    trainedAsked: asked,
-    key: sha256(conversationKey(conv)),
-    specialSpelling: (opts.spellings ?? []).some((s) => conv.messages.some((m) => m.content.includes(s))),
-    contentSpecials: rendered.contentSpecials,
-  };
-  return { labeled, facts, conv, rendered };
-}
 
-/** Render every conversation; template errors of all samples are reported at once. */
-function buildAll(
-  convs: readonly Conversation[],
-  template: ChatTemplate,
-  opts: PrepareOptions,
-  spellings: string[],
-): Built[] {
-  const out: Built[] = [];
-  const errors: LorakitError[] = [];
-  for (const conv of convs) {
-    try {
-      out.push(
-        buildSample(conv, template, { maxLength: opts.maxLength, maskHistory: opts.maskHistory ?? false, spellings }),
-      );
-    } catch (e) {
-      if (!(e instanceof LorakitError)) throw e;
-      errors.push(e);
-      if (e.code === "TEMPLATE_TOKEN_MISSING") break;
+  get wantsPrompts(): boolean {
+    return this.split === "eval" && this.prompts.length < this.promptLimit;
+  }
+
+  add(origin: Origin, f: Facts, o: Outcome, r: BatchResult, at: number): void {
+    this.stats.add(
+      {
+        origin,
+        length: f.length,
+        tokens: f.tokens,
+        trained: f.trained,
+        trainedBefore: f.trainedBefore,
+        truncated: f.truncated,
+        endsWithStop: f.endsWithStop,
+        trainedByRole: f.trainedPrompt > 0 ? { user: f.trainedPrompt } : {},
+        trainedAsked: f.trainedAsked,
+        specialSpelling: f.specialSpelling,
+        contentSpecials: f.contentSpecials,
+      },
+      [f.keyHi, f.keyLo],
+    );
+    this.lost += f.trainedBefore - f.trained;
+    if (o.kept === undefined) {
+      if (this.dropped.length < 1000)
+        this.dropped.push({
+          ...origin,
+          reason: f.trainedBefore > 0 ? "nothing trained: answer cut by max_length" : "nothing trained",
+        });
+      return;
     }
-  }
-  if (errors.length > 0) throw errorFromList(errors);
-  return out;
-}
-
-function splitManifest(
-  hash: string,
-  split: "train" | "eval",
-  records: number,
-  built: readonly Built[],
-  kept: readonly Built[],
-  template: ChatTemplate,
-  otherKeys: ReadonlySet<string> | undefined,
-  limit = PROMPTS,
-): SplitManifest {
-  const files: string[] = [];
-  const fileIdx = new Map<string, number>();
-  const samples: SplitManifest["origins"]["samples"] = kept.map((b) => {
-    let i = fileIdx.get(b.conv.origin.file);
-    if (i === undefined) {
-      i = files.push(b.conv.origin.file) - 1;
-      fileIdx.set(b.conv.origin.file, i);
+    const n = o.kept;
+    this.stage(r.ids.subarray(at, at + n), r.labels.subarray(at, at + n));
+    this.keptIdx.push(this.stats.samples - 1);
+    if (this.kept + 1 >= this.offsets.length) {
+      const next = new Float64Array(this.offsets.length * 2);
+      next.set(this.offsets);
+      this.offsets = next;
     }
-    return b.conv.origin.sample === undefined ? [i, b.conv.origin.line] : [i, b.conv.origin.line, b.conv.origin.sample];
-  });
-  let tokens = 0;
-  let trained = 0;
-  let maxId = -1;
-  for (const b of kept) {
-    tokens += b.labeled.ids.length;
-    trained += b.labeled.trained;
-    for (const id of b.labeled.ids) if (id > maxId) maxId = id;
-  }
-  const prompts: SplitManifest["prompts"] = [];
-  if (split === "eval") {
-    kept.forEach((b, index) => {
-      const last = b.conv.messages[b.conv.messages.length - 1];
-      if (prompts.length >= limit || last?.role !== "assistant") return;
-      prompts.push({
-        index,
-        origin: b.conv.origin,
-        prompt_ids: template.renderPrompt(b.conv),
-        answer_ids: [],
+    this.tokens += n;
+    this.offsets[++this.kept] = this.tokens;
+    this.trained += f.trained;
+    if (f.truncated) this.truncated++;
+    if ((o.maxId as number) > this.maxId) this.maxId = o.maxId as number;
+    if (o.prompt && this.prompts.length < this.promptLimit)
+      this.prompts.push({
+        index: this.kept - 1,
+        origin,
+        prompt_ids: o.prompt.promptIds,
+        answer_ids: o.prompt.answerIds,
       });
-    });
-    // The answer: the trained tokens of the last span.
-    for (const p of prompts) {
-      const b = kept[p.index] as Built;
-      p.answer_ids = b.labeled.labels
-        .slice(b.labeled.labels.length - lastSpanLength(b.labeled.labels))
-        .filter((l) => l !== IGNORE);
+  }
+
+  private stage(ids: Int32Array, labels: Int32Array): void {
+    if (this.staged + ids.length > STAGE) this.flush();
+    if (ids.length > STAGE) {
+      writeAll(this.ids, new Uint8Array(ids.buffer, ids.byteOffset, ids.byteLength));
+      writeAll(this.labels, new Uint8Array(labels.buffer, labels.byteOffset, labels.byteLength));
+      return;
+    }
+    this.stageIds.set(ids, this.staged);
+    this.stageLabels.set(labels, this.staged);
+    this.staged += ids.length;
+  }
+
+  private flush(): void {
+    writeAll(this.ids, new Uint8Array(this.stageIds.buffer, 0, this.staged * 4));
+    writeAll(this.labels, new Uint8Array(this.stageLabels.buffer, 0, this.staged * 4));
+    this.staged = 0;
+  }
+
+  /** The origin of the i-th kept sample. */
+  origin(i: number): Origin {
+    return this.stats.origin(this.keptIdx.get(i));
+  }
+
+  /** The manifest's `origins`: files in order of first use, then one triple per kept sample. */
+  originTriples(): { files: string[]; each: (fn: (t: SplitManifest["origins"]["samples"][number]) => void) => void } {
+    const files: string[] = [];
+    const idx = new Map<string, number>();
+    for (let i = 0; i < this.kept; i++) {
+      const o = this.origin(i);
+      if (!idx.has(o.file)) idx.set(o.file, files.push(o.file) - 1);
+    }
+    return {
+      files,
+      each: (fn) => {
+        for (let i = 0; i < this.kept; i++) {
+          const o = this.origin(i);
+          const f = idx.get(o.file) as number;
+          fn(o.sample === undefined ? [f, o.line] : [f, o.line, o.sample]);
+        }
+      },
+    };
+  }
+
+  /** tokens.safetensors in `dir` (the spools copied into place, then removed). */
+  finish(dir: string): void {
+    this.flush();
+    closeSync(this.ids);
+    closeSync(this.labels);
+    const offsets = new BigInt64Array(this.kept + 1);
+    for (let i = 1; i <= this.kept; i++) offsets[i] = BigInt(this.offsets[i] as number);
+    const spool = (name: string) => path.join(this.dir, `.${this.split}.${name}.spool`);
+    writeSafetensors(
+      path.join(dir, "tokens.safetensors"),
+      {
+        input_ids: { dtype: "I32", shape: [this.tokens], file: spool("input_ids") },
+        labels: { dtype: "I32", shape: [this.tokens], file: spool("labels") },
+        offsets: { dtype: "I64", shape: [this.kept + 1], data: offsets },
+      },
+      { format: "lorakit-prepared-v1" },
+    );
+    rmSync(spool("input_ids"));
+    rmSync(spool("labels"));
+  }
+
+  close(): void {
+    for (const fd of [this.ids, this.labels]) {
+      try {
+        closeSync(fd);
+      } catch {
+        // already closed by finish
+      }
     }
   }
-  const stats = computeStats(
-    built.map((b) => b.facts),
-    otherKeys,
-  );
-  return {
-    version: MANIFEST_VERSION,
-    complete: true,
-    hash,
-    split,
-    counts: {
-      records,
-      samples: kept.length,
-      tokens,
-      trained_tokens: trained,
-      truncated: kept.filter((b) => b.labeled.truncated).length,
-      trained_tokens_lost: built.reduce((n, b) => n + b.labeled.trainedBefore - b.labeled.trained, 0),
-      dropped: built.length - kept.length,
-      max_id: maxId,
-    },
-    origins: { files, samples },
-    dropped: built
-      .filter((b) => b.labeled.trained === 0)
-      .slice(0, 1000)
-      .map((b) => ({
-        ...b.conv.origin,
-        reason: b.labeled.trainedBefore > 0 ? "nothing trained: answer cut by max_length" : "nothing trained",
-      })),
-    stats,
-    prompts,
+
+  manifest(hash: string, stats: DataStats): Omit<SplitManifest, "origins"> {
+    return {
+      version: MANIFEST_VERSION,
+      complete: true,
+      hash,
+      split: this.split,
+      counts: {
+        records: this.records,
+        samples: this.kept,
+        tokens: this.tokens,
+        trained_tokens: this.trained,
+        truncated: this.truncated,
+        trained_tokens_lost: this.lost,
+        dropped: this.stats.samples - this.kept,
+        max_id: this.maxId,
+      },
+      dropped: this.dropped,
+      stats,
+      prompts: this.prompts,
+    };
+  }
+}
+
+// ---------------------------------------------------------------- the pass
+
+interface Pass {
+  train: SplitWriter;
+  eval: SplitWriter;
+  formats: Record<string, string>;
+  skipped: SkippedLine[];
+  bomFiles: number;
+  /** Training conversations, and which one has the smallest / largest split hash (first of equals). */
+  conversations: number;
+  min: { h: number; id: string };
+  max: { h: number; id: string };
+}
+
+interface PassInput {
+  opts: PrepareOptions;
+  settings: BatchSettings;
+  runner: BatchRunner;
+  dir: string;
+  progress: (p: Omit<PrepareProgress, "elapsedS" | "totalBytes" | "workers">, force?: boolean) => void;
+}
+
+async function runPass({ opts, settings, runner, dir, progress }: PassInput): Promise<Pass> {
+  const { files, evalFrom } = settings;
+  const pass: Pass = {
+    train: new SplitWriter(dir, "train", PROMPTS),
+    eval: new SplitWriter(dir, "eval", opts.prompts ?? PROMPTS),
+    formats: {},
+    skipped: [],
+    bomFiles: 0,
+    conversations: 0,
+    min: { h: Number.POSITIVE_INFINITY, id: "" },
+    max: { h: Number.NEGATIVE_INFINITY, id: "" },
   };
+  const fileFormats = new FileFormats(settings.format);
+  const phases = {
+    trainRead: new ProblemList(),
+    trainNorm: new ProblemList(),
+    evalRead: new ProblemList(),
+    evalNorm: new ProblemList(),
+  };
+  const skip = opts.skipBadLines ?? false;
+  let bad = 0;
+  let records = 0;
+  let bytesBefore = 0; // bytes of the files already finished
+  let bytesDone = 0;
+  let inFlight = 0;
+  const queue: { batch?: Promise<BatchResult>; count?: number; end?: FileInfo; fileIndex: number; offset: number }[] =
+    [];
+
+  const take = (fileIndex: number, r: BatchResult) => {
+    const file = files[fileIndex] as string;
+    const isEval = fileIndex >= evalFrom;
+    const read = isEval ? phases.evalRead : phases.trainRead;
+    const norm = isEval ? phases.evalNorm : phases.trainNorm;
+    let at = 0;
+    for (const o of r.outcomes) {
+      const origin: Origin = { file, line: o.line, sample: o.sample };
+      records++;
+      if (o.bad) {
+        bad++;
+        if (skip) pass.skipped.push({ ...origin, reason: o.bad.reason });
+        else read.push(fromData(o.bad.error));
+        continue;
+      }
+      if (o.format) {
+        const mixed = fileFormats.check(origin, o.format);
+        if (mixed) {
+          norm.push(mixed);
+          at += o.kept ?? 0;
+          continue;
+        }
+      }
+      for (const e of o.errors ?? []) norm.push(fromData(e));
+      if (o.held === undefined) continue;
+      if (!isEval && settings.split > 0) {
+        const h = o.splitHash as number;
+        const id = recordId(fileIndex, o.sample);
+        if (h < pass.min.h) pass.min = { h, id };
+        if (h > pass.max.h) pass.max = { h, id };
+      }
+      if (!isEval) pass.conversations++;
+      const w = o.held ? pass.eval : pass.train;
+      w.records++;
+      if (o.templateError) {
+        if (!w.tokenMissing) w.templateErrors.push(fromData(o.templateError));
+        if (o.templateError.code === "TEMPLATE_TOKEN_MISSING") w.tokenMissing = true;
+        continue;
+      }
+      if (!o.facts) continue;
+      if (!w.tokenMissing) w.add(origin, o.facts, o, r, at);
+      at += o.kept ?? 0;
+    }
+  };
+  const fileEnd = (info: FileInfo, fileIndex: number) => {
+    const file = files[fileIndex] as string;
+    const read = fileIndex >= evalFrom ? phases.evalRead : phases.trainRead;
+    if (info.kind === "jsonl" && bad > 0) checkWholeObject(file, info.bytes);
+    if (info.records === 0) read.push(emptyFile(file));
+    if (info.bom) pass.bomFiles++;
+    bad = 0;
+    bytesBefore += info.bytes;
+    if (fileIndex === evalFrom - 1) {
+      // Every training record is in: their problems are named before the held-out files are read.
+      const e = phases.trainRead.error() ?? phases.trainNorm.error();
+      if (e) throw e;
+    }
+  };
+  /** Takes the oldest item of the queue back (waiting for its batch). */
+  const next = async () => {
+    const item = queue.shift();
+    if (!item) return;
+    if (item.batch) {
+      take(item.fileIndex, await item.batch);
+      inFlight -= item.count ?? 0;
+    }
+    if (item.end) fileEnd(item.end, item.fileIndex);
+    bytesDone = Math.max(bytesDone, item.end ? bytesBefore : bytesBefore + item.offset);
+    progress({ phase: "prepare", bytes: bytesDone, records, inFlight });
+  };
+  const window = WINDOW * Math.max(1, runner.workers);
+  try {
+    for (const ev of scanRecords(files, { batchRecords: opts.batchRecords ?? 512 })) {
+      if (ev.type === "end") {
+        queue.push({ end: ev.info, fileIndex: ev.fileIndex, offset: ev.info.bytes });
+        // At the last training file, everything before it must be taken back (its problems come first).
+        if (ev.fileIndex === evalFrom - 1) while (queue.length > 0) await next();
+        continue;
+      }
+      const wantPrompts = ev.fileIndex >= evalFrom || settings.split > 0 ? pass.eval.wantsPrompts : false;
+      queue.push({ batch: runner.run(ev, wantPrompts), count: ev.count, fileIndex: ev.fileIndex, offset: ev.offset });
+      inFlight += ev.count;
+      while (queue.filter((q) => q.batch).length >= window) await next();
+    }
+    while (queue.length > 0) await next();
+  } catch (e) {
+    // Batches still running must not be left unawaited (their rejections would go unhandled).
+    await Promise.allSettled(queue.map((q) => q.batch));
+    throw e;
+  }
+  progress({ phase: "prepare", bytes: bytesDone, records, inFlight: 0 }, true);
+  const e =
+    phases.trainRead.error() ??
+    phases.trainNorm.error() ??
+    phases.evalRead.error() ??
+    phases.evalNorm.error() ??
+    pass.train.templateErrors.error() ??
+    pass.eval.templateErrors.error();
+  if (e) throw e;
+  pass.formats = fileFormats.formats;
+  return pass;
 }
 
-/** Length of the trailing run that holds the last trained labels (with the untrained tokens after them). */
-function lastSpanLength(labels: readonly number[]): number {
-  let i = labels.length - 1;
-  while (i >= 0 && labels[i] === IGNORE) i--;
-  while (i >= 0 && labels[i] !== IGNORE) i--;
-  return labels.length - 1 - i;
-}
+// ---------------------------------------------------------------- writing
 
-function writeTokens(dir: string, kept: readonly Built[]): void {
-  let n = 0;
-  for (const b of kept) n += b.labeled.ids.length;
-  const ids = new Int32Array(n);
-  const labels = new Int32Array(n);
-  const offsets = new BigInt64Array(kept.length + 1);
-  let at = 0;
-  kept.forEach((b, i) => {
-    ids.set(b.labeled.ids, at);
-    labels.set(b.labeled.labels, at);
-    at += b.labeled.ids.length;
-    offsets[i + 1] = BigInt(at);
-  });
-  writeSafetensors(
-    path.join(dir, "tokens.safetensors"),
-    { input_ids: flat(ids), labels: flat(labels), offsets: flat(offsets) },
-    { format: "lorakit-prepared-v1" },
-  );
+/**
+ * `JSON.stringify(m, null, 1)` with `origins` placed after `counts` as JSON.stringify would, its samples
+ * written one at a time (a million samples are tens of megabytes of text, never held as one string).
+ */
+export function writeManifest(
+  file: string,
+  m: object,
+  origins: { files: string[]; each: (fn: (t: SplitManifest["origins"]["samples"][number]) => void) => void },
+): void {
+  const marker = `__samples_${randomBytes(8).toString("hex")}__`;
+  const placed: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(m)) {
+    placed[k] = v;
+    if (k === "counts") placed.origins = { files: origins.files, samples: marker };
+  }
+  const text = JSON.stringify(placed, null, 1);
+  const at = text.indexOf(`"${marker}"`);
+  if (at < 0) throw new Error("internal: no origins in the manifest");
+  const indent = /^ */.exec(text.slice(text.lastIndexOf("\n", at) + 1))?.[0] ?? "";
+  const fd = openSync(file, "w");
+  try {
+    const put = (s: string) => writeAll(fd, Buffer.from(s, "utf8"));
+    put(text.slice(0, at));
+    let first = true;
+    let chunk = "";
+    origins.each((t) => {
+      chunk += `${first ? "[\n" : ",\n"}${indent} [\n${t.map((x) => `${indent}  ${x}`).join(",\n")}\n${indent} ]`;
+      first = false;
+      if (chunk.length > 1 << 20) {
+        put(chunk);
+        chunk = "";
+      }
+    });
+    put(`${chunk}${first ? "[]" : `\n${indent}]`}${text.slice(at + marker.length + 2)}\n`);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 function isComplete(dir: string): Manifest | undefined {
@@ -410,11 +724,76 @@ function result(dir: string, manifest: Manifest, reused: boolean, template: Chat
   };
 }
 
+/**
+ * The manifest with `origins` (after `counts`, where manifest.json has it) read from manifest.json when first
+ * asked for: a million samples' origins are not kept in memory unless someone looks.
+ */
+function lazyOrigins(manifest: Omit<Manifest, "origins">, file: string): Manifest {
+  let origins: Manifest["origins"] | undefined;
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(manifest)) {
+    out[k] = v;
+    if (k !== "counts") continue;
+    Object.defineProperty(out, "origins", {
+      enumerable: true,
+      get() {
+        origins ??= (JSON.parse(readFileSync(file, "utf8")) as Manifest).origins;
+        return origins;
+      },
+    });
+  }
+  return out as unknown as Manifest;
+}
+
+// ---------------------------------------------------------------- prepare
+
+/**
+ * Temporary directories of preparations whose process is gone (killed: they never reached their rename).
+ * Their token spools can be gigabytes; a directory whose process still runs is left alone.
+ */
+function removeAbandoned(cacheRoot: string): void {
+  for (const name of readdirSync(cacheRoot)) {
+    const pid = /^\.tmp-[0-9a-f]+-(\d+)-[0-9a-f]+$/.exec(name)?.[1];
+    if (pid === undefined || Number(pid) === process.pid) continue;
+    try {
+      process.kill(Number(pid), 0);
+      continue; // alive (or another user's): not ours to remove
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "ESRCH") continue;
+    }
+    rmSync(path.join(cacheRoot, name), { recursive: true, force: true });
+  }
+}
+
 /** Prepare (or reuse) the tokens of a dataset under `cacheRoot/<hash>/`. */
 export async function prepareDataset(opts: PrepareOptions, cacheRoot: string): Promise<PrepareResult> {
+  const t0 = performance.now();
   const template = resolveTemplate(opts);
-  const files = opts.files.map(fileInfo);
-  const evalFiles = (opts.evalFiles ?? []).map(fileInfo);
+  const allFiles = [...opts.files, ...(opts.evalFiles ?? [])];
+  let workers = 0;
+  let totalBytes = 0;
+  for (const f of allFiles) {
+    try {
+      totalBytes += statSync(f).size;
+    } catch {
+      // fileInfo names the missing file
+    }
+  }
+  let last = 0;
+  const report = (p: Omit<PrepareProgress, "elapsedS" | "totalBytes" | "workers">, force = false) => {
+    if (!opts.onProgress) return;
+    const now = performance.now();
+    if (!force && now - last < 200) return;
+    last = now;
+    opts.onProgress({ ...p, totalBytes, workers, elapsedS: (now - t0) / 1000 });
+  };
+  let hashed = 0;
+  const hashProgress = (n: number) => {
+    hashed += n;
+    report({ phase: "hash", bytes: hashed, records: 0, inFlight: 0 });
+  };
+  const files = opts.files.map((f) => fileInfo(f, hashProgress));
+  const evalFiles = (opts.evalFiles ?? []).map((f) => fileInfo(f, hashProgress));
   const split = opts.evalFiles?.length ? 0 : (opts.split ?? 0);
   const options = {
     format: opts.format ?? "auto",
@@ -437,111 +816,133 @@ export async function prepareDataset(opts: PrepareOptions, cacheRoot: string): P
   const existing = isComplete(dir);
   if (existing) return result(dir, existing, true, template);
 
-  // Read, normalize, split.
-  const skipBadLines = opts.skipBadLines ?? false;
-  const normOpts = {
+  const settings: BatchSettings = {
+    files: allFiles,
+    evalFrom: opts.files.length,
     format: options.format,
-    skipBadLines,
     ...(opts.system !== undefined ? { system: opts.system } : {}),
+    maxLength: opts.maxLength,
+    maskHistory: opts.maskHistory ?? false,
+    spellings: specialSpellings(opts.tokenizer),
+    split,
+    forced: {},
   };
-  const main = loadConversations(opts.files, normOpts);
-  let trainConvs = main.conversations;
-  let evalConvs: Conversation[] = [];
-  let evalRecords = 0;
-  const skipped = [...main.read.skipped];
-  let bomFiles = main.read.bomFiles;
-  const formats: Record<string, string> = { ...main.formats };
-  if (opts.evalFiles?.length) {
-    const ev = loadConversations(opts.evalFiles, normOpts);
-    evalConvs = ev.conversations;
-    evalRecords = ev.read.records.length;
-    skipped.push(...ev.read.skipped);
-    bomFiles += ev.read.bomFiles;
-    Object.assign(formats, ev.formats);
-  } else if (split > 0) {
-    const held = pickEval(trainConvs, main.raw, split);
-    evalConvs = trainConvs.filter((_, i) => held[i]);
-    trainConvs = trainConvs.filter((_, i) => !held[i]);
-    evalRecords = evalConvs.length;
-  }
-
-  // Render and label.
-  const spellings = specialSpellings(opts.tokenizer);
-  const trainBuilt = buildAll(trainConvs, template, opts, spellings);
-  const evalBuilt = buildAll(evalConvs, template, opts, spellings);
-  const trainKept = trainBuilt.filter((b) => b.labeled.trained > 0);
-  const evalKept = evalBuilt.filter((b) => b.labeled.trained > 0);
-  if (trainKept.length === 0) {
-    const first = trainBuilt[0]?.conv.origin;
-    throw new LorakitError(
-      "DATA_NOTHING_TRAINED",
-      `no training sample has a trained token left (${trainBuilt.length} rendered)`,
-      {
-        where: first ? { file: first.file, line: first.line } : { file: opts.files[0] ?? "" },
-        hint: "Raise data.max_length (answers were cut away) or check the assistant turns and their `loss` flags.",
-      },
-    );
-  }
-  const trainKeys = new Set(trainBuilt.map((b) => b.facts.key));
-  const evalKeys = new Set(evalBuilt.map((b) => b.facts.key));
-
-  const trainM = splitManifest(
-    hash,
-    "train",
-    trainConvs.length,
-    trainBuilt,
-    trainKept,
-    template,
-    evalBuilt.length ? evalKeys : undefined,
-  );
-  const evalM = evalKept.length
-    ? splitManifest(hash, "eval", evalRecords, evalBuilt, evalKept, template, trainKeys, options.prompts)
-    : null;
-  const manifest: Manifest = {
-    ...trainM,
-    created: new Date().toISOString(),
-    inputs,
-    template: {
-      name: template.name,
-      source: template.source,
-      stop_ids: template.stopIds,
-      special_tokens: template.specialTokens,
-    },
-    formats,
-    skipped,
-    bom_files: bomFiles,
-    first_samples: trainKept.slice(0, 5).map((b) => b.conv.origin),
-    eval: evalM
-      ? {
-          dir: "eval",
-          samples: evalM.counts.samples,
-          tokens: evalM.counts.tokens,
-          origins: evalKept.map((b) => b.conv.origin),
-        }
-      : null,
-  };
-
-  // Write to a temporary directory, then rename.
   mkdirSync(cacheRoot, { recursive: true });
+  removeAbandoned(cacheRoot);
   const tmp = path.join(cacheRoot, `.tmp-${hash}-${process.pid}-${randomBytes(4).toString("hex")}`);
-  mkdirSync(tmp);
+  let runner: BatchRunner | undefined;
   try {
-    writeTokens(tmp, trainKept);
+    const cores = os.availableParallelism();
+    const wanted = opts.workers ?? (cores >= 2 && totalBytes >= WORKERS_FROM ? cores : 0);
+    if (wanted > 0 && typeof opts.template !== "object") {
+      runner = await workerPool(wanted, opts.workerScript ?? defaultWorkerScript(), {
+        settings,
+        modelDir: opts.modelDir,
+        ...(opts.modelType !== undefined ? { modelType: opts.modelType } : {}),
+        template: opts.template ?? "auto",
+        tokenizerHash: opts.tokenizer.hash,
+        templateSource: template.source,
+      });
+    }
+    runner ??= inThread(settings, template);
+    workers = runner.workers;
+
+    let pass: Pass | undefined;
+    for (let attempt = 0; ; attempt++) {
+      rmSync(tmp, { recursive: true, force: true });
+      mkdirSync(tmp);
+      pass = await runPass({ opts, settings, runner, dir: tmp, progress: report });
+      // The held-out share must hold out one record at least, and not all (the smallest / largest hash).
+      const held = pass.eval.records;
+      const n = pass.conversations;
+      let forced: Record<string, boolean> | undefined;
+      if (split > 0 && n >= 2 && held === 0) forced = { [pass.min.id]: true };
+      else if (split > 0 && n > 0 && held === n) forced = { [pass.max.id]: false };
+      if (!forced || attempt > 0) break;
+      pass.train.close();
+      pass.eval.close();
+      await runner.close();
+      settings.forced = forced;
+      runner = inThread(settings, template);
+      if (opts.workers !== 0 && typeof opts.template !== "object") {
+        runner =
+          (await workerPool(workers, opts.workerScript ?? defaultWorkerScript(), {
+            settings,
+            modelDir: opts.modelDir,
+            ...(opts.modelType !== undefined ? { modelType: opts.modelType } : {}),
+            template: opts.template ?? "auto",
+            tokenizerHash: opts.tokenizer.hash,
+            templateSource: template.source,
+          })) ?? runner;
+      }
+    }
+    const { train, eval: ev } = pass;
+    if (train.kept === 0) {
+      const first = train.stats.samples > 0 ? train.stats.origin(0) : undefined;
+      throw new LorakitError(
+        "DATA_NOTHING_TRAINED",
+        `no training sample has a trained token left (${train.stats.samples} rendered)`,
+        {
+          where: first ? { file: first.file, line: first.line } : { file: opts.files[0] ?? "" },
+          hint: "Raise data.max_length (answers were cut away) or check the assistant turns and their `loss` flags.",
+        },
+      );
+    }
+    report({ phase: "write", bytes: totalBytes, records: 0, inFlight: 0 }, true);
+    const hasEval = ev.kept > 0;
+    const trainStats = train.stats.finish(ev.stats.samples > 0 ? ev.stats : undefined);
+    const trainM = train.manifest(hash, trainStats);
+    const evalM = hasEval ? ev.manifest(hash, ev.stats.finish(train.stats)) : null;
+    const evalOrigins: Origin[] = [];
+    for (let i = 0; i < ev.kept; i++) evalOrigins.push(ev.origin(i));
+    const firstSamples: Origin[] = [];
+    for (let i = 0; i < Math.min(5, train.kept); i++) firstSamples.push(train.origin(i));
+    const manifest: Omit<Manifest, "origins"> = {
+      ...trainM,
+      created: new Date().toISOString(),
+      inputs,
+      template: {
+        name: template.name,
+        source: template.source,
+        stop_ids: template.stopIds,
+        special_tokens: template.specialTokens,
+      },
+      formats: pass.formats,
+      skipped: pass.skipped,
+      bom_files: pass.bomFiles,
+      first_samples: firstSamples,
+      eval: evalM
+        ? { dir: "eval", samples: evalM.counts.samples, tokens: evalM.counts.tokens, origins: evalOrigins }
+        : null,
+    };
+
+    // Everything into the temporary directory, then renamed.
+    train.finish(tmp);
     if (evalM) {
       mkdirSync(path.join(tmp, "eval"));
-      writeTokens(path.join(tmp, "eval"), evalKept);
-      writeFileSync(path.join(tmp, "eval", "manifest.json"), `${JSON.stringify(evalM, null, 1)}\n`);
+      ev.finish(path.join(tmp, "eval"));
+      const origins = ev.originTriples();
+      writeManifest(path.join(tmp, "eval", "manifest.json"), evalM, origins);
+    } else {
+      ev.close();
+      rmSync(path.join(tmp, ".eval.input_ids.spool"), { force: true });
+      rmSync(path.join(tmp, ".eval.labels.spool"), { force: true });
     }
-    writeFileSync(path.join(tmp, "manifest.json"), `${JSON.stringify(manifest, null, 1)}\n`);
+    const origins = train.originTriples();
+    writeManifest(path.join(tmp, "manifest.json"), manifest, origins);
     if (existsSync(dir)) rmSync(dir, { recursive: true, force: true }); // an incomplete leftover
-    renameSync(tmp, dir);
-  } catch (e) {
+    try {
+      renameSync(tmp, dir);
+    } catch (e) {
+      const done = isComplete(dir); // another process finished the same preparation first
+      if (done) return result(dir, done, true, template);
+      throw e;
+    }
+    return result(dir, lazyOrigins(manifest, path.join(dir, "manifest.json")), false, template);
+  } finally {
+    await runner?.close();
     rmSync(tmp, { recursive: true, force: true });
-    const done = isComplete(dir); // another process finished the same preparation first
-    if (done) return result(dir, done, true, template);
-    throw e;
   }
-  return result(dir, manifest, false, template);
 }
 
 // ---------------------------------------------------------------- views for `lorakit data`

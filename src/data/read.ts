@@ -4,8 +4,15 @@
 // 0-based index in its file, which is what identifies a record. Malformed records are all reported at
 // once; with `skipBadLines` they are skipped, and each skip is returned so that nothing is ever dropped
 // silently.
-import { createHash } from "node:crypto";
-import { readFileSync } from "node:fs";
+//
+// Files are streamed: `scanRecords` reads a few MiB at a time and hands out batches of raw records (their
+// bytes, line and index), so a file of any size is read in bounded memory and never held as one string.
+// The bytes are checked to be UTF-8 as they pass; a JSON array is cut into elements by bracket depth.
+// `parseRecord` turns one raw record into a value or a located problem; `readSamples` does both for small
+// files (tests, `lorakit tokenize`).
+import { isUtf8 } from "node:buffer";
+import { createHash, type Hash } from "node:crypto";
+import { closeSync, openSync, readFileSync, readSync } from "node:fs";
 import { LorakitError } from "../errors.js";
 
 export interface Origin {
@@ -45,21 +52,39 @@ export interface ReadResult {
 export const MAX_LISTED = 20;
 
 /** One error carrying every problem (capped at MAX_LISTED, with the rest counted in the last message). */
-export function errorFromList(errors: readonly LorakitError[]): LorakitError {
-  if (errors.length <= MAX_LISTED) return LorakitError.fromList(errors);
+export function errorFromList(errors: readonly LorakitError[], total = errors.length): LorakitError {
+  if (total <= MAX_LISTED) return LorakitError.fromList(errors);
   const shown = errors.slice(0, MAX_LISTED);
-  const rest = errors.length - MAX_LISTED;
-  const next = errors[MAX_LISTED] as LorakitError;
+  const rest = total - MAX_LISTED;
+  const next = errors[MAX_LISTED];
   // Located at the first problem not listed, so that the summary too says where to look.
-  const last = new LorakitError(next.code, `… and ${rest} more problem(s) like these, the next one here`, {
-    where: next.where,
-    hint: "Fix the ones listed and run again to see the rest.",
-  });
+  const last = next
+    ? new LorakitError(next.code, `… and ${rest} more problem(s) like these, the next one here`, {
+        where: next.where,
+        hint: "Fix the ones listed and run again to see the rest.",
+      })
+    : new LorakitError("DATA_MORE", `… and ${rest} more problem(s) like these`, {
+        hint: "Fix the ones listed and run again to see the rest.",
+      });
   return LorakitError.fromList([...shown, last]);
+}
+
+/** Problems gathered in a pass over many records: the first MAX_LISTED + 1 kept, all counted. */
+export class ProblemList {
+  readonly kept: LorakitError[] = [];
+  count = 0;
+  push(e: LorakitError): void {
+    if (this.kept.length <= MAX_LISTED) this.kept.push(e);
+    this.count++;
+  }
+  error(): LorakitError | undefined {
+    return this.count > 0 ? errorFromList(this.kept, this.count) : undefined;
+  }
 }
 
 const JSONL_HINT =
   "Each line of a JSONL file must be one complete JSON object; fix the line or set data.skip_bad_lines.";
+const NOT_FOUND_HINT = "Check data.train / data.eval; relative paths resolve against the config file.";
 
 /** 1-based line of character offset `at` in `text`. */
 function lineAt(text: string, at: number, from = 0, fromLine = 1): number {
@@ -80,63 +105,54 @@ function reason(e: unknown): string {
   return msg.replace(/, "[\s\S]*" is not valid JSON$/, "").replace(/ in JSON at position \d+.*$/, "");
 }
 
-function decode(bytes: Buffer, file: string): string {
+export interface BadRecord {
+  origin: Origin;
+  reason: string;
+  error: LorakitError;
+}
+
+/** One record's text (a JSONL line without its line end, or an array element) as a value or a problem. */
+export function parseRecord(
+  text: string,
+  kind: "json" | "jsonl",
+  file: string,
+  line: number,
+  sample: number,
+): RawRecord | BadRecord {
+  const origin = { file, line, sample };
+  let value: unknown;
   try {
-    return new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(bytes);
-  } catch {
-    const text = new TextDecoder("utf-8", { ignoreBOM: true }).decode(bytes);
-    const at = text.indexOf("\uFFFD");
-    throw new LorakitError("DATA_BAD_ENCODING", "the file is not valid UTF-8", {
-      where: { file, line: lineAt(text, Math.max(0, at)) },
-      hint: "Save the file as UTF-8 (e.g. `iconv -f gbk -t utf-8 in.json > out.json`).",
-    });
-  }
-}
-
-/** Start and end offsets of each top-level element of a JSON array, found by bracket depth. */
-function arrayElements(text: string, file: string): { start: number; end: number }[] {
-  const spans: { start: number; end: number }[] = [];
-  let i = text.indexOf("[");
-  const fail = (at: number, why: string) =>
-    new LorakitError("DATA_BAD_JSON", `malformed JSON array: ${why}`, {
-      where: { file, line: lineAt(text, at) },
-      hint: "The file must be one JSON array of objects (or JSON Lines: one object per line).",
-    });
-  let depth = 0;
-  let start = -1;
-  i++;
-  for (; i < text.length; i++) {
-    const c = text[i];
-    if (c === '"') {
-      if (start < 0) start = i;
-      i++;
-      while (i < text.length && text[i] !== '"') i += text[i] === "\\" ? 2 : 1;
-      if (i >= text.length) throw fail(start, "a string is never closed");
-      continue;
+    value = JSON.parse(text);
+  } catch (e) {
+    const why = reason(e);
+    if (kind === "jsonl") {
+      return {
+        origin,
+        reason: why,
+        error: new LorakitError("DATA_BAD_JSON", `malformed JSON line: ${why}`, { where: origin, hint: JSONL_HINT }),
+      };
     }
-    if (c === " " || c === "\n" || c === "\r" || c === "\t") continue;
-    if (depth === 0 && (c === "," || c === "]")) {
-      if (start >= 0) spans.push({ start, end: i });
-      else if (c === "," || spans.length > 0) throw fail(i, "an empty element (two commas, or a trailing comma)");
-      start = -1;
-      if (c === "]") {
-        const tail = text.slice(i + 1).trim();
-        if (tail) throw fail(i + 1 + text.slice(i + 1).indexOf(tail[0] as string), "text after the closing ]");
-        return spans;
-      }
-      continue;
-    }
-    if (start < 0) start = i;
-    if (c === "{" || c === "[") depth++;
-    else if (c === "}" || c === "]") depth--;
-    if (depth < 0) throw fail(i, `an unmatched '${c}'`);
+    const pos = parsePosition(e instanceof Error ? e.message : "");
+    const errLine = pos === undefined ? line : lineAt(text, pos, 0, line);
+    return {
+      origin,
+      reason: why,
+      error: new LorakitError("DATA_BAD_JSON", `malformed JSON in array element ${sample}: ${why}`, {
+        where: { file, line: errLine, sample },
+        hint: "Fix the element (a missing comma or quote is the usual cause) or set data.skip_bad_lines to skip it.",
+      }),
+    };
   }
-  throw fail(start >= 0 ? start : text.length, "the array is never closed with ]");
-}
-
-interface Parsed {
-  records: RawRecord[];
-  bad: { origin: Origin; reason: string; error: LorakitError }[];
+  if (!tooDeep(value)) return { value, origin };
+  const why = `the sample nests arrays or objects more than ${MAX_DEPTH} levels deep`;
+  return {
+    origin,
+    reason: why,
+    error: new LorakitError("DATA_TOO_DEEP", why, {
+      where: origin,
+      hint: "A sample is a conversation of text: flatten the nested value, or set data.skip_bad_lines to skip it.",
+    }),
+  };
 }
 
 /** How deep a sample may nest arrays and objects. JSON.parse takes any depth, but JSON.stringify and every
@@ -154,78 +170,6 @@ function tooDeep(value: unknown): boolean {
       if (x !== null && typeof x === "object") stack.push([x, depth + 1]);
   }
   return false;
-}
-
-/** A parsed record, or a bad one when it nests too deep. */
-function add(out: Parsed, value: unknown, origin: Origin & { sample: number }): void {
-  if (!tooDeep(value)) {
-    out.records.push({ value, origin });
-    return;
-  }
-  const why = `the sample nests arrays or objects more than ${MAX_DEPTH} levels deep`;
-  out.bad.push({
-    origin,
-    reason: why,
-    error: new LorakitError("DATA_TOO_DEEP", why, {
-      where: origin,
-      hint: "A sample is a conversation of text: flatten the nested value, or set data.skip_bad_lines to skip it.",
-    }),
-  });
-}
-
-function parseJsonArray(text: string, file: string): Parsed {
-  const out: Parsed = { records: [], bad: [] };
-  let line = 1;
-  let at = 0;
-  for (const { start, end } of arrayElements(text, file)) {
-    line = lineAt(text, start, at, line);
-    at = start;
-    const chunk = text.slice(start, end);
-    const sample = out.records.length + out.bad.length;
-    let value: unknown;
-    try {
-      value = JSON.parse(chunk);
-    } catch (e) {
-      const pos = parsePosition(e instanceof Error ? e.message : "");
-      const errLine = pos === undefined ? line : lineAt(text, start + pos, start, line);
-      const why = reason(e);
-      out.bad.push({
-        origin: { file, line, sample },
-        reason: why,
-        error: new LorakitError("DATA_BAD_JSON", `malformed JSON in array element ${sample}: ${why}`, {
-          where: { file, line: errLine, sample },
-          hint: "Fix the element (a missing comma or quote is the usual cause) or set data.skip_bad_lines to skip it.",
-        }),
-      });
-      continue;
-    }
-    add(out, value, { file, line, sample });
-  }
-  return out;
-}
-
-function parseJsonLines(text: string, file: string): Parsed {
-  const out: Parsed = { records: [], bad: [] };
-  const lines = text.split("\n");
-  for (let i = 0; i < lines.length; i++) {
-    const raw = (lines[i] as string).replace(/\r$/, "");
-    if (!raw.trim()) continue;
-    const origin = { file, line: i + 1, sample: out.records.length + out.bad.length };
-    let value: unknown;
-    try {
-      value = JSON.parse(raw);
-    } catch (e) {
-      const why = reason(e);
-      out.bad.push({
-        origin,
-        reason: why,
-        error: new LorakitError("DATA_BAD_JSON", `malformed JSON line: ${why}`, { where: origin, hint: JSONL_HINT }),
-      });
-      continue;
-    }
-    add(out, value, origin);
-  }
-  return out;
 }
 
 /** A file that is one pretty-printed JSON object reads as bad JSON lines; say what it really is. */
@@ -248,54 +192,487 @@ function wholeObject(text: string, file: string): void {
   });
 }
 
+/** Files up to this size that read as bad JSON lines are checked for being one JSON object. */
+const WHOLE_OBJECT_LIMIT = 256 << 20;
+
+/** Throws the "one JSON object" error when a JSONL file with bad lines is one JSON object. */
+export function checkWholeObject(file: string, bytes: number): void {
+  if (bytes > WHOLE_OBJECT_LIMIT) return;
+  let text = readFileSync(file).toString("utf8");
+  if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
+  wholeObject(text, file);
+}
+
+// ---------------------------------------------------------------- streaming
+
+/** A batch of raw records of one file: their bytes and, per record, start, end (into `bytes`), line, sample. */
+export interface RecordBatch {
+  type: "batch";
+  fileIndex: number;
+  kind: "json" | "jsonl";
+  bytes: Uint8Array;
+  spans: Int32Array;
+  count: number;
+  /** File bytes consumed so far (progress). */
+  offset: number;
+}
+
+/** The end of a file: what was found in it. */
+export interface FileEnd {
+  type: "end";
+  fileIndex: number;
+  info: FileInfo;
+}
+
+export interface ScanOptions {
+  /** Records per batch (at most). */
+  batchRecords?: number;
+  /** Bytes per batch (about; one record may be larger). */
+  batchBytes?: number;
+  /** Bytes read at a time. */
+  readBytes?: number;
+  /** Compute each file's sha256 while reading (otherwise FileInfo.sha256 is ""). */
+  hash?: boolean;
+}
+
+function notFound(file: string, e: unknown): LorakitError {
+  return new LorakitError("DATA_NOT_FOUND", `cannot read the data file: ${(e as Error).message}`, {
+    where: { file },
+    hint: NOT_FOUND_HINT,
+  });
+}
+
+const isAsciiSpace = (c: number) => c === 0x20 || (c >= 0x09 && c <= 0x0d);
+/** JSON.parse's whitespace: what the array scanner steps over between tokens. */
+const isJsonSpace = (c: number) => c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09;
+
+/** Reads one file in pieces into a growing window; `start` is the file offset of buf[0]. */
+class Window {
+  buf: Buffer;
+  len = 0;
+  start = 0;
+  eof = false;
+  private readonly fd: number;
+  private readonly hash: Hash | undefined;
+
+  constructor(
+    readonly file: string,
+    readBytes: number,
+    hash: boolean,
+  ) {
+    try {
+      this.fd = openSync(file, "r");
+    } catch (e) {
+      throw notFound(file, e);
+    }
+    this.buf = Buffer.allocUnsafe(readBytes);
+    this.hash = hash ? createHash("sha256") : undefined;
+  }
+
+  /** Reads more bytes after `len`, first dropping the bytes before `keep` (false at the end of the file). */
+  more(keep: number): boolean {
+    if (this.eof) return false;
+    if (keep > 0) {
+      this.buf.copy(this.buf, 0, keep, this.len);
+      this.len -= keep;
+      this.start += keep;
+    }
+    if (this.len === this.buf.length) {
+      const bigger = Buffer.allocUnsafe(this.buf.length * 2);
+      this.buf.copy(bigger, 0, 0, this.len);
+      this.buf = bigger;
+    }
+    let n: number;
+    try {
+      n = readSync(this.fd, this.buf, this.len, this.buf.length - this.len, null);
+    } catch (e) {
+      throw notFound(this.file, e);
+    }
+    if (n === 0) {
+      this.eof = true;
+      return false;
+    }
+    this.hash?.update(this.buf.subarray(this.len, this.len + n));
+    this.len += n;
+    return true;
+  }
+
+  digest(): string {
+    return this.hash ? this.hash.digest("hex") : "";
+  }
+
+  close(): void {
+    closeSync(this.fd);
+  }
+}
+
+/**
+ * Streams the records of the given files, in order: batches of raw records, then one `end` per file.
+ * Throws at once (LorakitError) for a missing file, bytes that are not UTF-8, or a JSON array whose
+ * structure is broken; problems inside a record are for `parseRecord`.
+ */
+export function* scanRecords(files: readonly string[], opts: ScanOptions = {}): Generator<RecordBatch | FileEnd> {
+  for (let i = 0; i < files.length; i++) yield* scanFile(files[i] as string, i, opts);
+}
+
+/**
+ * Gathers records into a batch. The batch's bytes are the window's region [start, cut): every byte of the
+ * file passes through a region once and is checked to be UTF-8 there (a cut always falls between
+ * characters: after a line end, a comma, or before an element).
+ */
+class Batcher {
+  start: number;
+  private line: number;
+  private spans: Int32Array;
+  count = 0;
+  records = 0;
+
+  constructor(
+    private readonly w: Window,
+    private readonly fileIndex: number,
+    private readonly kind: "json" | "jsonl",
+    private readonly max: number,
+    start: number,
+    line: number,
+  ) {
+    this.start = start;
+    this.line = line;
+    this.spans = new Int32Array(max * 4);
+  }
+
+  add(start: number, end: number, line: number): void {
+    const k = 4 * this.count++;
+    this.spans[k] = start;
+    this.spans[k + 1] = end;
+    this.spans[k + 2] = line;
+    this.spans[k + 3] = this.records++;
+  }
+
+  /** The region up to `cut` (checked), as a batch when it holds records; the next region starts there. */
+  take(cut: number, lineAtCut: number): RecordBatch | undefined {
+    const bytes = this.w.buf.subarray(this.start, cut);
+    if (!isUtf8(bytes)) throw badEncoding(this.w.file, bytes, this.line);
+    let out: RecordBatch | undefined;
+    if (this.count > 0) {
+      const own = new Uint8Array(bytes.length);
+      own.set(bytes);
+      const spans = this.spans.subarray(0, 4 * this.count);
+      for (let k = 0; k < spans.length; k += 4) {
+        spans[k] = (spans[k] as number) - this.start;
+        spans[k + 1] = (spans[k + 1] as number) - this.start;
+      }
+      out = {
+        type: "batch",
+        fileIndex: this.fileIndex,
+        kind: this.kind,
+        bytes: own,
+        spans,
+        count: this.count,
+        offset: this.w.start + cut,
+      };
+      this.spans = new Int32Array(this.max * 4);
+    }
+    this.count = 0;
+    this.start = cut;
+    this.line = lineAtCut;
+    return out;
+  }
+
+  /** How far the window moved in the last `more` (positions into it shift back by this much). */
+  moved = 0;
+
+  /** Reads more of the file, dropping the bytes before the region; false at the end of the file. */
+  more(): boolean {
+    const before = this.w.start;
+    const got = this.w.more(this.start);
+    this.moved = this.w.start - before;
+    this.start -= this.moved;
+    return got;
+  }
+
+  /** Before a structural error: the rest of the file must be UTF-8 too (that problem is named first). */
+  checkRest(): void {
+    const decoder = new TextDecoder("utf-8", { fatal: true });
+    for (;;) {
+      const bytes = this.w.buf.subarray(this.start, this.w.len);
+      try {
+        decoder.decode(bytes, { stream: true });
+      } catch {
+        throw badEncoding(this.w.file, bytes, this.line);
+      }
+      for (const b of bytes) if (b === 0x0a) this.line++;
+      this.start = this.w.len;
+      if (!this.more()) break;
+    }
+    try {
+      decoder.decode();
+    } catch {
+      throw badEncoding(this.w.file, new Uint8Array([0xff]), this.line);
+    }
+  }
+}
+
+function* scanFile(file: string, fileIndex: number, opts: ScanOptions): Generator<RecordBatch | FileEnd> {
+  const batchRecords = opts.batchRecords ?? 512;
+  const batchBytes = opts.batchBytes ?? 1 << 20;
+  const w = new Window(file, opts.readBytes ?? 4 << 20, opts.hash ?? false);
+  try {
+    // The byte order mark, then the first character that is not whitespace: `[` makes a JSON array.
+    while (w.len < 3 && w.more(0));
+    const bom = w.len >= 3 && w.buf[0] === 0xef && w.buf[1] === 0xbb && w.buf[2] === 0xbf;
+    const first = bom ? 3 : 0;
+    let pos = first;
+    let line = 1;
+    let kind: "json" | "jsonl" = "jsonl";
+    for (;;) {
+      if (pos >= w.len && !w.more(0)) break;
+      if (pos >= w.len) continue;
+      const c = w.buf[pos] as number;
+      if (isAsciiSpace(c)) {
+        if (c === 0x0a) line++;
+        pos++;
+        continue;
+      }
+      if (c < 0x80) {
+        kind = c === 0x5b ? "json" : "jsonl";
+        break;
+      }
+      // A non-ASCII character: whitespace to JavaScript (U+3000, U+00A0, …) is stepped over like a space.
+      while (w.len - pos < 4 && w.more(0));
+      const ch = String.fromCodePoint(w.buf.toString("utf8", pos, Math.min(w.len, pos + 4)).codePointAt(0) as number);
+      if (!/\s/.test(ch)) break;
+      pos += Buffer.byteLength(ch);
+    }
+    let records: number;
+    if (kind === "jsonl") {
+      const b = new Batcher(w, fileIndex, kind, batchRecords, first, 1);
+      yield* scanLines(w, b, batchRecords, batchBytes);
+      records = b.records;
+    } else {
+      const b = new Batcher(w, fileIndex, kind, batchRecords, pos, line);
+      yield* new ArrayScanner(file, pos + 1, line).run(w, b, batchRecords, batchBytes);
+      records = b.records;
+    }
+    yield {
+      type: "end",
+      fileIndex,
+      info: { path: file, sha256: w.digest(), bytes: w.start + w.len, kind, records, bom },
+    };
+  } finally {
+    w.close();
+  }
+}
+
+/** JSON Lines: one record per line that is not blank; a trailing "\r" is the line end's. */
+function* scanLines(w: Window, b: Batcher, batchRecords: number, batchBytes: number): Generator<RecordBatch> {
+  let pos = b.start;
+  let line = 1;
+  for (;;) {
+    let nl = w.buf.indexOf(0x0a, pos);
+    if (nl < 0 || nl >= w.len) {
+      // An incomplete last line: the batch so far goes out, then the window moves on.
+      const out = b.take(pos, line);
+      if (out) yield out;
+      const got = b.more();
+      pos -= b.moved;
+      if (got) continue;
+      if (pos >= w.len) return;
+      nl = w.len;
+    }
+    const end = nl > pos && w.buf[nl - 1] === 0x0d ? nl - 1 : nl;
+    if (!blank(w.buf, pos, end)) b.add(pos, end, line);
+    line++;
+    pos = Math.min(nl + 1, w.len);
+    if (b.count >= batchRecords || pos - b.start >= batchBytes) {
+      const out = b.take(pos, line);
+      if (out) yield out;
+    }
+  }
+}
+
+/** A JSONL line that holds only whitespace (JavaScript's, as `trim` sees it) is skipped. */
+function blank(buf: Buffer, start: number, end: number): boolean {
+  for (let i = start; i < end; i++) {
+    const c = buf[i] as number;
+    if (c >= 0x80) return buf.toString("utf8", start, end).trim() === "";
+    if (!isAsciiSpace(c)) return false;
+  }
+  return true;
+}
+
+function badEncoding(file: string, bytes: Uint8Array, firstLine: number): LorakitError {
+  const text = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("utf8");
+  const at = text.indexOf("\uFFFD");
+  return new LorakitError("DATA_BAD_ENCODING", "the file is not valid UTF-8", {
+    where: { file, line: lineAt(text, Math.max(0, at), 0, firstLine) },
+    hint: "Save the file as UTF-8 (e.g. `iconv -f gbk -t utf-8 in.json > out.json`).",
+  });
+}
+
+/**
+ * The elements of a JSON array, found by bracket depth byte by byte (strings skipped, escapes honoured):
+ * `[a, b]` gives the spans of `a` and ` b` (an element ends at the comma or bracket that closes it).
+ */
+class ArrayScanner {
+  private depth = 0;
+  private start = -1;
+  private startLine = 0;
+  private inString = false;
+  private escape = false;
+
+  constructor(
+    private readonly file: string,
+    private pos: number,
+    private line: number,
+  ) {}
+
+  private fail(b: Batcher, line: number, why: string): LorakitError {
+    b.checkRest();
+    return new LorakitError("DATA_BAD_JSON", `malformed JSON array: ${why}`, {
+      where: { file: this.file, line },
+      hint: "The file must be one JSON array of objects (or JSON Lines: one object per line).",
+    });
+  }
+
+  *run(w: Window, b: Batcher, batchRecords: number, batchBytes: number): Generator<RecordBatch> {
+    for (;;) {
+      if (this.pos >= w.len) {
+        // Out of bytes: the complete elements go out; an element in progress stays in the window.
+        const out = this.start >= 0 ? b.take(this.start, this.startLine) : b.take(this.pos, this.line);
+        if (out) yield out;
+        const got = b.more();
+        this.pos -= b.moved;
+        if (this.start >= 0) this.start -= b.moved;
+        if (!got) break;
+        continue;
+      }
+      const c = w.buf[this.pos] as number;
+      if (c === 0x0a) this.line++;
+      if (this.inString) {
+        if (this.escape) this.escape = false;
+        else if (c === 0x5c) this.escape = true;
+        else if (c === 0x22) this.inString = false;
+        this.pos++;
+        continue;
+      }
+      if (c === 0x22) {
+        if (this.start < 0) [this.start, this.startLine] = [this.pos, this.line];
+        this.inString = true;
+        this.pos++;
+        continue;
+      }
+      if (isJsonSpace(c)) {
+        this.pos++;
+        continue;
+      }
+      if (this.depth === 0 && (c === 0x2c || c === 0x5d)) {
+        if (this.start >= 0) b.add(this.start, this.pos, this.startLine);
+        else if (c === 0x2c || b.records > 0)
+          throw this.fail(b, this.line, "an empty element (two commas, or a trailing comma)");
+        this.start = -1;
+        this.pos++;
+        if (c === 0x5d) {
+          const out = b.take(this.pos, this.line);
+          if (out) yield out;
+          this.tail(w, b);
+          return;
+        }
+        if (b.count >= batchRecords || this.pos - b.start >= batchBytes) {
+          const out = b.take(this.pos, this.line);
+          if (out) yield out;
+        }
+        continue;
+      }
+      if (this.start < 0) [this.start, this.startLine] = [this.pos, this.line];
+      if (c === 0x7b || c === 0x5b) this.depth++;
+      else if (c === 0x7d || c === 0x5d) this.depth--;
+      if (this.depth < 0) throw this.fail(b, this.line, `an unmatched '${String.fromCharCode(c)}'`);
+      this.pos++;
+    }
+    if (this.inString) throw this.fail(b, this.startLine, "a string is never closed");
+    throw this.fail(b, this.start >= 0 ? this.startLine : this.line, "the array is never closed with ]");
+  }
+
+  /** After the closing bracket only whitespace (JavaScript's, as `trim` sees it) may follow. */
+  private tail(w: Window, b: Batcher): void {
+    for (;;) {
+      while (this.pos < w.len) {
+        const c = w.buf[this.pos] as number;
+        if (c >= 0x80) {
+          // Non-ASCII: read the rest (checked to be UTF-8) and judge it as text.
+          const line = this.line;
+          b.more();
+          this.pos -= b.moved;
+          while (w.more(0));
+          b.take(w.len, line);
+          const rest = w.buf.toString("utf8", this.pos, w.len);
+          const first = rest.trim()[0];
+          if (first === undefined) return;
+          throw this.fail(b, lineAt(rest, rest.indexOf(first), 0, line), "text after the closing ]");
+        }
+        if (!isAsciiSpace(c)) throw this.fail(b, this.line, "text after the closing ]");
+        if (c === 0x0a) this.line++;
+        this.pos++;
+      }
+      b.take(this.pos, this.line);
+      const got = b.more();
+      this.pos -= b.moved;
+      if (!got) return;
+    }
+  }
+}
+
+/** Decodes and parses the records of a batch (`parseRecord` for each). */
+export function parseBatch(batch: RecordBatch, file: string): (RawRecord | BadRecord)[] {
+  const out: (RawRecord | BadRecord)[] = [];
+  const buf = Buffer.from(batch.bytes.buffer, batch.bytes.byteOffset, batch.bytes.byteLength);
+  const s = batch.spans;
+  for (let k = 0; k < batch.count; k++) {
+    const text = buf.toString("utf8", s[4 * k], s[4 * k + 1]);
+    out.push(parseRecord(text, batch.kind, file, s[4 * k + 2] as number, s[4 * k + 3] as number));
+  }
+  return out;
+}
+
+export const isBad = (r: RawRecord | BadRecord): r is BadRecord => "error" in r;
+
 export interface ReadOptions {
   skipBadLines?: boolean;
+  /** How the files are read (sizes of reads and batches; the records are the same whatever they are). */
+  scan?: ScanOptions;
+}
+
+/** The error for a file with no records. */
+export function emptyFile(file: string): LorakitError {
+  return new LorakitError("DATA_EMPTY_FILE", "the data file holds no records", {
+    where: { file },
+    hint: "Point data.train at a JSON array or a JSONL file with at least one sample.",
+  });
 }
 
 /** Read one or more sample files. Throws one LorakitError listing every malformed record unless skipBadLines. */
 export function readSamples(files: readonly string[], opts: ReadOptions = {}): ReadResult {
   const result: ReadResult = { records: [], skipped: [], files: [], bomFiles: 0 };
-  const errors: LorakitError[] = [];
-  for (const file of files) {
-    let bytes: Buffer;
-    try {
-      bytes = readFileSync(file);
-    } catch (e) {
-      throw new LorakitError("DATA_NOT_FOUND", `cannot read the data file: ${(e as Error).message}`, {
-        where: { file },
-        hint: "Check data.train / data.eval; relative paths resolve against the config file.",
-      });
+  const errors = new ProblemList();
+  let bad = 0;
+  for (const ev of scanRecords(files, { ...opts.scan, hash: true })) {
+    const file = files[ev.fileIndex] as string;
+    if (ev.type === "batch") {
+      for (const r of parseBatch(ev, file)) {
+        if (!isBad(r)) result.records.push(r);
+        else if (opts.skipBadLines) result.skipped.push({ ...r.origin, reason: r.reason });
+        else errors.push(r.error);
+        if (isBad(r)) bad++;
+      }
+      continue;
     }
-    let text = decode(bytes, file);
-    const bom = text.charCodeAt(0) === 0xfeff;
-    if (bom) {
-      text = text.slice(1);
-      result.bomFiles++;
-    }
-    const first = /\S/.exec(text);
-    const kind = first?.[0] === "[" ? "json" : "jsonl";
-    const parsed = kind === "json" ? parseJsonArray(text, file) : parseJsonLines(text, file);
-    if (kind === "jsonl" && parsed.bad.length > 0) wholeObject(text, file);
-    if (parsed.records.length === 0 && parsed.bad.length === 0) {
-      errors.push(
-        new LorakitError("DATA_EMPTY_FILE", "the data file holds no records", {
-          where: { file },
-          hint: "Point data.train at a JSON array or a JSONL file with at least one sample.",
-        }),
-      );
-    }
-    if (opts.skipBadLines) for (const b of parsed.bad) result.skipped.push({ ...b.origin, reason: b.reason });
-    else errors.push(...parsed.bad.map((b) => b.error));
-    result.records.push(...parsed.records);
-    result.files.push({
-      path: file,
-      sha256: createHash("sha256").update(bytes).digest("hex"),
-      bytes: bytes.length,
-      kind,
-      records: parsed.records.length,
-      bom,
-    });
+    if (ev.info.kind === "jsonl" && bad > 0) checkWholeObject(file, ev.info.bytes);
+    if (ev.info.records === 0) errors.push(emptyFile(file));
+    if (ev.info.bom) result.bomFiles++;
+    result.files.push({ ...ev.info, records: ev.info.records - bad });
+    bad = 0;
   }
-  if (errors.length > 0) throw errorFromList(errors);
+  const error = errors.error();
+  if (error) throw error;
   return result;
 }

@@ -1,7 +1,7 @@
 // The safetensors format, written and read by our own code: 8 bytes little-endian header length, a
 // JSON header ({name: {dtype, shape, data_offsets}}, optional `__metadata__` of strings) padded with
 // spaces so the data starts 8-byte aligned, then the tensors' bytes, contiguous, in header order.
-import { closeSync, openSync, readFileSync, writeSync } from "node:fs";
+import { closeSync, openSync, readFileSync, readSync, statSync, writeSync } from "node:fs";
 import os from "node:os";
 import { LorakitError } from "../errors.js";
 
@@ -31,10 +31,23 @@ export function flat(data: TensorData): Tensor {
   return { dtype: dtypeOf(data), shape: [data.length], data };
 }
 
-/** Write tensors (wider dtypes first, so every tensor starts aligned to its element size). */
+/** A tensor whose bytes were written to a file of their own (a spool), copied into place when written. */
+export interface SpooledTensor {
+  dtype: Dtype;
+  shape: number[];
+  /** The file holding the tensor's bytes, little-endian, nothing else. */
+  file: string;
+}
+
+const isSpooled = (t: Tensor | SpooledTensor): t is SpooledTensor => "file" in t;
+
+/**
+ * Write tensors (wider dtypes first, so every tensor starts aligned to its element size). A spooled
+ * tensor's bytes are copied from its file in pieces, so the result does not depend on where they were.
+ */
 export function writeSafetensors(
   file: string,
-  tensors: Record<string, Tensor>,
+  tensors: Record<string, Tensor | SpooledTensor>,
   metadata?: Record<string, string>,
 ): void {
   checkEndianness();
@@ -46,12 +59,23 @@ export function writeSafetensors(
   if (metadata && Object.keys(metadata).length > 0) header.__metadata__ = metadata;
   let offset = 0;
   for (const name of names) {
-    const t = tensors[name] as Tensor;
-    if (dtypeOf(t.data) !== t.dtype) throw new Error(`tensor ${name}: data is not ${t.dtype}`);
+    const t = tensors[name] as Tensor | SpooledTensor;
     const count = t.shape.reduce((a, b) => a * b, 1);
-    if (count !== t.data.length)
-      throw new Error(`tensor ${name}: shape ${JSON.stringify(t.shape)} holds ${count} values, data ${t.data.length}`);
-    const bytes = t.data.byteLength;
+    let bytes: number;
+    if (isSpooled(t)) {
+      bytes = statSync(t.file).size;
+      if (bytes !== count * SIZE[t.dtype])
+        throw new Error(
+          `tensor ${name}: shape ${JSON.stringify(t.shape)} needs ${count * SIZE[t.dtype]} bytes, ${t.file} has ${bytes}`,
+        );
+    } else {
+      if (dtypeOf(t.data) !== t.dtype) throw new Error(`tensor ${name}: data is not ${t.dtype}`);
+      if (count !== t.data.length)
+        throw new Error(
+          `tensor ${name}: shape ${JSON.stringify(t.shape)} holds ${count} values, data ${t.data.length}`,
+        );
+      bytes = t.data.byteLength;
+    }
     header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes] };
     offset += bytes;
   }
@@ -62,17 +86,35 @@ export function writeSafetensors(
   len.writeBigUInt64LE(BigInt(json.length));
   const fd = openSync(file, "w");
   try {
-    writeSync(fd, len);
-    writeSync(fd, json);
+    writeAll(fd, len);
+    writeAll(fd, json);
     for (const name of names) {
-      const d = (tensors[name] as Tensor).data;
-      // Large arrays in pieces: writeSync may write fewer bytes than asked.
-      let at = 0;
-      const view = Buffer.from(d.buffer, d.byteOffset, d.byteLength);
-      while (at < view.length) at += writeSync(fd, view, at, Math.min(view.length - at, 1 << 30));
+      const t = tensors[name] as Tensor | SpooledTensor;
+      if (isSpooled(t)) copyInto(fd, t.file);
+      else writeAll(fd, Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength));
     }
   } finally {
     closeSync(fd);
+  }
+}
+
+/** Large buffers in pieces: writeSync may write fewer bytes than asked. */
+export function writeAll(fd: number, view: Uint8Array): void {
+  let at = 0;
+  while (at < view.length) at += writeSync(fd, view, at, Math.min(view.length - at, 1 << 30));
+}
+
+function copyInto(fd: number, from: string): void {
+  const src = openSync(from, "r");
+  try {
+    const buf = Buffer.allocUnsafe(8 << 20);
+    for (;;) {
+      const n = readSync(src, buf, 0, buf.length, null);
+      if (n === 0) break;
+      writeAll(fd, buf.subarray(0, n));
+    }
+  } finally {
+    closeSync(src);
   }
 }
 

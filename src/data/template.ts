@@ -60,8 +60,8 @@ class Seq {
   roles: Role[] = [];
   msg: number[] = [];
   push(ids: readonly number[], role: Role, train: boolean, msg: number): void {
-    for (const id of ids) {
-      this.ids.push(id);
+    for (let k = 0; k < ids.length; k++) {
+      this.ids.push(ids[k] as number);
       this.train.push(train);
       this.roles.push(role);
       this.msg.push(msg);
@@ -147,6 +147,7 @@ export function chatglm3Template(tok: Tokenizer): ChatTemplate {
   sp["</s>"] = eos;
   const roleId = (r: Role) => sp[`<|${r === "tool" ? "observation" : r}|>`] as number;
   const text = (s: string) => tok.encode(s, { parseSpecial: false });
+  const newline = text("\n"); // what follows a role token without metadata: encoded once
 
   /** The messages as rendered (tools written into system content); `first` is the index of conv.messages[0]. */
   function messagesOf(conv: Conversation, msgs: Message[]): { msgs: Message[]; first: number } {
@@ -162,9 +163,12 @@ export function chatglm3Template(tok: Tokenizer): ChatTemplate {
     const mask: boolean[] = [false, false];
     seq.push([sp["[gMASK]"] as number, sp.sop as number], msgs[0]?.role ?? "user", false, -1);
     msgs.forEach((m, i) => {
-      const ids = [roleId(m.role), ...text(`${m.metadata ?? ""}\n`), ...text(m.content)];
-      seq.push(ids, m.role, false, i);
-      for (const _ of ids) mask.push(withLoss && trains(m));
+      const learn = withLoss && trains(m);
+      const before = seq.ids.length;
+      seq.push([roleId(m.role)], m.role, false, i);
+      seq.push(m.metadata ? text(`${m.metadata}\n`) : newline, m.role, false, i);
+      seq.push(text(m.content), m.role, false, i);
+      for (let k = before; k < seq.ids.length; k++) mask.push(learn);
     });
     return mask;
   }

@@ -2,7 +2,7 @@
 // doctor's checks (environment, config, memory, data, model) on exact counts. Shared by
 // `lorakit doctor` and the train road, so both see the same findings.
 import type { LoadedConfig } from "../config/load.js";
-import { loadConversations, viewSample } from "../data/prepare.js";
+import { type PrepareProgress, pickConversations, viewSample } from "../data/prepare.js";
 import { loadTokenizer, type Tokenizer } from "../data/tokenizer.js";
 import { dataFindings } from "../doctor/data.js";
 import { type PreflightResult, runPreflight, type StepResult } from "../doctor/index.js";
@@ -21,12 +21,13 @@ export interface Checked {
 /** A few training samples rendered with the run's template, and the same words without it. */
 function templateSamples(loaded: LoadedConfig, prepared: PreparedRun, tokenizer: Tokenizer, n = 4): TemplateSamples {
   const d = loaded.config.data;
-  const { conversations } = loadConversations(loaded.trainFiles, {
-    format: d.format,
-    ...(d.system !== undefined ? { system: d.system } : {}),
-    skipBadLines: d.skip_bad_lines,
-  });
-  const picked = conversations.slice(0, n);
+  // The first n only: the data file is read no further than them.
+  const found = pickConversations(
+    loaded.trainFiles,
+    Array.from({ length: n }, (_, i) => i),
+    { format: d.format, ...(d.system !== undefined ? { system: d.system } : {}) },
+  ).picked;
+  const picked = [...found.values()];
   return {
     formatted: picked.map((conv) => {
       const v = viewSample(conv, prepared.result.template, tokenizer, {
@@ -50,11 +51,13 @@ export async function prepareAndCheck(
     onStep?: (s: StepResult) => void;
     skipModel?: boolean;
     signal?: AbortSignal;
+    /** Progress of data preparation (default: a plain line through `log` every 10 s). */
+    onDataProgress?: (p: PrepareProgress) => void;
   },
 ): Promise<Checked> {
   const model = inspectModel(loaded.modelDir);
   const tokenizer = await loadTokenizer(loaded.modelDir);
-  const prepared = await prepareForRun(loaded, model, tokenizer, opts.log);
+  const prepared = await prepareForRun(loaded, model, tokenizer, opts.log, opts.onDataProgress);
   const preflight = await runPreflight({
     loaded,
     ...(opts.py ? { py: opts.py } : {}),
@@ -65,7 +68,8 @@ export async function prepareAndCheck(
       trainTokens: prepared.train.tokens,
       trainLengths: prepared.trainLengths ?? undefined,
       trainTrainedTokens: prepared.result.train.trainedTokens,
-      trainOrigins: prepared.result.manifest.origins,
+      // Read only when pack_tokens asks (the pack finding names a sample): a million origins are not free.
+      ...(loaded.config.train.pack_tokens !== undefined ? { trainOrigins: prepared.result.manifest.origins } : {}),
       source: "prepared",
       basis: `prepared data ${prepared.result.dir}`,
     },

@@ -2,9 +2,10 @@
 // pick the held-out prompts sampled before and after training.
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
+import { plainPrepareProgress } from "../cli/data-progress.js";
 import type { LoadedConfig } from "../config/load.js";
 import { preparedLengths } from "../data/pack.js";
-import { type PrepareResult, prepareDataset } from "../data/prepare.js";
+import { type PrepareProgress, type PrepareResult, prepareDataset } from "../data/prepare.js";
 import type { Tokenizer } from "../data/tokenizer.js";
 import type { ModelInfo } from "../models/inspect.js";
 
@@ -48,11 +49,13 @@ function promptText(tokenizer: Tokenizer, ids: readonly number[]): string {
   return tokenizer.decode(ids, { skipSpecial: true }).trim();
 }
 
+/** `onProgress`: how preparation shows its progress (default: a plain line through `log` every 10 s). */
 export async function prepareForRun(
   loaded: LoadedConfig,
   model: ModelInfo,
   tokenizer: Tokenizer,
   log: (line: string) => void,
+  onProgress: (p: PrepareProgress) => void = plainPrepareProgress(log),
 ): Promise<PreparedRun> {
   const d = loaded.config.data;
   const result = await prepareDataset(
@@ -70,6 +73,7 @@ export async function prepareForRun(
       skipBadLines: d.skip_bad_lines,
       split: d.eval_split,
       prompts: loaded.config.samples.count,
+      onProgress,
     },
     path.join(path.dirname(loaded.file), "prepared"),
   );

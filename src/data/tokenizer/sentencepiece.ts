@@ -2,14 +2,22 @@
 // characters (user-defined pieces whole), merge the adjacent pair whose merged piece has the highest score
 // (ties: leftmost) until none is in the vocabulary, then unknown characters become UTF-8 byte pieces
 // (byte fallback) or one merged <unk>. Decoding reassembles byte runs and turns ▁ back into spaces.
+//
+// Speed, with the same ids: symbols are integers and a candidate merge is one lookup in a table of the pairs
+// met so far; the normalized text is cut between two characters that no piece holds side by side (no merge
+// can cross such a cut), which leaves "▁word"s and one- or two-character CJK segments, encoded once and then
+// served from a cache.
 import { LorakitError } from "../../errors.js";
 import { type ModelProto, ModelType, PieceType, parseModelProto } from "./protobuf.js";
 import { SentencePieceNormalizer } from "./spm-normalizer.js";
 import { decodeBytesPerChar, utf8Encoder } from "./utf8.js";
 
 const SPACE_SYMBOL = "\u2581";
-const CACHE_LIMIT = 50_000; // entries; the cache is dropped when full
-const CACHE_MAX_SEGMENT = 64; // UTF-16 units; longer segments (unspaced Chinese) are rarely repeated
+const CACHE_LIMIT = 100_000; // entries; the cache is dropped when full
+const CACHE_MAX_SEGMENT = 64; // UTF-16 units; longer segments are rarely repeated
+const UNSEEN = -2;
+const ABSENT = -2;
+const PAIR_LIMIT = 1 << 20; // pairs remembered; the table starts over when full
 
 export class SentencePieceModel {
   readonly size: number;
@@ -33,9 +41,25 @@ export class SentencePieceModel {
   private readonly normalizer: SentencePieceNormalizer;
   /** User-defined pieces by first UTF-16 unit, longest first. */
   private readonly userDefined = new Map<string, string[]>();
-  /** Whether the normalized text may be cut before every "▁" that follows another character. */
+  /** (left symbol, right symbol) → the mergeable piece their concatenation is, or -1: filled as pairs are met. */
+  private readonly pairs = new PairTable();
+  /**
+   * Adjacent code points inside some mergeable piece. Between two characters that are not, no merge can
+   * ever cross (every merged symbol is a piece), so the text is cut there and each segment encoded alone.
+   */
+  private readonly bigrams = new PairTable();
+  /** Symbol of each BMP character (UNSEEN until first asked). */
+  private readonly charSym = new Int32Array(0x10000).fill(UNSEEN);
+  /** What PieceToId gives for each mergeable piece (a reserved piece of the same text wins). */
+  private readonly outId: Int32Array;
+  /** Segmenting and caching are exact unless UNUSED pieces exist (their resegmentation spans the text). */
   private readonly segmentable: boolean;
+  /** Ids of one-character segments that are one id (UNSEEN until first met). */
+  private readonly single = new Int32Array(0x10000).fill(UNSEEN);
   private readonly cache = new Map<string, number[]>();
+  private readonly triples: number[] = [];
+  private readonly work = new Work();
+  private readonly heap = new PairHeap();
 
   static fromBytes(buf: Uint8Array, file: string): SentencePieceModel {
     return new SentencePieceModel(parseModelProto(buf, file), file);
@@ -130,8 +154,43 @@ export class SentencePieceModel {
       list.push(u);
       this.userDefined.set(first, list);
     }
-    // A piece holding "x▁" (x not ▁) would let a merge cross a word start; without one, words are independent.
-    this.segmentable = ![...this.mergeable.keys()].some((p) => /[^\u2581]\u2581/.test(p));
+    this.outId = new Int32Array(n);
+    let unused = false;
+    for (let id = 0; id < n; id++) {
+      this.outId[id] = this.pieceToId(this.pieceOf[id] as string);
+      if (this.types[id] === PieceType.UNUSED) unused = true;
+    }
+    this.segmentable = !unused;
+    this.buildBigrams();
+  }
+
+  /** The bigrams of every mergeable piece (code points side by side). */
+  private buildBigrams(): void {
+    for (const piece of this.mergeable.keys()) {
+      let prev = piece.codePointAt(0) as number;
+      for (let at = prev > 0xffff ? 2 : 1; at < piece.length; ) {
+        const cp = piece.codePointAt(at) as number;
+        this.bigrams.set(prev, cp, 1);
+        prev = cp;
+        at += cp > 0xffff ? 2 : 1;
+      }
+    }
+  }
+
+  /** The text of a symbol: a piece, or (ids from size on) a character that is none. */
+  private symbolText(sym: number): string {
+    return sym < this.size ? (this.pieceOf[sym] as string) : String.fromCodePoint(sym - this.size);
+  }
+
+  /** The mergeable piece two adjacent symbols make, or -1; looked up once per pair, then from the table. */
+  private merge(a: number, b: number): number {
+    let m = this.pairs.get(a, b);
+    if (m === ABSENT) {
+      m = this.mergeable.get(this.symbolText(a) + this.symbolText(b)) ?? -1;
+      if (this.pairs.size >= PAIR_LIMIT) this.pairs.clear();
+      this.pairs.set(a, b, m);
+    }
+    return m;
   }
 
   /** SentencePiece's PieceToId: reserved pieces first, then the rest, else <unk>. */
@@ -181,128 +240,200 @@ export class SentencePieceModel {
 
   encode(text: string): number[] {
     const normalized = this.normalizer.normalize(text);
-    if (normalized.length === 0) return [];
-    const pieces: number[] = []; // [id, start, end] triples into `normalized`
-    if (this.segmentable) {
-      let start = 0;
-      for (let i = 1; i <= normalized.length; i++) {
-        if (i < normalized.length && !(normalized[i] === SPACE_SYMBOL && normalized[i - 1] !== SPACE_SYMBOL)) continue;
-        this.encodeSegment(normalized, start, i, pieces);
-        start = i;
-      }
-    } else {
-      this.encodeSegment(normalized, 0, normalized.length, pieces);
+    const out: number[] = [];
+    if (normalized.length === 0) return out;
+    if (!this.segmentable) {
+      const triples: number[] = [];
+      this.bpe(normalized, 0, normalized.length, triples);
+      this.finish(normalized, triples, out);
+      return out;
     }
-    return this.finish(normalized, pieces);
+    // Cut the text where no piece can cross (see PairTable `bigrams`) and encode each segment on its own,
+    // through the caches: most segments are one or two characters of CJK or a whole "▁word".
+    const s = normalized;
+    const n = s.length;
+    let segStart = 0;
+    let prev = s.charCodeAt(0);
+    let i = 1;
+    if (prev >= 0xd800 && prev < 0xdc00 && n > 1) {
+      prev = s.codePointAt(0) as number;
+      i = 2;
+    }
+    while (i < n) {
+      let cp = s.charCodeAt(i);
+      const step = cp >= 0xd800 && cp < 0xdc00 && i + 1 < n ? 2 : 1;
+      if (step === 2) cp = s.codePointAt(i) as number;
+      if (!this.bigrams.has(prev, cp)) {
+        this.segment(s, segStart, i, out);
+        segStart = i;
+      }
+      prev = cp;
+      i += step;
+    }
+    this.segment(s, segStart, n, out);
+    return out;
   }
 
-  /** Appends [id, start, end] triples for the BPE segmentation of normalized[from, to). */
-  private encodeSegment(text: string, from: number, to: number, out: number[]): void {
-    const key = text.slice(from, to);
-    let rel = this.cache.get(key);
-    if (!rel) {
-      rel = this.bpe(key);
-      if (key.length <= CACHE_MAX_SEGMENT) {
-        if (this.cache.size >= CACHE_LIMIT) this.cache.clear();
-        this.cache.set(key, rel);
+  /** Appends the ids of normalized[from, to), a segment no piece crosses, from the caches when there. */
+  private segment(s: string, from: number, to: number, out: number[]): void {
+    if (to - from === 1) {
+      const one = this.single[s.charCodeAt(from)] as number;
+      if (one >= 0) {
+        this.push(out, one);
+        return;
       }
     }
-    for (let i = 0; i < rel.length; i += 3)
-      out.push(rel[i] as number, from + (rel[i + 1] as number), from + (rel[i + 2] as number));
+    const key = to - from <= CACHE_MAX_SEGMENT ? s.slice(from, to) : undefined;
+    let ids = key === undefined ? undefined : this.cache.get(key);
+    if (ids === undefined) {
+      const triples = this.triples;
+      triples.length = 0;
+      this.bpe(s, from, to, triples);
+      ids = [];
+      this.finish(s, triples, ids);
+      if (key !== undefined) {
+        if (key.length === 1 && ids.length === 1) this.single[key.charCodeAt(0)] = ids[0] as number;
+        else {
+          if (this.cache.size >= CACHE_LIMIT) this.cache.clear();
+          this.cache.set(key, ids);
+        }
+      }
+    }
+    for (let k = 0; k < ids.length; k++) this.push(out, ids[k] as number);
   }
 
-  /** The model's Encode on one segment: [id, start, end] triples (id may be <unk>). */
-  private bpe(text: string): number[] {
-    // Symbols: one character each, user-defined pieces whole (and frozen).
-    const start: number[] = [];
-    const end: number[] = [];
-    const frozen: boolean[] = [];
-    for (let i = 0; i < text.length; ) {
+  /** Appends an id; without byte fallback a run of unknown pieces is one <unk> (across segments too). */
+  private push(out: number[], id: number): void {
+    if (!this.byteFallback && this.types[id] === PieceType.UNKNOWN && out.length > 0) {
+      if (this.types[out[out.length - 1] as number] === PieceType.UNKNOWN) return;
+    }
+    out.push(id);
+  }
+
+  /** The symbol a single code point starts as: its piece, or size + the code point when it is none. */
+  private charSymbol(cp: number): number {
+    if (cp < 0x10000) {
+      const known = this.charSym[cp] as number;
+      if (known !== UNSEEN) return known;
+    }
+    const ch = String.fromCodePoint(cp);
+    const sym = this.mergeable.get(ch) ?? this.size + cp;
+    if (cp < 0x10000) this.charSym[cp] = sym;
+    return sym;
+  }
+
+  /**
+   * The model's Encode on normalized[from, to): appends [id, start, end] triples (id may be <unk>). Symbols
+   * are integers (a piece id, or a stand-in for a character only pieces hold), so a candidate pair is one
+   * table lookup; the agenda is a binary heap over typed arrays: highest score first, then leftmost.
+   */
+  private bpe(text: string, from: number, to: number, out: number[]): void {
+    let n = 0;
+    const w = this.work.ensure(to - from + 1);
+    const { start, end, sym, prev, next } = w;
+    for (let i = from; i < to; ) {
       let len = 0;
-      const candidates = this.userDefined.get(text[i] as string);
+      const candidates = this.userDefined.size > 0 ? this.userDefined.get(text[i] as string) : undefined;
       if (candidates) {
         for (const u of candidates) {
-          if (text.startsWith(u, i)) {
+          if (u.length <= to - i && text.startsWith(u, i)) {
             len = u.length;
             break;
           }
         }
       }
-      const freeze = len > 0;
-      if (!freeze) {
+      let id = -1;
+      if (len === 0) {
         // One code point: a surrogate pair whole (normalized text never holds a lone surrogate).
-        len = (text.codePointAt(i) as number) > 0xffff ? 2 : 1;
+        const cp = text.codePointAt(i) as number;
+        len = cp > 0xffff ? 2 : 1;
+        id = this.charSymbol(cp);
       }
-      start.push(i);
-      end.push(i + len);
-      frozen.push(freeze);
+      start[n] = i;
+      end[n] = i + len;
+      sym[n] = id; // -1: frozen (user-defined), never merged
+      prev[n] = n - 1;
+      next[n] = n + 1;
+      n++;
       i += len;
     }
-    const n = start.length;
-    const prev = new Int32Array(n);
-    const next = new Int32Array(n);
-    for (let i = 0; i < n; i++) {
-      prev[i] = i - 1;
-      next[i] = i + 1 < n ? i + 1 : -1;
-    }
-    const heap = new PairHeap();
-    let revMerge: Map<string, [string, string]> | undefined;
+    if (n === 0) return;
+    next[n - 1] = -1;
+    const heap = this.heap;
+    heap.size = 0;
+    let revMerge: Map<number, number> | undefined;
     const maybeAdd = (left: number, right: number) => {
-      if (left === -1 || right === -1 || frozen[left] || frozen[right]) return;
-      const merged = text.slice(start[left], end[right]);
-      const id = this.mergeable.get(merged);
-      if (id === undefined) return;
-      heap.push(left, right, this.scores[id] as number, merged.length);
-      if (this.types[id] === PieceType.UNUSED) {
+      if (left === -1 || right === -1) return;
+      const a = sym[left] as number;
+      const b = sym[right] as number;
+      if (a < 0 || b < 0) return;
+      const merged = this.merge(a, b);
+      if (merged < 0) return;
+      heap.push(left, right, this.scores[merged] as number, (end[right] as number) - (start[left] as number), merged);
+      if (this.types[merged] === PieceType.UNUSED) {
         revMerge ??= new Map();
-        revMerge.set(merged, [text.slice(start[left], end[left]), text.slice(start[right], end[right])]);
+        revMerge.set(merged, (end[left] as number) - (start[left] as number));
       }
     };
     for (let i = 1; i < n; i++) maybeAdd(i - 1, i);
     while (heap.size > 0) {
-      const [left, right, size] = heap.pop();
+      const left = heap.topLeft();
+      const right = heap.topRight();
+      const size = heap.topLen();
+      const merged = heap.topId();
+      heap.pop();
       const ll = (end[left] as number) - (start[left] as number);
       const rl = (end[right] as number) - (start[right] as number);
       if (ll === 0 || rl === 0 || ll + rl !== size) continue;
       end[left] = end[right] as number;
       end[right] = start[right] as number; // now empty
-      next[left] = next[right] as number;
-      if ((next[right] as number) >= 0) prev[next[right] as number] = left;
+      sym[left] = merged;
+      const after = next[right] as number;
+      next[left] = after;
+      if (after >= 0) prev[after] = left;
       maybeAdd(prev[left] as number, left);
-      maybeAdd(left, next[left] as number);
+      maybeAdd(left, after);
     }
-    const out: number[] = [];
-    const emit = (s: number, e: number) => {
-      const piece = text.slice(s, e);
-      const id = this.pieceToId(piece);
-      const split = this.types[id] === PieceType.UNUSED ? revMerge?.get(piece) : undefined;
-      if (!split) {
-        out.push(id, s, e);
-        return;
+    for (let i = 0; i !== -1; i = next[i] as number) {
+      const s = start[i] as number;
+      const e = end[i] as number;
+      const m = sym[i] as number;
+      if (m >= 0 && m < this.size) {
+        // A piece of the vocabulary: a character that is one, or what merges made.
+        const id = this.outId[m] as number;
+        if (this.types[id] === PieceType.UNUSED && revMerge) this.resegment(text, s, e, revMerge, out);
+        else out.push(id, s, e);
+      } else {
+        out.push(this.pieceToId(text.slice(s, e)), s, e);
       }
-      emit(s, s + split[0].length);
-      emit(s + split[0].length, e);
-    };
-    for (let i = n > 0 ? 0 : -1; i !== -1; i = next[i] as number) emit(start[i] as number, end[i] as number);
-    return out;
+    }
+  }
+
+  /** An unused piece is split back into the pair it was last merged from (SentencePiece's resegmentation). */
+  private resegment(text: string, s: number, e: number, revMerge: Map<number, number>, out: number[]): void {
+    const piece = text.slice(s, e);
+    const id = this.pieceToId(piece);
+    const m = this.mergeable.get(piece);
+    const leftLen = this.types[id] === PieceType.UNUSED && m !== undefined ? revMerge.get(m) : undefined;
+    if (leftLen === undefined) {
+      out.push(id, s, e);
+      return;
+    }
+    this.resegment(text, s, s + leftLen, revMerge, out);
+    this.resegment(text, s + leftLen, e, revMerge, out);
   }
 
   /** Byte fallback for unknown pieces, or one <unk> per run of them (PopulateSentencePieceText). */
-  private finish(text: string, triples: number[]): number[] {
-    const ids: number[] = [];
-    let prevUnk = false;
+  private finish(text: string, triples: readonly number[], ids: number[]): void {
     for (let i = 0; i < triples.length; i += 3) {
       const id = triples[i] as number;
-      const unk = this.types[id] === PieceType.UNKNOWN;
-      if (unk && this.byteFallback) {
+      if (this.types[id] === PieceType.UNKNOWN && this.byteFallback) {
         for (const byte of utf8Encoder.encode(text.slice(triples[i + 1], triples[i + 2])))
           ids.push(this.byteIds[byte] as number);
-      } else if (!(unk && prevUnk)) {
-        ids.push(id);
+      } else {
+        this.push(ids, id);
       }
-      prevUnk = unk;
     }
-    return ids;
   }
 
   /** SentencePiece's Decode: control pieces vanish, byte runs become UTF-8 (U+FFFD per bad byte). */
@@ -348,63 +479,174 @@ export class SentencePieceModel {
   }
 }
 
-/** A binary max-heap of candidate merges: higher score first, then smaller left index. */
-class PairHeap {
-  private left: number[] = [];
-  private right: number[] = [];
-  private score: number[] = [];
-  private len: number[] = [];
-  size = 0;
+/** An open-addressing hash table from a pair of non-negative integers to an integer. */
+class PairTable {
+  private a = new Int32Array(1024).fill(-1);
+  private b = new Int32Array(1024);
+  private v = new Int32Array(1024);
+  private count = 0;
 
-  private before(i: number, j: number): boolean {
-    const si = this.score[i] as number;
-    const sj = this.score[j] as number;
-    return si > sj || (si === sj && (this.left[i] as number) < (this.left[j] as number));
-  }
-
-  private swap(i: number, j: number): void {
-    for (const a of [this.left, this.right, this.score, this.len]) {
-      const t = a[i] as number;
-      a[i] = a[j] as number;
-      a[j] = t;
+  private slot(a: number, b: number): number {
+    const mask = this.a.length - 1;
+    let h = (Math.imul(a, 0x9e3779b1) ^ Math.imul(b + 0x7f4a7c15, 0x85ebca77)) >>> 0;
+    h = (h ^ (h >>> 15)) & mask;
+    for (;;) {
+      const k = this.a[h] as number;
+      if (k === -1 || (k === a && this.b[h] === b)) return h;
+      h = (h + 1) & mask;
     }
   }
 
-  push(left: number, right: number, score: number, len: number): void {
-    let i = this.size++;
+  /** The value, or ABSENT. */
+  get(a: number, b: number): number {
+    const h = this.slot(a, b);
+    return this.a[h] === -1 ? ABSENT : (this.v[h] as number);
+  }
+
+  get size(): number {
+    return this.count;
+  }
+
+  clear(): void {
+    this.a.fill(-1);
+    this.count = 0;
+  }
+
+  has(a: number, b: number): boolean {
+    return this.a[this.slot(a, b)] !== -1;
+  }
+
+  set(a: number, b: number, value: number): void {
+    if ((this.count + 1) * 2 > this.a.length) this.grow();
+    const h = this.slot(a, b);
+    if (this.a[h] === -1) this.count++;
+    this.a[h] = a;
+    this.b[h] = b;
+    this.v[h] = value;
+  }
+
+  private grow(): void {
+    const [a, b, v] = [this.a, this.b, this.v];
+    this.a = new Int32Array(a.length * 2).fill(-1);
+    this.b = new Int32Array(a.length * 2);
+    this.v = new Int32Array(a.length * 2);
+    this.count = 0;
+    for (let i = 0; i < a.length; i++) if (a[i] !== -1) this.set(a[i] as number, b[i] as number, v[i] as number);
+  }
+}
+
+/** Symbol arrays reused from one segment to the next. */
+class Work {
+  start = new Int32Array(256);
+  end = new Int32Array(256);
+  sym = new Int32Array(256);
+  prev = new Int32Array(256);
+  next = new Int32Array(256);
+
+  ensure(n: number): this {
+    if (n > this.start.length) {
+      const size = Math.max(n, this.start.length * 2);
+      this.start = new Int32Array(size);
+      this.end = new Int32Array(size);
+      this.sym = new Int32Array(size);
+      this.prev = new Int32Array(size);
+      this.next = new Int32Array(size);
+    }
+    return this;
+  }
+}
+
+/** A binary max-heap of candidate merges over typed arrays: higher score first, then smaller left index. */
+class PairHeap {
+  private left = new Int32Array(256);
+  private right = new Int32Array(256);
+  private score = new Float64Array(256);
+  private len = new Int32Array(256);
+  private id = new Int32Array(256);
+  size = 0;
+
+  topLeft(): number {
+    return this.left[0] as number;
+  }
+  topRight(): number {
+    return this.right[0] as number;
+  }
+  topLen(): number {
+    return this.len[0] as number;
+  }
+  topId(): number {
+    return this.id[0] as number;
+  }
+
+  private before(si: number, li: number, j: number): boolean {
+    const sj = this.score[j] as number;
+    return si > sj || (si === sj && li < (this.left[j] as number));
+  }
+
+  private grow(): void {
+    const n = this.left.length * 2;
+    const copy = <T extends Int32Array | Float64Array>(a: T, b: T): T => {
+      b.set(a);
+      return b;
+    };
+    this.left = copy(this.left, new Int32Array(n));
+    this.right = copy(this.right, new Int32Array(n));
+    this.score = copy(this.score, new Float64Array(n));
+    this.len = copy(this.len, new Int32Array(n));
+    this.id = copy(this.id, new Int32Array(n));
+  }
+
+  private put(i: number, left: number, right: number, score: number, len: number, id: number): void {
     this.left[i] = left;
     this.right[i] = right;
     this.score[i] = score;
     this.len[i] = len;
-    while (i > 0) {
-      const parent = (i - 1) >> 1;
-      if (!this.before(i, parent)) break;
-      this.swap(i, parent);
-      i = parent;
-    }
+    this.id[i] = id;
   }
 
-  /** Removes the top: [left, right, merged length]. */
-  pop(): [number, number, number] {
-    const top: [number, number, number] = [this.left[0] as number, this.right[0] as number, this.len[0] as number];
-    const last = --this.size;
-    if (last > 0) {
-      this.left[0] = this.left[last] as number;
-      this.right[0] = this.right[last] as number;
-      this.score[0] = this.score[last] as number;
-      this.len[0] = this.len[last] as number;
-      let i = 0;
-      for (;;) {
-        const l = 2 * i + 1;
-        const r = l + 1;
-        let best = i;
-        if (l < last && this.before(l, best)) best = l;
-        if (r < last && this.before(r, best)) best = r;
-        if (best === i) break;
-        this.swap(i, best);
-        i = best;
-      }
+  private move(to: number, from: number): void {
+    this.put(
+      to,
+      this.left[from] as number,
+      this.right[from] as number,
+      this.score[from] as number,
+      this.len[from] as number,
+      this.id[from] as number,
+    );
+  }
+
+  push(left: number, right: number, score: number, len: number, id: number): void {
+    if (this.size === this.left.length) this.grow();
+    let i = this.size++;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (!this.before(score, left, parent)) break;
+      this.move(i, parent);
+      i = parent;
     }
-    return top;
+    this.put(i, left, right, score, len, id);
+  }
+
+  /** Removes the top. */
+  pop(): void {
+    const last = --this.size;
+    if (last === 0) return;
+    const left = this.left[last] as number;
+    const right = this.right[last] as number;
+    const score = this.score[last] as number;
+    const len = this.len[last] as number;
+    const id = this.id[last] as number;
+    let i = 0;
+    for (;;) {
+      const l = 2 * i + 1;
+      if (l >= last) break;
+      const r = l + 1;
+      const best = r < last && this.before(this.score[r] as number, this.left[r] as number, l) ? r : l;
+      const sb = this.score[best] as number;
+      if (!(sb > score || (sb === score && (this.left[best] as number) < left))) break;
+      this.move(i, best);
+      i = best;
+    }
+    this.put(i, left, right, score, len, id);
   }
 }

@@ -154,6 +154,7 @@ export class SentencePieceNormalizer {
 
   normalize(text: string): string {
     if (text.length === 0) return "";
+    if (!this.charsmap && this.matcher.empty) return this.identity(text);
     const spec = this.spec;
     const b = utf8Encoder.encode(text);
     const end = b.length;
@@ -194,4 +195,33 @@ export class SentencePieceNormalizer {
     }
     return lenientUtf8.decode(out.buf.subarray(0, out.length));
   }
+
+  /**
+   * The same steps on the string itself when nothing maps characters (`identity`, no user-defined pieces,
+   * ChatGLM3's case): a lone surrogate is U+FFFD (what the UTF-8 round trip makes of it), runs of " " are
+   * one, the ends are trimmed (the end of the result, dummy prefix and a typed "▁" included, as above).
+   */
+  private identity(text: string): string {
+    const spec = this.spec;
+    let t = SURROGATE.test(text) ? text.replace(LONE_SURROGATE, "\uFFFD") : text;
+    if (spec.removeExtraWhitespaces) {
+      t = t.replace(SPACES, " ");
+      const a = t.charCodeAt(0) === 0x20 ? 1 : 0;
+      if (a === t.length) return "";
+      t = t.slice(a);
+    }
+    const ws = spec.escapeWhitespaces ? "\u2581" : " ";
+    if (spec.escapeWhitespaces) t = t.replaceAll(" ", ws);
+    if (spec.addDummyPrefix) t = ws + t;
+    if (spec.removeExtraWhitespaces) {
+      let end = t.length;
+      while (end > 0 && t.charCodeAt(end - 1) === ws.charCodeAt(0)) end--;
+      t = t.slice(0, end);
+    }
+    return t;
+  }
 }
+
+const SURROGATE = /[\uD800-\uDFFF]/;
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+const SPACES = / {2,}/g;
