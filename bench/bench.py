@@ -666,9 +666,9 @@ def windows_of(data, per_window, micro_per_window, steps, start=0):
 
 
 def packed_windows(data, budget, steps, start=0):
-    from lorakit_engine.kernels import plan_packs
+    from lorakit_engine.data import pack_rows
 
-    packs = plan_packs([len(s["input_ids"]) for s in data[start:]], budget)[:steps]
+    packs = pack_rows([len(s["input_ids"]) for s in data[start:]], budget)[:steps]
     return [[[data[start + i] for i in p]] for p in packs]
 
 

@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "engine"), str(ROOT / "engine" / "tests")]
 
 from fixtures.build_all import main as build_fixtures  # noqa: E402
-from lorakit_engine import train as train_mod  # noqa: E402
-from lorakit_engine.protocol import read_plan  # noqa: E402
+from lorakit_engine.plan import read_plan  # noqa: E402
+from lorakit_engine.run import run  # noqa: E402
 from prepared import CHATGLM3, make_plan, memorize_set, of_type, write_plan  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def main() -> int:
             },
         )
         events: list[dict] = []
-        train_mod.run(read_plan(write_plan(root, plan)), events.append)
+        run(read_plan(write_plan(root, plan)), events.append)
         fast = any("fast path" in e.get("message", "") for e in events if e["type"] == "log")
         errors = [e["code"] for e in events if e["type"] == "finding" and e["severity"] == "error"]
         rows[name] = ([e["loss"] for e in of_type(events, "step")], fast, errors)

@@ -5,7 +5,8 @@ samples compares with its loss on the same text without the template.
     python -m lorakit_engine.inspect_model --model DIR --targets a,b --r 8 [--samples samples.json] → JSON
 
 The JSON holds `facts` and `findings` (each shaped like the protocol's `finding` event). The checks are plain
-functions, so the training loop can run `check_peft_model` on the very model it trains.
+functions, so a training run can run `check_peft_model` on the very model it trains; LoRA is attached as
+training attaches it (lora.py).
 `samples.json` is `{"formatted": [{"input_ids": [...], "labels": [...]}], "plain": [{"input_ids": [...]}]}`,
 labels aligned with input_ids and -100 where no loss (shifted here).
 """
@@ -15,15 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
+from .lora import attach, linear_module_names, match_targets
 from .protocol import finding_event
 
 IGNORE = -100
-_LAYER = re.compile(r"\.(\d+)\.")
 _SHOWN = 50  # names listed in evidence before the rest are only counted
 TEMPLATE_RATIO = 1.5  # formatted loss this many times the plain loss …
 TEMPLATE_MARGIN = 0.5  # … and this many nats above it → the template looks wrong for this model
@@ -50,44 +50,7 @@ def _dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _layer_of(name: str) -> int | None:
-    m = _LAYER.search(f".{name}.")
-    return int(m.group(1)) if m else None
-
-
-def _matches(name: str, target: str) -> bool:
-    """peft's rule for a list of target names: the whole module name, or its dotted suffix."""
-    return name == target or name.endswith("." + target)
-
-
 # ---------------------------------------------------------------- targets
-
-
-def match_targets(model, targets: list[str], layers: int) -> dict[str, Any]:
-    """For each target: the modules it matches and the decoder layers they sit in, against one per layer."""
-    from torch import nn
-
-    names = [n for n, _ in model.named_modules() if n]
-    per: dict[str, Any] = {}
-    for t in targets:
-        hits = [n for n in names if _matches(n, t)]
-        in_layers = sorted({i for i in (_layer_of(n) for n in hits) if i is not None})
-        linear = [n for n in hits if isinstance(model.get_submodule(n), nn.Linear)]
-        per[t] = {
-            "modules": len(hits),
-            "linear": len(linear),
-            "layers": len(in_layers),
-            "outside_layers": sum(1 for n in hits if _layer_of(n) is None),
-            "examples": hits[:3],
-        }
-    total = sum(v["modules"] for v in per.values())
-    return {
-        "requested": list(targets),
-        "per_target": per,
-        "layers": layers,
-        "matched_total": total,
-        "expected_total": layers * len(targets),
-    }
 
 
 def target_findings(
@@ -203,9 +166,7 @@ def trainable_findings(facts: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def check_peft_model(model, targets: list[str], layers: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Facts and findings about a model with LoRA attached (for the training loop after attach_lora)."""
-    from .models import linear_module_names
-
+    """Facts and findings about a model with LoRA attached (the training run's, after attaching)."""
     match = match_targets(model, targets, layers)
     facts = trainable_facts(model)
     found = target_findings(match, linear_module_names(model), [], model.config.model_type)
@@ -279,22 +240,6 @@ def template_findings(loss: dict[str, Any]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- the whole inspection
 
 
-def attach(base, targets: list[str], r: int, alpha: float, dropout: float, fp32_adapters: bool = True):
-    """LoRA as the engine attaches it: peft, then trainable tensors in float32 (unless told otherwise)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM"
-    )
-    model = get_peft_model(base, config, autocast_adapter_dtype=fp32_adapters)
-    if fp32_adapters:
-        for p in model.parameters():
-            if p.requires_grad and p.dtype != torch.float32:
-                p.data = p.data.float()
-    return model
-
-
 def inspect(
     model_dir: str,
     targets: list[str],
@@ -308,7 +253,7 @@ def inspect(
 ) -> dict[str, Any]:
     import torch
 
-    from .models import get_family, layer_count, linear_module_names, load_model, read_config
+    from .models import get_family, layer_count, load_model, read_config
 
     facts: dict[str, Any] = {"model": str(model_dir), "dtype": dtype, "device": device}
     try:

@@ -38,7 +38,8 @@ sys.path.insert(0, str(HERE.parent))
 
 from prepared import make_plan, write_plan  # noqa: E402
 
-from lorakit_engine.data import Batches, Prepared, deal  # noqa: E402
+from lorakit_engine.batches import Batches, deal  # noqa: E402
+from lorakit_engine.data import Prepared, pack_rows  # noqa: E402
 
 SHAPE = {"hidden": 2048, "layers": 22, "ffn": 5632, "heads": 32, "kv_heads": 4, "vocab": 32000}
 SMOKE_SHAPE = {"hidden": 64, "layers": 2, "ffn": 128, "heads": 4, "kv_heads": 2, "vocab": 512}
@@ -187,16 +188,16 @@ def measure(name: str, plan_path: Path, devices: int, args, n_params: int, out: 
         return {"name": name, "failed": errors[0]["message"] if errors else f"{len(steps)} steps"}
     data = Prepared(plan_path.parent / plan["data"]["train"]["dir"])
     lengths = (data.offsets[1:] - data.offsets[:-1]).tolist()
-    batches = Batches(data, args.batch, plan["train"]["seed"], 0, pack_tokens=args.pack_tokens)
-    order = batches.order(0)
+    rows = pack_rows(lengths, args.pack_tokens) if args.pack_tokens else None
+    starts = [row[0] for row in rows] + [len(lengths)] if rows else None
+    order = Batches(data, args.batch, plan["train"]["seed"], 0, row_starts=starts).order(0)
     g = args.batch * devices
 
     def micro(i):
         if (
             args.pack_tokens
         ):  # one packed row per rank, each computed without padding: one "sample" of its size
-            rows = [batches.rows[r] for r in order[i * devices : (i + 1) * devices]]
-            return [sum(lengths[j] for j in row) for row in rows]
+            return [sum(lengths[j] for j in rows[r]) for r in order[i * devices : (i + 1) * devices]]
         return [lengths[j] for j in order[i * g : (i + 1) * g]]
 
     # Padded sizes (samples × longest) per rank and step: the ranks meet once a step, so the step waits for

@@ -4,6 +4,7 @@ write_prepared(dir, [(input_ids, labels), ...]) → the plan's PreparedRef
 memorize_set(n) → seeded samples whose responses a tiny model learns in a few steps
 make_plan(root, model_dir, **overrides) → a plan dict; write_plan(root, plan) → plan.json
 run_engine(plan_path, ...) → (events, returncode, stderr) of `python -m lorakit_engine`
+fault_env(step) → the environment under which an engine process fails at the start of that optimizer step
 """
 
 from __future__ import annotations
@@ -135,11 +136,23 @@ def write_plan(root: Path, plan: dict) -> Path:
     return path
 
 
-def engine_env() -> dict:
+def engine_env(**extra: str) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ENGINE) + os.pathsep + env.get("PYTHONPATH", "")
     env["LORAKIT_CHECK_EVENTS"] = "1"
     env.setdefault("OMP_NUM_THREADS", "2")
+    if "PYTHONPATH" in extra:
+        env["PYTHONPATH"] = extra.pop("PYTHONPATH") + os.pathsep + env["PYTHONPATH"]
+    env.update(extra)
+    return env
+
+
+def fault_env(step: int, rank: int | None = None) -> dict[str, str]:
+    """engine_env additions under which the engine fails at the start of optimizer step `step` (on `rank`;
+    default the last): fixtures/fault/sitecustomize.py, a real exception inside the loop."""
+    env = {"PYTHONPATH": str(ENGINE / "tests" / "fixtures" / "fault"), "LORAKIT_TEST_FAIL_AT_STEP": str(step)}
+    if rank is not None:
+        env["LORAKIT_TEST_FAIL_RANK"] = str(rank)
     return env
 
 
@@ -151,10 +164,12 @@ def parse_events(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.strip()]
 
 
-def run_engine(plan_path: Path, command: str = "train", timeout: float = 120) -> tuple[list[dict], int, str]:
+def run_engine(
+    plan_path: Path, command: str = "train", timeout: float = 120, env: dict[str, str] | None = None
+) -> tuple[list[dict], int, str]:
     p = subprocess.run(
         engine_cmd(command, plan_path),
-        env=engine_env(),
+        env=engine_env(**(env or {})),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

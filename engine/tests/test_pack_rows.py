@@ -6,6 +6,7 @@ everything gives a plain batch of everything's losses; a run stopped mid-epoch r
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,17 @@ from prepared import CHATGLM3, REPO, make_plan, memorize_set, of_type, run_engin
 from test_resume import metrics, run_until
 
 from lorakit_engine import checkpoint as ckpt
-from lorakit_engine import train as train_mod
-from lorakit_engine.data import Batches, Prepared, pack_rows
-from lorakit_engine.protocol import EngineError, read_plan
+from lorakit_engine.batches import Batches
+from lorakit_engine.data import Prepared, pack_rows
+from lorakit_engine.plan import read_plan
+from lorakit_engine.protocol import EngineError
+from lorakit_engine.run import check_inputs, run
 
 GOLDEN = json.loads((REPO / "tests" / "fixtures" / "pack-rows-golden.json").read_text())
+
+
+def row_starts(rows: list[list[int]], n_samples: int) -> list[int]:
+    return [row[0] for row in rows] + [n_samples]
 
 
 def samples_of_lengths(lengths: list[int]) -> list[tuple[list[int], list[int]]]:
@@ -39,10 +46,11 @@ def test_pack_rows_match_the_golden_vector(case, tmp_path):
         return
     assert pack_rows(case["lengths"], case["pack_tokens"]) == case["rows"]
     data = Prepared(write_prepared(tmp_path, samples_of_lengths(case["lengths"]))["dir"])
-    batches = Batches(data, 4, 42, 0, pack_tokens=case["pack_tokens"])
-    assert batches.rows == case["rows"] and batches.per_epoch == len(case["rows"])
+    starts = row_starts(case["rows"], len(case["lengths"]))
+    batches = Batches(data, 4, 42, 0, row_starts=starts)
+    assert batches.per_epoch == len(case["rows"])
     for pinned in case.get("orders", []):
-        again = Batches(data, 4, pinned["seed"], 0, pack_tokens=case["pack_tokens"])
+        again = Batches(data, 4, pinned["seed"], 0, row_starts=starts)
         assert again.order(pinned["epoch"]) == pinned["order"]
 
 
@@ -50,11 +58,12 @@ def test_packed_micro_batches_are_the_shuffled_rows(tmp_path):
     case = next(c for c in GOLDEN["cases"] if "orders" in c)
     rows, lengths = case["rows"], case["lengths"]
     data = Prepared(write_prepared(tmp_path, samples_of_lengths(lengths))["dir"])
-    one = Batches(data, 4, seed=42, pad_id=0, pack_tokens=512)
+    starts = row_starts(rows, len(lengths))
+    one = Batches(data, 4, seed=42, pad_id=0, row_starts=starts)
     for epoch in (0, 1):
         order = one.order(epoch)
         assert sorted(order) == list(range(len(rows)))
-        assert order == Batches(data, 4, 42, 0, pack_tokens=512).order(epoch)
+        assert order == Batches(data, 4, 42, 0, row_starts=starts).order(epoch)
         for i in range(one.per_epoch):
             b = one.get(epoch, i)
             assert b.attention_mask.sum(dim=1).tolist() == [lengths[s] for s in rows[order[i]]]
@@ -64,7 +73,7 @@ def test_packed_micro_batches_are_the_shuffled_rows(tmp_path):
     # Data parallel: micro-batch i holds rows i*world … i*world+world-1 of the epoch's order, row i*world+r on
     # rank r; past the last row a rank gets None. Every row once per epoch.
     world = 3
-    ranks = [Batches(data, 4, 42, 0, rank=r, world=world, pack_tokens=512) for r in range(world)]
+    ranks = [Batches(data, 4, 42, 0, rank=r, world=world, row_starts=starts) for r in range(world)]
     assert all(r.per_epoch == -(-len(rows) // world) == 5 for r in ranks)
     for epoch in (0, 1):
         order = one.order(epoch)
@@ -87,14 +96,12 @@ def test_a_sample_longer_than_a_row_stops_before_the_model_loads(tmp_path, fixtu
         write_plan(tmp_path, make_plan(tmp_path, model_dir, train=train, **{"train.pack_tokens": 32}))
     )
     with pytest.raises(EngineError) as err:
-        train_mod.preflight(plan)
+        check_inputs(plan)
     assert err.value.code == "CONFIG_PACK_TOKENS_SHORT" and "sample 1 has 40 tokens" in err.value.message
     # pack_tokens is part of what a resumed run must keep (and left out when unset: old checkpoints resume)
     assert ckpt.plan_subset(plan)["train"]["pack_tokens"] == 32
-    assert (
-        "pack_tokens"
-        not in ckpt.plan_subset({**plan, "train": {**plan["train"], "pack_tokens": None}})["train"]
-    )
+    unpacked = replace(plan, train=replace(plan.train, pack_tokens=None))
+    assert "pack_tokens" not in ckpt.plan_subset(unpacked)["train"]
 
 
 # ---------------------------------------------------------------- training
@@ -121,7 +128,7 @@ def test_packed_rows_on_the_fast_path_match_the_padded_rows(tmp_path, fixtures_d
         monkeypatch.setenv("LORAKIT_FAST", mode)
         root = tmp_path / f"fast-{mode}"
         events: list[dict] = []
-        train_mod.run(read_plan(write_plan(root, make_plan(root, model_dir, **over))), events.append)
+        run(read_plan(write_plan(root, make_plan(root, model_dir, **over))), events.append)
         runs[mode] = events
     plain, fast = runs["0"], runs["1"]
     notes = [e["message"] for e in of_type(plain, "log") if "pack_tokens" in e["message"]]
@@ -145,7 +152,7 @@ def test_one_row_of_everything_trains_like_one_batch_of_everything(tmp_path, fix
     for name, extra in (("packed", {"train.pack_tokens": 1000}), ("batch", {"train.batch_size": 8})):
         root = tmp_path / name
         events: list[dict] = []
-        train_mod.run(read_plan(write_plan(root, make_plan(root, model_dir, **base, **extra))), events.append)
+        run(read_plan(write_plan(root, make_plan(root, model_dir, **base, **extra))), events.append)
         got[name] = events
     for key in ("loss", "grad_norm", "tokens", "epoch"):
         a, b = (

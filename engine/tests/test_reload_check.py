@@ -23,10 +23,11 @@ import torch
 from prepared import make_plan, write_plan
 from safetensors.torch import load_file, save_file
 
-from lorakit_engine import train as train_mod
 from lorakit_engine import verify
 from lorakit_engine.data import Prepared
-from lorakit_engine.protocol import read_plan, schema_errors
+from lorakit_engine.plan import Plan, read_plan
+from lorakit_engine.protocol import schema_errors
+from lorakit_engine.run import Result, run
 
 CASES = [("cpu", "fp32"), ("cpu", "bf16")]
 if torch.cuda.is_available():
@@ -44,17 +45,16 @@ RECIPE = {  # the Self-LLM recipe's adapter: query_key_value, r 8, alpha 32, dro
 
 @dataclass
 class Trained:
-    result: train_mod.Result
-    plan: dict
+    result: Result
+    plan: Plan
     device: torch.device
     dtype: torch.dtype
     events: list[dict]
 
     def batch(self):
-        data = {"train": Prepared(self.plan["data"]["train"]["dir"]), "eval": None}
-        if self.plan["data"]["eval"] is not None:
-            data["eval"] = Prepared(self.plan["data"]["eval"]["dir"])
-        return train_mod.reference_batch(data, self.plan)
+        ev = self.plan.data.eval
+        train = Prepared(self.plan.data.train.dir)
+        return verify.reference_batch(Prepared(ev.dir) if ev else None, train, self.plan.data.pad_id)
 
     def check(self, adapter_dir: Path) -> tuple[verify.Verdict, list[dict]]:
         """The reload check of `adapter_dir` against the trained model, as the run makes it."""
@@ -66,7 +66,7 @@ class Trained:
 
         model = self.result.model.to(self.device)  # the run left it on the CPU (one base on a GPU)
         batch = self.batch()
-        verdict = train_mod.reload_check(model, adapter_dir, self.plan, batch, self.dtype, self.device, emit)
+        verdict = verify.reload_check(model, adapter_dir, self.plan, batch, self.dtype, self.device, emit)
         return verdict, [e for e in events if e["type"] == "finding"]
 
 
@@ -86,7 +86,7 @@ def train(root: Path, model_dir: Path, device: str, precision: str, monkeypatch,
     )
     plan = read_plan(write_plan(root, plan))
     events: list[dict] = []
-    result = train_mod.run(plan, events.append)
+    result = run(plan, events.append)
     return Trained(result, plan, torch.device(device), DTYPES[precision], events)
 
 

@@ -11,16 +11,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, find_weights, read_config
-from .registry import FAMILIES, Family, get_family, layer_count, linear_module_names, supported_model_types
+from .checkpoint import find_weights, read_config
+from .registry import FAMILIES, Family, get_family, layer_count, supported_model_types
 
 __all__ = [
     "FAMILIES",
-    "CheckpointError",
     "Family",
     "get_family",
     "layer_count",
-    "linear_module_names",
     "load_model",
     "read_config",
     "supported_model_types",
@@ -30,8 +28,8 @@ __all__ = [
 def load_model(
     path: Path | str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
 ) -> nn.Module:
-    """The model in `path`, weights cast to `dtype` on `device`, in eval mode. Raises CheckpointError
-    (a ValueError with `code`, `path`, `hint`) for an unknown model_type or damaged files."""
+    """The model in `path`, weights cast to `dtype` on `device`, in eval mode. Raises EngineError
+    MODEL_LOAD_FAILED (the file named, a hint) for an unknown model_type or damaged files."""
     folder = Path(path)
     family = get_family(read_config(folder).get("model_type"))
     if family.builder == "native":

@@ -4,10 +4,7 @@ goes by default, how to count its layers, and the pitfalls the doctor warns abou
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    from torch import nn
+from typing import Literal
 
 _ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -113,33 +110,14 @@ def supported_model_types() -> list[str]:
 def get_family(model_type: str | None) -> Family:
     family = FAMILIES.get(model_type or "")
     if family is None:
-        from .checkpoint import CheckpointError
+        from .checkpoint import load_error
 
-        raise CheckpointError(
-            "model.unsupported_type",
+        raise load_error(
             f"model_type {model_type!r} is not supported; supported: {', '.join(FAMILIES)}",
-            hint="check config.json `model_type`",
+            hint="Point model at a checkpoint of a supported family (config.json `model_type`).",
         )
     return family
 
 
 def layer_count(config: dict) -> int:
     return int(config[get_family(config.get("model_type")).layer_count_key])
-
-
-def linear_module_names(model: nn.Module) -> list[str]:
-    """Distinct leaf names of the nn.Linear modules, in model order (candidates for `target_modules`).
-    On a peft-wrapped model the LoRA internals are skipped and wrapped layers keep their own name."""
-    from torch import nn
-
-    names: dict[str, None] = {}
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear):
-            continue
-        parts = name.split(".")
-        if any(p.startswith("lora_") for p in parts):
-            continue
-        if parts[-1] == "base_layer":
-            parts = parts[:-1]
-        names[parts[-1]] = None
-    return list(names)

@@ -1,0 +1,184 @@
+"""The plan as typed values: `read_plan(path)` checks plan.json against protocol/plan.schema.json once,
+resolves its relative paths against the plan's folder and returns a `Plan`. The rest of the engine reads
+attributes, never the JSON. No torch here, so a bad plan is reported before the heavy imports.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .protocol import EngineError, schema_errors
+
+Checkpointing = Literal["none", "full", "low_memory"]
+
+
+@dataclass(frozen=True)
+class PreparedRef:
+    """One prepared split: `dir` holds tokens.safetensors and manifest.json."""
+
+    dir: Path
+    samples: int
+    tokens: int
+
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> PreparedRef:
+        return cls(Path(d["dir"]), d["samples"], d["tokens"])
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    path: Path
+    family: str
+    model_type: str
+    vocab_size: int
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    train: PreparedRef
+    eval: PreparedRef | None
+    pad_id: int
+
+
+@dataclass(frozen=True)
+class LoraPlan:
+    r: int
+    alpha: float
+    dropout: float
+    targets: list[str]
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    total_steps: int
+    epochs: float
+    batch_size: int  # per device
+    grad_accum: int
+    lr: float
+    scheduler: Literal["cosine", "linear", "constant"]
+    warmup_steps: int
+    weight_decay: float
+    max_grad_norm: float
+    seed: int
+    precision: str
+    gradient_checkpointing: bool | Literal["low_memory"]
+    log_every: int
+    eval_every: int  # 0: at each epoch end
+    save_every: int  # 0: at each epoch end
+    keep_checkpoints: int
+    device: str
+    devices: int
+    shard: Literal["none", "fsdp"] = "none"
+    pack_tokens: int | None = None
+    patience: int | None = None
+
+    @property
+    def checkpointing(self) -> Checkpointing:
+        """gradient_checkpointing as a mode: "none", "full" (true) or "low_memory"."""
+        value = self.gradient_checkpointing
+        return "low_memory" if value == "low_memory" else "full" if value else "none"
+
+
+@dataclass(frozen=True)
+class SampleItem:
+    index: int
+    prompt_ids: list[int]
+
+
+@dataclass(frozen=True)
+class SamplesPlan:
+    items: list[SampleItem]
+    max_new_tokens: int
+    stop_ids: list[int]
+    before: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    version: int
+    run_dir: Path
+    model: ModelPlan
+    data: DataPlan
+    lora: LoraPlan
+    train: TrainPlan
+    samples: SamplesPlan
+    resume: bool
+    adapter_extras: dict[str, str]
+    fail_at_step: int | None = None
+
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> Plan:
+        """A plan from its JSON (already checked against the schema)."""
+        data, samples = d["data"], d["samples"]
+        return cls(
+            version=d["version"],
+            run_dir=Path(d["run_dir"]),
+            model=ModelPlan(**{**d["model"], "path": Path(d["model"]["path"])}),
+            data=DataPlan(
+                train=PreparedRef.of(data["train"]),
+                eval=PreparedRef.of(data["eval"]) if data["eval"] is not None else None,
+                pad_id=data["pad_id"],
+            ),
+            lora=LoraPlan(**d["lora"]),
+            train=TrainPlan(**d["train"]),
+            samples=SamplesPlan(
+                items=[SampleItem(**item) for item in samples["items"]],
+                max_new_tokens=samples["max_new_tokens"],
+                stop_ids=samples["stop_ids"],
+                before=samples["before"],
+            ),
+            resume=d["resume"],
+            adapter_extras=dict(d["adapter_extras"]),
+            fail_at_step=d.get("fail_at_step"),
+        )
+
+
+# Paths in a plan, relative to the plan's folder unless absolute.
+PLAN_PATHS = (("run_dir",), ("model", "path"), ("data", "train", "dir"), ("data", "eval", "dir"))
+
+
+def read_plan(path: Path | str) -> Plan:
+    """The plan at `path`, checked against the schema, with relative paths resolved against its folder
+    (so a plan and its prepared data can be copied to another machine and run there alone)."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise EngineError(
+            "PLAN_INVALID",
+            f"cannot read the plan {path}: {e.strerror}",
+            "Pass --plan with an existing plan.json.",
+        ) from e
+    except json.JSONDecodeError as e:
+        raise EngineError(
+            "PLAN_INVALID",
+            f"{path} is not JSON: {e.msg} at line {e.lineno} column {e.colno}",
+            "Write the plan with `lorakit` or fix the JSON syntax.",
+        ) from e
+    check_plan(raw)
+    return Plan.of(resolve_paths(raw, path.resolve().parent))
+
+
+def check_plan(plan: Any) -> None:
+    problems = schema_errors("plan", plan)
+    if problems:
+        raise EngineError(
+            "PLAN_INVALID",
+            f"the plan has {len(problems)} problem(s): " + "; ".join(problems),
+            "Fix the keys named above (protocol/plan.schema.json is the contract); plans written by "
+            "lorakit of the same version always match.",
+        )
+
+
+def resolve_paths(plan: dict, base: Path) -> dict:
+    plan = json.loads(json.dumps(plan))  # a copy
+    for keys in PLAN_PATHS:
+        holder = plan
+        for k in keys[:-1]:
+            holder = holder.get(k) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and isinstance(holder.get(keys[-1]), str):
+            holder[keys[-1]] = str((base / holder[keys[-1]]).resolve())
+    return plan

@@ -1,0 +1,244 @@
+"""The LoRA training run: plan in, events out. `run(plan, emit, controls)` is the whole road in one process:
+
+    inputs checked → base loaded → samples before → LoRA attached (fp32 adapters) → the loop (resume, steps,
+    checkpoints, eval) → adapter/ (+ extras) → samples after → adapter norms and reload check → done
+
+Under torchrun (`train.devices` > 1) every process runs this same function; parallel.py says how the ranks
+share the work.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import checkpoint as ckpt
+from . import verify
+from .batches import Batches
+from .control import Controls
+from .data import Prepared, pack_rows
+from .fast_path import prepare_training
+from .inspect_model import check_peft_model
+from .loop import Loop
+from .lora import attach_for_training
+from .parallel import Single, check_devices, open_parallel, resolve_device, seed_all
+from .plan import Plan
+from .profiling import StepProfiler
+from .protocol import Emit, EngineError, log, say
+from .torchrun import launched_world, local_rank
+
+_EXTRA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_PEFT_FILES = {"adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"}
+
+
+@dataclass
+class Inputs:
+    """What a run reads besides the model, opened and checked before the model loads."""
+
+    train: Prepared
+    eval: Prepared | None
+    resume_from: Path | None  # the checkpoint a resumed run continues
+    row_starts: list[int] | None  # train.pack_tokens: row r = samples row_starts[r] … row_starts[r + 1] - 1
+
+    def check_vocab(self, plan: Plan, base) -> None:
+        """Every token id inside the base's embedding."""
+        rows = base.get_input_embeddings().num_embeddings
+        self.train.check(plan.data.train.samples, plan.data.train.tokens, rows)
+        if self.eval is not None and plan.data.eval is not None:
+            self.eval.check(plan.data.eval.samples, plan.data.eval.tokens, rows)
+
+
+@dataclass
+class Result:
+    model: Any  # the peft model (eval mode)
+    step: int
+    stopped_early: bool
+    adapter_dir: Path
+    reload: verify.Verdict | None  # the adapter reload check (None when stopped early or on ranks > 0)
+
+
+def check_inputs(plan: Plan) -> Inputs:
+    """Everything checkable without loading the model; raises the first EngineError."""
+    for name in plan.adapter_extras:
+        if not _EXTRA_NAME.match(name) or name in _PEFT_FILES:
+            raise EngineError(
+                "PLAN_INVALID",
+                f"adapter_extras: {name!r} is not a plain file name (or it would overwrite a peft file)",
+                "Name adapter_extras entries like 'chat_template.jinja': letters, digits, '.', '_', '-'.",
+            )
+    if not (plan.model.path / "config.json").is_file():
+        raise EngineError(
+            "MODEL_LOAD_FAILED",
+            f"{plan.model.path} has no config.json",
+            "Point model at a local checkpoint folder (config.json, weights and tokenizer files).",
+        )
+    train = Prepared(plan.data.train.dir)
+    train.check(plan.data.train.samples, plan.data.train.tokens)
+    row_starts = None
+    if plan.train.pack_tokens:  # a sample longer than a row: an error before the model loads
+        rows = pack_rows(train.lengths(), plan.train.pack_tokens)
+        row_starts = [row[0] for row in rows] + [len(train)]
+    ev = None
+    if plan.data.eval is not None:
+        ev = Prepared(plan.data.eval.dir)
+        ev.check(plan.data.eval.samples, plan.data.eval.tokens)
+    resume_from = None
+    if plan.resume:
+        resume_from = ckpt.newest(plan.run_dir)
+        if resume_from is None:
+            raise EngineError(
+                "NO_CHECKPOINT",
+                f"resume is true but {ckpt.root(plan.run_dir)} holds no complete checkpoint",
+                "Start the run without resume, or point run_dir at the run to continue.",
+            )
+        saved = ckpt.read_state(resume_from)
+        now = ckpt.plan_subset(plan)
+        if saved.get("plan_hash") != ckpt.subset_hash(now):
+            old = saved.get("plan_subset", {})
+            changed = sorted(k for k in set(now) | set(old) if now.get(k) != old.get(k))
+            raise EngineError(
+                "RESUME_MISMATCH",
+                f"checkpoint {resume_from.name} was written with different settings: {', '.join(changed)}",
+                "Resume with the settings the run started with, or start a new run in another run_dir.",
+            )
+    resolve_device(plan.train)
+    return Inputs(train, ev, resume_from, row_starts)
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def load_base(path: Path | str, dtype: torch.dtype, device: torch.device):
+    """The base model, in eval mode. Every family goes through lorakit_engine.models."""
+    from .models import load_model
+
+    try:
+        return load_model(path, dtype=dtype, device=device)
+    except (EngineError, torch.OutOfMemoryError):
+        raise
+    except Exception as e:
+        raise EngineError(
+            "MODEL_LOAD_FAILED",
+            f"cannot load {path}: {type(e).__name__}: {e}",
+            "Point model at a complete local checkpoint folder of a supported family.",
+        ) from e
+
+
+def run(plan: Plan, emit: Emit, controls: Controls | None = None) -> Result:
+    """Train as the plan says. Raises EngineError (or anything else) on failure; the caller emits `error`."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    started, t = time.monotonic(), plan.train
+    check_devices(t)
+    inputs = check_inputs(plan)
+    rank, world = launched_world()
+    device = resolve_device(t, local_rank(), world)
+    dtype = resolve_dtype(t.precision, device)
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        ckpt.clear_partial(plan.run_dir)
+    parallel = open_parallel(t, dtype, device, emit)
+    seed_all(t.seed)
+
+    say(f"loading {plan.model.path} as {dtype} on {parallel.load_device}")
+    base = load_base(plan.model.path, dtype, parallel.load_device)
+    inputs.check_vocab(plan, base)
+    before = plan.samples.before and inputs.resume_from is None
+    if before and not parallel.shards_the_base:
+        parallel.emit_samples(base, plan, "before", emit)
+    lora = plan.lora
+    model = attach_for_training(base, lora.targets, lora.r, lora.alpha, lora.dropout, plan.model.model_type)
+    packed = prepare_training(model, plan, parallel, device, dtype, emit)
+    if parallel.main:
+        emit_all(emit, check_peft_model(model, lora.targets, count_layers(base))[1])
+    parallel.prepare(model, t.seed, emit)
+    if before and parallel.shards_the_base:  # the adapter starts at zero: these are the base's answers
+        parallel.emit_samples(model, plan, "before", emit)
+
+    batches = Batches(
+        inputs.train,
+        t.batch_size,
+        t.seed,
+        plan.data.pad_id,
+        parallel.rank,
+        parallel.world,
+        inputs.row_starts,
+        packed,
+    )
+    loop = Loop(
+        model, plan, batches, inputs.eval, parallel, emit, controls or Controls(), device, dtype, started
+    )
+    if inputs.resume_from is not None:
+        loop.resume(inputs.resume_from)
+    loop.run(StepProfiler.from_env(parallel.rank, device))
+    train_s = time.monotonic() - started
+    if not parallel.end_training():
+        model.eval()
+        return Result(model, loop.step, loop.stopped, plan.run_dir / "adapter", None)
+    return finish(model, plan, inputs, loop, parallel, emit, train_s)
+
+
+def finish(model, plan: Plan, inputs: Inputs, loop: Loop, parallel: Single, emit: Emit, train_s: float):
+    """After the loop: the adapter written (the best eval checkpoint's where early stopping chose it), the
+    samples after training, the adapter's norms and reload check, `done`."""
+    step, stopped, best = loop.step, loop.stopped, loop.monitor.best_step
+    if not stopped and loop.monitor.should_stop_early and best is not None and best != step:
+        ckpt.restore_adapter(model, ckpt.root(plan.run_dir) / f"step-{best}")
+        log(emit, f"the adapter written is the best eval checkpoint, step {best}")
+    adapter_state = parallel.whole_adapter(model)
+    adapter_dir = (
+        ckpt.write_adapter(model, plan, adapter_state) if parallel.main else plan.run_dir / "adapter"
+    )
+    parallel.gather(None)  # written before the other ranks read it back (the reload check)
+    reload = None
+    if stopped:
+        say(f"stopped at step {step}; resume with resume: true")
+    else:
+        parallel.emit_samples(model, plan, "after", emit)
+        norms = verify.adapter_norms(model)
+        if parallel.main:
+            verify.report_norms(norms, emit)
+        batch = verify.reference_batch(inputs.eval, inputs.train, plan.data.pad_id)
+        reload = verify.reload_check(
+            model, adapter_dir, plan, batch, loop.dtype, loop.device, emit, load_base, adapter_state
+        )
+    parallel.close()
+    model.eval()
+    if not parallel.main:
+        return Result(model, step, stopped, adapter_dir, None)
+    emit(
+        {
+            "type": "done",
+            "step": step,
+            "adapter_dir": str(adapter_dir),
+            "stopped_early": stopped,
+            "train_s": train_s,
+        }
+    )
+    return Result(model, step, stopped, adapter_dir, reload)
+
+
+def emit_all(emit: Emit, events: list[dict]) -> None:
+    for event in events:
+        emit(event)
+
+
+def count_layers(base) -> int:
+    """Transformer blocks of the base model (for targets matched vs layers × targets)."""
+    cfg = base.config
+    for key in ("num_hidden_layers", "num_layers", "n_layer"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int):
+            return value
+    return 0
