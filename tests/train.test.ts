@@ -1,7 +1,7 @@
 // The whole road through the CLI, in-process, on tiny checkpoints in the real layouts: the engine
 // is the real Python engine, the store a real SQLite file, the adapter real PEFT files.
 import { spawnSync } from "node:child_process";
-import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
@@ -68,10 +68,29 @@ describe("lorakit train", () => {
   it("a crash mid-run: clear error with the traceback, run marked failed, earlier checkpoint intact", async () => {
     const dir = tmpDir();
     const loaded = await loadConfig(writeRun(dir, fixture("models", "tiny-llama")));
-    const result = await runRoad(loaded, { log: () => {}, failAtStep: 4, env: process.env });
+    // A real fault from outside the engine: torch's own optimizer fails at the 4th step of the training run.
+    const fault = path.join(dir, "fault");
+    mkdirSync(fault);
+    writeFileSync(
+      path.join(fault, "sitecustomize.py"),
+      [
+        "import sys",
+        'if sys.argv[1:2] == ["train"]:',
+        "    from torch.optim.optimizer import register_optimizer_step_pre_hook",
+        "    steps = []",
+        "    def fail_fourth(optimizer, args, kwargs):",
+        "        steps.append(1)",
+        "        if len(steps) == 4:",
+        '            raise RuntimeError("injected fault: the optimizer fails at step 4")',
+        "    register_optimizer_step_pre_hook(fail_fourth)",
+        "",
+      ].join("\n"),
+    );
+    const env = { ...process.env, PYTHONPATH: fault };
+    const result = await runRoad(loaded, { log: () => {}, env });
     expect(result.status).toBe("failed");
     expect(result.error?.code).toBe("ENGINE_CRASH");
-    expect(result.error?.message).toContain("fail_at_step");
+    expect(result.error?.message).toContain("injected fault: the optimizer fails at step 4");
     const ckpts = readdirSync(path.join(dir, "runs", "run", "checkpoints"));
     expect(ckpts).toContain("step-2");
     expect(ckpts.some((c) => c.startsWith(".tmp"))).toBe(false);

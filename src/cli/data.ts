@@ -4,7 +4,7 @@ import { loadConfig } from "../config/load.js";
 import { loadConversations, viewSample } from "../data/prepare.js";
 import { loadTokenizer } from "../data/tokenizer.js";
 import { LorakitError } from "../errors.js";
-import { inspectModel } from "../models/inspect.js";
+import { readCheckpoint } from "../models/checkpoint.js";
 import { prepareForRun } from "../train/prepare-run.js";
 import { defineCommand } from "./command.js";
 import { out } from "./io.js";
@@ -42,7 +42,7 @@ export const command = defineCommand({
   async run({ values, positionals }, io) {
     const configPath = positionals[0] as string;
     const loaded = await loadConfig(configPath, io.cwd, io.env);
-    const model = inspectModel(loaded.modelDir);
+    const model = readCheckpoint(loaded.modelDir);
     const tokenizer = await loadTokenizer(loaded.modelDir);
     const prepared = await prepareForRun(loaded, model, tokenizer, values.json ? () => {} : (l) => out(io, l));
     const { result } = prepared;

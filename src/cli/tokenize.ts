@@ -11,7 +11,7 @@ import { type RawRecord, readSamples } from "../data/read.js";
 import { chooseTemplate } from "../data/template.js";
 import { loadTokenizer } from "../data/tokenizer.js";
 import { LorakitError } from "../errors.js";
-import { inspectModel } from "../models/inspect.js";
+import { readCheckpoint } from "../models/checkpoint.js";
 import { badArgs, defineCommand } from "./command.js";
 import { out, userPath } from "./io.js";
 import { printTokens, tokenTexts } from "./tokens-view.js";
@@ -111,7 +111,7 @@ export const command = defineCommand({
     if (values.chat) {
       const file = userPath(io, values.chat);
       const { conv, of } = chatConversation(file, values.chat, sample);
-      const model = inspectModel(modelDir);
+      const model = readCheckpoint(modelDir);
       const template = chooseTemplate({ template: "auto", tokenizer, modelDir, modelType: model.modelType });
       const which = of > 1 ? `record ${sample} of ${of}; ` : "";
       if (conv.messages[conv.messages.length - 1]?.role !== "assistant") {

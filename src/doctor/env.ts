@@ -3,8 +3,9 @@
 // how long training would take and how that figure was derived. Also free disk against what the run writes.
 import { spawn } from "node:child_process";
 import { type PythonEnv, spawnEnv } from "../engine/python.js";
+import type { Precision } from "../plan/index.js";
 import { type Finding, makeFinding } from "./finding.js";
-import { fmtBytes, type Precision } from "./memory.js";
+import { fmtBytes } from "./memory.js";
 
 // ---------------------------------------------------------------- running an engine module
 
@@ -198,13 +199,6 @@ export function hardwareOf(p: Probe, want: DeviceWanted): Hardware {
     total: p.memory.total ?? null,
     cores,
   };
-}
-
-/** The precision the engine will train in (train.py resolve_dtype). */
-export function resolvePrecision(precision: "auto" | Precision, hw: Hardware): Precision {
-  if (precision !== "auto") return precision;
-  if (hw.device !== "cuda") return "fp32";
-  return hw.bf16 === false ? "fp16" : "bf16";
 }
 
 // ---------------------------------------------------------------- CUDA_VISIBLE_DEVICES

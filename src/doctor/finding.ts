@@ -359,13 +359,6 @@ export const CODES = {
     "LoRA targets match {matched_total} modules, fewer than layers × targets = {expected_total}",
     "Use plain leaf names that occur in every layer, and drop names that match nothing.",
   ),
-  LORA_TARGETS_PARTLY_MATCHED: spec(
-    "model",
-    "warning",
-    "targets partly matched",
-    "some LoRA targets match no module",
-    "Remove the unmatched names from lora.targets or correct their spelling.",
-  ),
   MODEL_LORA_ATTACH_FAILED: spec(
     "model",
     "error",

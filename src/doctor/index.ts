@@ -5,9 +5,10 @@ import type { LoadedConfig } from "../config/load.js";
 import { ensurePython, type PythonEnv } from "../engine/python.js";
 import { LorakitError } from "../errors.js";
 import { type Family, familyFor, supportedModelTypes } from "../models/families.js";
+import { fastPathSetting, plannedSteps, resolveFastPath, resolvePrecision } from "../plan/index.js";
 import { errorFindings } from "./catalogue.js";
-import { configFindings, type DatasetFacts, estimateDataset, plannedSteps } from "./config.js";
-import { envFindings, envSummary, type Hardware, hardwareOf, type Probe, resolvePrecision, runProbe } from "./env.js";
+import { configFindings, type DatasetFacts, estimateDataset } from "./config.js";
+import { envFindings, envSummary, type Hardware, hardwareOf, type Probe, runProbe } from "./env.js";
 import { countFindings, type Finding, findingsError, makeFinding } from "./finding.js";
 import {
   diskNeed,
@@ -20,7 +21,13 @@ import {
   memoryFindings,
   modelShape,
 } from "./memory.js";
-import { type InspectFacts, inspectModel, modelSummary, remoteCodeFindings, type TemplateSamples } from "./model.js";
+import {
+  type InspectFacts,
+  modelSummary,
+  remoteCodeFindings,
+  runModelInspection,
+  type TemplateSamples,
+} from "./model.js";
 
 export type { Finding, Stage } from "./finding.js";
 export { findingsError, hasErrors, renderFindings, renderFindingsHtml, toJson } from "./finding.js";
@@ -216,9 +223,7 @@ export async function runPreflight(o: PreflightOptions): Promise<PreflightResult
   let memSummary = "skipped: the model's shape is unknown";
   if (shape) {
     const device = hardware?.device ?? "cpu";
-    const env = o.env ?? process.env;
-    // The engine's fast path: its native model (ChatGLM3) on CUDA, unless LORAKIT_FAST=0 (train.py use_fast_path).
-    const fast = family?.builder === "native" && device === "cuda" && env.LORAKIT_FAST !== "0";
+    const fast = family ? resolveFastPath(fastPathSetting(c.train, o.env ?? process.env), family, device) : false;
     const runSteps = dataset ? plannedSteps(dataset, c.train) : null;
     const inputs: MemoryInputs = {
       shape,
@@ -276,7 +281,7 @@ export async function runPreflight(o: PreflightOptions): Promise<PreflightResult
           : "skipped: no engine environment";
     step("model", why, modelOut, true);
   } else {
-    const r = await inspectModel(py, {
+    const r = await runModelInspection(py, {
       modelDir: loaded.modelDir,
       targets,
       r: c.lora.r,

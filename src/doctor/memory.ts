@@ -17,9 +17,10 @@
 // - padded path (every micro-batch full max_length): 4×512 with checkpointing 13.7 GiB … all linear layers r16
 //   76.0 GiB, within −3% … +5% over six settings.
 import type { RunConfig } from "../config/schema.js";
-import { packRows } from "../data/pack.js";
+import { packRows } from "../data/index.js";
 import type { Family } from "../models/families.js";
-import { type DatasetFacts, plannedSteps } from "./config.js";
+import { type Precision, plannedSteps } from "../plan/index.js";
+import type { DatasetFacts } from "./config.js";
 import { type Finding, makeFinding } from "./finding.js";
 
 export interface ModuleShape {
@@ -46,8 +47,6 @@ export interface ModelShape {
   /** Linear modules by leaf name. */
   modules: Record<string, ModuleShape>;
 }
-
-export type Precision = "bf16" | "fp16" | "fp32";
 
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;

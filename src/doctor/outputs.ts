@@ -4,7 +4,7 @@ import { type Finding, makeFinding } from "./finding.js";
 
 /** A generated sample: the run store's sample row, or a decoded `sample` event. */
 export interface OutputSample {
-  phase: "before" | "during" | "after";
+  phase: "before" | "after";
   idx: number;
   /** Text, or the generated ids. */
   output: string | readonly number[];

@@ -93,7 +93,6 @@ export function renderReport(r: ReportInput): string {
           .join("")}</table>`;
   const byIdx = new Map<number, { before?: SampleRow; after?: SampleRow }>();
   for (const s of r.samples) {
-    if (s.phase === "during") continue;
     const e = byIdx.get(s.idx) ?? {};
     e[s.phase] = s;
     byIdx.set(s.idx, e);

@@ -41,7 +41,7 @@ export interface FindingRow {
 }
 
 export interface SampleRow {
-  phase: "before" | "during" | "after";
+  phase: "before" | "after";
   idx: number;
   prompt: string;
   output: string;

@@ -8,7 +8,7 @@ import { dataFindings } from "../doctor/data.js";
 import { type PreflightResult, runPreflight, type StepResult } from "../doctor/index.js";
 import type { TemplateSamples } from "../doctor/model.js";
 import type { PythonEnv } from "../engine/python.js";
-import { inspectModel, type ModelInfo } from "../models/inspect.js";
+import { type ModelInfo, readCheckpoint } from "../models/checkpoint.js";
 import { type PreparedRun, prepareForRun } from "./prepare-run.js";
 
 export interface Checked {
@@ -52,7 +52,7 @@ export async function prepareAndCheck(
     signal?: AbortSignal;
   },
 ): Promise<Checked> {
-  const model = inspectModel(loaded.modelDir);
+  const model = readCheckpoint(loaded.modelDir);
   const tokenizer = await loadTokenizer(loaded.modelDir);
   const prepared = await prepareForRun(loaded, model, tokenizer, opts.log);
   const preflight = await runPreflight({

@@ -6,17 +6,15 @@ import { stringify as toYaml } from "yaml";
 import type { LoadedConfig } from "../config/load.js";
 import type { Event, Plan } from "../config/schema.js";
 import type { Tokenizer } from "../data/tokenizer.js";
-import { plannedSteps } from "../doctor/config.js";
 import { type Finding, findingsError, fromEvent, makeFinding } from "../doctor/finding.js";
 import { outputFindings } from "../doctor/outputs.js";
 import { ensurePython, type PythonEnv } from "../engine/python.js";
 import { engineFailure, spawnEngine } from "../engine/supervisor.js";
 import { LorakitError } from "../errors.js";
-import type { ModelInfo } from "../models/inspect.js";
+import { buildPlan, smokePlan, type TrainCounts } from "../plan/index.js";
 import { renderReport } from "../report/html.js";
 import { RunStore, type SampleRow } from "../runs/store.js";
 import { prepareAndCheck } from "./preflight.js";
-import type { PreparedRun } from "./prepare-run.js";
 
 export interface RoadOptions {
   resume?: boolean;
@@ -27,8 +25,6 @@ export interface RoadOptions {
   /** Overrides for tests: the engine's environment. */
   py?: PythonEnv;
   env?: NodeJS.ProcessEnv;
-  /** Test hook passed to the plan. */
-  failAtStep?: number;
   /** The smoke run before the real one (default on). */
   smoke?: boolean;
   /** Start over: delete an earlier run's checkpoints and adapter under the same name. */
@@ -37,33 +33,18 @@ export interface RoadOptions {
   onFinding?: (f: Finding) => void;
 }
 
-/** The smoke plan: 2 optimizer steps on a slice, one sample, save + reload check; null when it passed. */
-export async function smokeRun(py: PythonEnv, plan: Plan, runDir: string, opts: RoadOptions): Promise<Finding | null> {
+/** The smoke run (smokePlan: 2 optimizer steps on a slice, one sample, save + reload check); null when it passed. */
+export async function smokeRun(
+  py: PythonEnv,
+  plan: Plan,
+  counts: TrainCounts,
+  runDir: string,
+  opts: RoadOptions,
+): Promise<Finding | null> {
   const dir = path.join(runDir, "smoke");
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
-  const micro = Math.min(plan.train.batch_size, 2);
-  const smoke: Plan = {
-    ...plan,
-    run_dir: dir,
-    train: {
-      ...plan.train,
-      total_steps: 2,
-      epochs: 1,
-      batch_size: micro,
-      grad_accum: 1,
-      warmup_steps: 0,
-      eval_every: 0,
-      save_every: 1,
-      keep_checkpoints: 1,
-      devices: 1,
-      shard: "none",
-    },
-    data: { ...plan.data, eval: null },
-    samples: { ...plan.samples, items: plan.samples.items.slice(0, 1), max_new_tokens: 4, before: false },
-    resume: false,
-  };
-  delete smoke.fail_at_step;
+  const smoke = smokePlan(plan, dir, counts);
   const planPath = path.join(dir, "plan.json");
   writeFileSync(planPath, `${JSON.stringify(smoke, null, 2)}\n`);
   const logFile = path.join(dir, "engine.log");
@@ -150,75 +131,6 @@ export function exactMatchShare(samples: readonly SampleRow[], phase: "before" |
   return scored.filter((s) => s.output.trim() === (s.reference as string).trim()).length / scored.length;
 }
 
-export function buildPlan(
-  loaded: LoadedConfig,
-  model: ModelInfo,
-  prepared: PreparedRun,
-  runDir: string,
-  opts: { resume: boolean; failAtStep?: number },
-): Plan {
-  const c = loaded.config;
-  const total = plannedSteps(
-    {
-      trainSamples: prepared.train.samples,
-      trainTokens: prepared.train.tokens,
-      trainLengths: prepared.trainLengths ?? undefined,
-    },
-    c.train,
-  );
-  return {
-    version: 1,
-    run_dir: runDir,
-    model: { path: model.dir, family: model.family.name, model_type: model.modelType, vocab_size: model.vocabSize },
-    data: {
-      train: { dir: prepared.train.dir, samples: prepared.train.samples, tokens: prepared.train.tokens },
-      eval: prepared.eval
-        ? { dir: prepared.eval.dir, samples: prepared.eval.samples, tokens: prepared.eval.tokens }
-        : null,
-      pad_id: prepared.padId,
-    },
-    lora: {
-      r: c.lora.r,
-      alpha: c.lora.alpha,
-      dropout: c.lora.dropout,
-      targets: c.lora.targets ?? model.family.targets,
-    },
-    train: {
-      total_steps: total,
-      epochs: c.train.epochs,
-      batch_size: c.train.batch_size,
-      grad_accum: c.train.grad_accum,
-      ...(c.train.pack_tokens !== undefined ? { pack_tokens: c.train.pack_tokens } : {}),
-      lr: c.train.lr ?? model.family.lr,
-      scheduler: c.train.scheduler,
-      warmup_steps: Math.round(c.train.warmup_ratio * total),
-      weight_decay: c.train.weight_decay,
-      max_grad_norm: c.train.max_grad_norm,
-      seed: c.train.seed,
-      precision: c.train.precision,
-      gradient_checkpointing: c.train.gradient_checkpointing,
-      log_every: c.train.log_every,
-      eval_every: c.train.eval_every,
-      save_every: c.train.save_every,
-      keep_checkpoints: c.train.keep_checkpoints,
-      patience: c.train.patience,
-      device: c.train.device,
-      devices: c.train.devices,
-      // "auto" stays unsharded until the doctor's memory estimate reaches the plan (see TrainConfig.shard).
-      shard: c.train.shard === "fsdp" ? "fsdp" : "none",
-    },
-    samples: {
-      items: prepared.heldOut.map((s) => ({ index: s.index, prompt_ids: s.promptIds })),
-      max_new_tokens: c.samples.max_new_tokens,
-      stop_ids: prepared.stopIds,
-      before: true,
-    },
-    resume: opts.resume,
-    adapter_extras: prepared.adapterExtras,
-    ...(opts.failAtStep !== undefined ? { fail_at_step: opts.failAtStep } : {}),
-  };
-}
-
 export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<RoadResult> {
   const { log } = opts;
   const c = loaded.config;
@@ -274,9 +186,11 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
   if (opts.resume) store.clearFindings(run.id); // the checks run again; the engine reports its own again
   for (const f of preflight.findings) store.addFinding(run.id, f.stage, f);
   writeFileSync(path.join(runDir, "config.yaml"), resolvedYaml);
-  const plan = buildPlan(loaded, model, prepared, runDir, {
+  const plan = buildPlan(loaded, model, prepared, {
+    runDir,
     resume: Boolean(opts.resume),
-    failAtStep: opts.failAtStep,
+    found: preflight.hardware,
+    env: opts.env ?? process.env,
   });
   const planPath = path.join(runDir, "plan.json");
   writeFileSync(planPath, `${JSON.stringify(plan, null, 2)}\n`);
@@ -284,7 +198,12 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
 
   // The smoke run: a few steps on a small slice, save, reload, generate — before the real run.
   if (opts.smoke !== false && !opts.resume) {
-    const smoke = await smokeRun(py, plan, runDir, opts);
+    const counts = {
+      trainSamples: prepared.train.samples,
+      trainTokens: prepared.train.tokens,
+      trainLengths: prepared.trainLengths ?? undefined,
+    };
+    const smoke = await smokeRun(py, plan, counts, runDir, opts);
     if (smoke) {
       store.addFinding(run.id, smoke.stage, smoke);
       opts.onFinding?.(smoke);

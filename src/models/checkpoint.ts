@@ -14,7 +14,7 @@ export interface ModelInfo {
   config: Record<string, unknown>;
 }
 
-export function inspectModel(dir: string): ModelInfo {
+export function readCheckpoint(dir: string): ModelInfo {
   const cfgPath = path.join(dir, "config.json");
   let config: Record<string, unknown>;
   try {
