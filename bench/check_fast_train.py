@@ -1,13 +1,13 @@
 """GPU check of the training loop's fast path: the same tiny ChatGLM3 run (bf16, dropout 0) through the padded
-loop (LORAKIT_FAST=0) and through lorakit_engine.kernels (LORAKIT_FAST=auto: packed rows, varlen attention,
-fused loss and LoRA), losses side by side. Run on the GPU machine from the repository root:
+loop (train.fast_path false) and through lorakit_engine.kernels (train.fast_path true: packed rows, varlen
+attention, fused loss and LoRA; and again with its own layer checkpointing), losses side by side. Run on the
+GPU machine from the repository root:
 
     python3 bench/check_fast_train.py
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -26,9 +26,8 @@ def main() -> int:
     build_fixtures(["--out", str(tmp / "fixtures")])
     model_dir = tmp / "fixtures" / "models" / "chatglm3-single"
     rows = {}
-    # (name, LORAKIT_FAST, train.gradient_checkpointing): the fast path with its own layer checkpointing too
-    for name, mode, ckpt in (("0", "0", False), ("auto", "auto", False), ("auto+ckpt", "auto", True)):
-        os.environ["LORAKIT_FAST"] = mode
+    # (name, train.fast_path, train.gradient_checkpointing): the fast path with its own checkpointing too
+    for name, fast_path, ckpt in (("padded", False, False), ("fast", True, False), ("fast+ckpt", True, True)):
         root = tmp / f"run-{name}"
         plan = make_plan(
             root,
@@ -41,6 +40,7 @@ def main() -> int:
                 "train.device": "cuda",
                 "train.precision": "bf16",
                 "train.gradient_checkpointing": ckpt,
+                "train.fast_path": fast_path,
             },
         )
         events: list[dict] = []
@@ -48,7 +48,7 @@ def main() -> int:
         fast = any("fast path" in e.get("message", "") for e in events if e["type"] == "log")
         errors = [e["code"] for e in events if e["type"] == "finding" and e["severity"] == "error"]
         rows[name] = ([e["loss"] for e in of_type(events, "step")], fast, errors)
-    (a, fa, ea), (b, fb, eb), (c, fc, ec) = rows["0"], rows["auto"], rows["auto+ckpt"]
+    (a, fa, ea), (b, fb, eb), (c, fc, ec) = rows["padded"], rows["fast"], rows["fast+ckpt"]
     print(f"padded loop: fast path {fa}, errors {ea}; kernels loop: fast path {fb}, errors {eb}; ", end="")
     print(f"kernels loop with checkpointing: fast path {fc}, errors {ec}")
     print("step | padded loss | fast-path loss | rel. diff | fast path + checkpointing | rel. diff")

@@ -96,6 +96,19 @@ def idle(pad_id: int, packed: bool) -> MicroBatch:
     return pack([one]) if packed else pad([one], pad_id)
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The order in which an epoch takes `n` samples (or rows): a permutation seeded by (seed, epoch)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def micro_batches(data: Prepared, batch_size: int, world: int, row_starts: list[int] | None) -> int:
+    """Micro-batches of an epoch: of `batch_size × world` samples, or of `world` rows."""
+    if row_starts is not None:
+        return math.ceil((len(row_starts) - 1) / world)
+    return math.ceil(len(data) / (batch_size * world))
+
+
 class Batches:
     """Micro-batches of one split for training: epoch `e` is a permutation seeded by (seed, e), cut into
     `ceil(n / (batch_size × world))` micro-batches (the last may be short).
@@ -125,8 +138,7 @@ class Batches:
         self.data, self.batch_size, self.seed, self.pad_id = data, batch_size, seed, pad_id
         self.rank, self.world, self.packed = rank, world, packed
         self.row_starts = row_starts
-        units = len(row_starts) - 1 if row_starts is not None else len(data)
-        self.per_epoch = math.ceil(units / (world if row_starts is not None else batch_size * world))
+        self.per_epoch = micro_batches(data, batch_size, world, row_starts)
         self._order: tuple[int, list[int]] | None = None
         self._lengths = data.lengths() if world > 1 and row_starts is None else []
 
@@ -134,8 +146,7 @@ class Batches:
         """Epoch `epoch`'s permutation of the samples (of the rows, with rows)."""
         if self._order is None or self._order[0] != epoch:
             n = len(self.row_starts) - 1 if self.row_starts is not None else len(self.data)
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._order = (epoch, torch.randperm(n, generator=g).tolist())
+            self._order = (epoch, epoch_order(n, self.seed, epoch))
         return self._order[1]
 
     def get(self, epoch: int, index: int) -> MicroBatch | None:

@@ -96,27 +96,27 @@ class Prepared:
                 )
 
 
-def pack_rows(lengths: list[int], pack_tokens: int) -> list[list[int]]:
-    """`train.pack_tokens`: sample indices grouped in file order into rows of at most `pack_tokens` tokens
-    (greedy: a row closes when the next sample does not fit). The rows depend on neither seed nor epoch, so
-    their count, and with it the plan's total_steps, is fixed. src/data/pack.ts computes the same rows
-    (both held to tests/fixtures/pack-rows-golden.json). A sample longer than `pack_tokens` is an error."""
-    over = [i for i, n in enumerate(lengths) if n > pack_tokens]
-    if over:
-        longest = max(lengths[i] for i in over)
-        raise EngineError(
-            "CONFIG_PACK_TOKENS_SHORT",
-            f"training sample {over[0]} has {lengths[over[0]]} tokens, more than train.pack_tokens "
-            f"{pack_tokens} ({len(over)} sample(s) are; the longest has {longest})",
-            f"Raise train.pack_tokens to ≥ {longest}, or lower data.max_length to ≤ {pack_tokens} "
-            "(longer samples are then cut).",
+def read_rows(path: Path, data: Prepared, pack_tokens: int) -> list[int]:
+    """The rows of `train.pack_tokens`, cut by the product and written beside the tokens
+    (`rows-<pack_tokens>.safetensors`): `starts`, int64, rows + 1 sample indices in file order (row r holds
+    samples starts[r] … starts[r + 1] - 1), checked against the samples: every sample in one row, in order,
+    every row at most `pack_tokens` tokens."""
+    if not path.is_file():
+        raise bad_data(path.parent, f"{path.name} (the rows of train.pack_tokens) is missing")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            starts = f.get_tensor("starts") if "starts" in f.keys() else None
+    except Exception as e:  # safetensors raises its own error types
+        raise bad_data(path.parent, f"{path.name} cannot be read ({e})") from e
+    if starts is None or starts.dtype != torch.int64 or starts.dim() != 1 or len(starts) < 2:
+        raise bad_data(path.parent, f"{path.name} must hold `starts`, int64 [rows + 1]")
+    if int(starts[0]) != 0 or int(starts[-1]) != len(data) or bool((starts[1:] <= starts[:-1]).any()):
+        raise bad_data(path.parent, f"{path.name}: row starts must rise from 0 to the {len(data)} samples")
+    tokens = data.offsets[starts[1:]] - data.offsets[starts[:-1]]
+    if bool((tokens > pack_tokens).any()):
+        row = int((tokens > pack_tokens).nonzero()[0])
+        raise bad_data(
+            path.parent,
+            f"{path.name}: row {row} holds {int(tokens[row])} tokens, more than pack_tokens {pack_tokens}",
         )
-    rows: list[list[int]] = []
-    used = 0
-    for i, n in enumerate(lengths):
-        if not rows or used + n > pack_tokens:
-            rows.append([])
-            used = 0
-        rows[-1].append(i)
-        used += n
-    return rows
+    return starts.tolist()

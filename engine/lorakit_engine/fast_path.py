@@ -1,54 +1,50 @@
-"""How the model trains, decided once after LoRA is attached: on the fast path or in the padded loop.
+"""How the model trains, set up once after LoRA is attached: on the fast path (`train.fast_path`, decided by
+the product) or in the padded loop.
 
-Native models (ChatGLM3) train through lorakit_engine.kernels: each micro-batch packed into one row without
-padding (varlen attention; on the CPU, SDPA with a block mask), the loss fused with the output projection,
-fused LoRA, checkpointing by the model's own layers. Every other model takes padded micro-batches, with
-transformers' gradient checkpointing where it has it.
+On the fast path a native model (ChatGLM3) trains through lorakit_engine.kernels: each micro-batch one row
+without padding (varlen attention; on the CPU, SDPA with a block mask), the loss fused with the output
+projection, fused LoRA, checkpointing by the model's own layers. Otherwise micro-batches are padded, with
+transformers' gradient checkpointing where the model has it.
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from .parallel import Single
 from .plan import Plan
-from .protocol import Emit, log
-
-
-def wants_fast_path(model, device: torch.device) -> bool:
-    """LORAKIT_FAST=1 forces the fast path (also on the CPU), LORAKIT_FAST=0 turns it off; by default native
-    models on CUDA take it."""
-    from .kernels import fast_options
-
-    want = os.environ.get("LORAKIT_FAST", "auto")
-    return not (want == "0" or fast_options(model) is None or (want == "auto" and device.type != "cuda"))
+from .protocol import Emit, EngineError, log
 
 
 def prepare_training(
-    model, plan: Plan, parallel: Single, device: torch.device, dtype: torch.dtype, emit: Emit
+    model, plan: Plan, sharded: bool, device: torch.device, dtype: torch.dtype, emit: Emit
 ) -> bool:
-    """Set the model up for training; whether micro-batches are packed rows (the fast path)."""
+    """Set the model up for training as the plan says; whether micro-batches are packed rows."""
     t = plan.train
-    if wants_fast_path(model, device):
-        from .kernels import configure_fast_path
+    if t.fast_path:
+        from .kernels import configure_fast_path, fast_options
         from .kernels.attention import describe_backend
         from .kernels.elementwise import compile_works
 
+        if fast_options(model) is None:
+            raise EngineError(
+                "PLAN_INVALID",
+                f"train.fast_path is true but this {plan.model.model_type} model has no fast path "
+                "(lorakit_engine.kernels serves the natively built families)",
+                "Set train.fast_path to auto or false for this model.",
+            )
         options = configure_fast_path(
             model,
             compile=device.type == "cuda" and compile_works(str(device)),
             fused_lora=True,
             checkpointing=t.checkpointing,
             # "low_memory" keeps the token table in host memory unless FSDP2 places every weight itself
-            embedding_on_host=False if parallel.shards_the_base else None,
+            embedding_on_host=False if sharded else None,
         )
         log(
             emit,
             "fast path: packed rows without padding, fused loss and LoRA (lorakit_engine.kernels); "
-            f"checkpointing: {t.checkpointing}; attention: "
-            f"{describe_backend(device, dtype, options.attention)}",
+            f"checkpointing: {t.checkpointing}; "
+            f"attention: {describe_backend(device, dtype, options.attention)}",
         )
         return True
     if t.pack_tokens:

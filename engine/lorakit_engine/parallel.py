@@ -255,44 +255,6 @@ class Sharded(DataParallel):
         return True  # gathers and forwards stay collective to the end
 
 
-def resolve_device(train: TrainPlan, local_rank: int = 0, world: int = 1) -> torch.device:
-    """The plan's device; under torchrun on CUDA, this rank's GPU (LOCAL_RANK), made the current one."""
-    if train.device == "cuda" and not torch.cuda.is_available():
-        raise EngineError(
-            "NO_CUDA",
-            "train.device is cuda but torch sees no CUDA device "
-            f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})",
-            "Install a CUDA build of torch and check the driver with nvidia-smi, or set train.device: auto.",
-        )
-    if train.device == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    if world == 1:
-        return torch.device("cuda")
-    count = torch.cuda.device_count()
-    if local_rank >= count:
-        raise EngineError(
-            "NO_CUDA",
-            f"train.devices asks for {world} processes on this machine but torch sees {count} CUDA device(s)",
-            "Set train.devices to the number of GPUs (nvidia-smi lists them) or fewer.",
-        )
-    torch.cuda.set_device(local_rank)
-    return torch.device("cuda", local_rank)
-
-
-def check_devices(train: TrainPlan) -> None:
-    """The plan's device count against the processes torchrun started."""
-    _, world = launched_world()
-    if train.devices != world:
-        raise EngineError(
-            "DEVICES_MISMATCH",
-            f"the plan asks for {train.devices} device(s) (train.devices) but the engine runs as {world} "
-            "process(es)",
-            f"Launch it with `python -m torch.distributed.run --standalone --nproc_per_node={train.devices} "
-            "-m lorakit_engine train --plan plan.json` (lorakit does this), or set train.devices to "
-            f"{world}.",
-        )
-
-
 def choose(train: TrainPlan, dtype: torch.dtype, world: int, emit: Emit) -> type[Single]:
     """The strategy for `world` processes. `train.shard: fsdp` on one process has nothing to shard over: a
     log line says so and training goes on."""

@@ -17,15 +17,18 @@ Checkpointing = Literal["none", "full", "low_memory"]
 
 @dataclass(frozen=True)
 class PreparedRef:
-    """One prepared split: `dir` holds tokens.safetensors and manifest.json."""
+    """One prepared split: `dir` holds tokens.safetensors and manifest.json. `rows` (the training split with
+    train.pack_tokens): the file of its rows, `starts` (int64, rows + 1 sample indices in file order)."""
 
     dir: Path
     samples: int
     tokens: int
+    rows: Path | None = None
 
     @classmethod
     def of(cls, d: dict[str, Any]) -> PreparedRef:
-        return cls(Path(d["dir"]), d["samples"], d["tokens"])
+        rows = d.get("rows")
+        return cls(Path(d["dir"]), d["samples"], d["tokens"], Path(rows) if rows is not None else None)
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class ModelPlan:
     family: str
     model_type: str
     vocab_size: int
+    layers: int  # decoder layers, counted by the product from config.json
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,11 @@ class LoraPlan:
 
 @dataclass(frozen=True)
 class TrainPlan:
+    """The train section: the run config's settings, and the values the product resolved for this machine and
+    this data (precision, device, shard, fast_path, the step counts)."""
+
     total_steps: int
+    steps_per_epoch: int
     epochs: float
     batch_size: int  # per device
     grad_accum: int
@@ -63,17 +71,18 @@ class TrainPlan:
     weight_decay: float
     max_grad_norm: float
     seed: int
-    precision: str
+    precision: Literal["bf16", "fp16", "fp32"]
     gradient_checkpointing: bool | Literal["low_memory"]
     log_every: int
     eval_every: int  # 0: at each epoch end
     save_every: int  # 0: at each epoch end
     keep_checkpoints: int
-    device: str
+    patience: int  # evals without a new best before stopping early; 0: never
+    device: Literal["cpu", "cuda"]
     devices: int
-    shard: Literal["none", "fsdp"] = "none"
-    pack_tokens: int | None = None
-    patience: int | None = None
+    shard: Literal["none", "fsdp"]
+    fast_path: bool  # packed rows through lorakit_engine.kernels (a native model), else padded micro-batches
+    pack_tokens: int | None = None  # micro-batches are data.train.rows' rows of at most this many tokens
 
     @property
     def checkpointing(self) -> Checkpointing:
@@ -97,6 +106,15 @@ class SamplesPlan:
 
 
 @dataclass(frozen=True)
+class ProfilePlan:
+    """torch.profiler over optimizer steps first_step … first_step + steps - 1, a table per rank in `dir`."""
+
+    dir: Path
+    first_step: int
+    steps: int
+
+
+@dataclass(frozen=True)
 class Plan:
     version: int
     run_dir: Path
@@ -107,12 +125,12 @@ class Plan:
     samples: SamplesPlan
     resume: bool
     adapter_extras: dict[str, str]
-    fail_at_step: int | None = None
+    profile: ProfilePlan | None
 
     @classmethod
     def of(cls, d: dict[str, Any]) -> Plan:
         """A plan from its JSON (already checked against the schema)."""
-        data, samples = d["data"], d["samples"]
+        data, samples, profile = d["data"], d["samples"], d["profile"]
         return cls(
             version=d["version"],
             run_dir=Path(d["run_dir"]),
@@ -132,12 +150,19 @@ class Plan:
             ),
             resume=d["resume"],
             adapter_extras=dict(d["adapter_extras"]),
-            fail_at_step=d.get("fail_at_step"),
+            profile=ProfilePlan(**{**profile, "dir": Path(profile["dir"])}) if profile is not None else None,
         )
 
 
 # Paths in a plan, relative to the plan's folder unless absolute.
-PLAN_PATHS = (("run_dir",), ("model", "path"), ("data", "train", "dir"), ("data", "eval", "dir"))
+PLAN_PATHS = (
+    ("run_dir",),
+    ("model", "path"),
+    ("data", "train", "dir"),
+    ("data", "train", "rows"),
+    ("data", "eval", "dir"),
+    ("profile", "dir"),
+)
 
 
 def read_plan(path: Path | str) -> Plan:

@@ -42,16 +42,21 @@ def protocol_dir() -> Path:
 
 
 @cache
-def schema(name: str) -> dict:
-    path = protocol_dir() / f"{name}.schema.json"
+def protocol_file(name: str) -> dict:
+    """protocol/<name>, exported by the product (schemas, the finding catalogue, the family registry)."""
+    path = protocol_dir() / name
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise EngineError(
             "PROTOCOL_MISSING",
-            f"cannot read the protocol schema {path}: {e.strerror}",
+            f"cannot read the protocol file {path}: {e.strerror}",
             "Run the engine from a lorakit checkout, or point LORAKIT_PROTOCOL_DIR at its protocol/ folder.",
         ) from e
+
+
+def schema(name: str) -> dict:
+    return protocol_file(f"{name}.schema.json")
 
 
 @cache
@@ -93,22 +98,6 @@ class EventWriter:
 
 def log(emit: Emit, message: str, level: str = "info") -> None:
     emit({"type": "log", "level": level, "message": message})
-
-
-def finding_event(code: str, severity: str, title: str, evidence: dict, fix: str) -> dict:
-    """A `finding` event (protocol/event.schema.json): the one shape of every finding the engine makes."""
-    return {
-        "type": "finding",
-        "code": code,
-        "severity": severity,
-        "title": title,
-        "evidence": evidence,
-        "fix": fix,
-    }
-
-
-def finding(emit: Emit, code: str, severity: str, title: str, evidence: dict, fix: str) -> None:
-    emit(finding_event(code, severity, title, evidence, fix))
 
 
 _HINTS = {

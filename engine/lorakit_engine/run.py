@@ -9,6 +9,7 @@ share the work.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -19,19 +20,21 @@ import torch
 
 from . import checkpoint as ckpt
 from . import verify
-from .batches import Batches
+from .batches import Batches, micro_batches
 from .control import Controls
-from .data import Prepared, pack_rows
+from .data import Prepared, read_rows
 from .fast_path import prepare_training
 from .inspect_model import check_peft_model
 from .loop import Loop
 from .lora import attach_for_training
-from .parallel import Single, check_devices, open_parallel, resolve_device, seed_all
+from .models.checkpoint import load_error
+from .parallel import Single, open_parallel, seed_all
 from .plan import Plan
 from .profiling import StepProfiler
 from .protocol import Emit, EngineError, log, say
-from .torchrun import launched_world, local_rank
+from .torchrun import check_devices, launched_world, local_rank, resolve_device
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _EXTRA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _PEFT_FILES = {"adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"}
 
@@ -72,17 +75,10 @@ def check_inputs(plan: Plan) -> Inputs:
                 "Name adapter_extras entries like 'chat_template.jinja': letters, digits, '.', '_', '-'.",
             )
     if not (plan.model.path / "config.json").is_file():
-        raise EngineError(
-            "MODEL_LOAD_FAILED",
-            f"{plan.model.path} has no config.json",
-            "Point model at a local checkpoint folder (config.json, weights and tokenizer files).",
-        )
+        raise load_error("no config.json in the model folder", plan.model.path)
     train = Prepared(plan.data.train.dir)
     train.check(plan.data.train.samples, plan.data.train.tokens)
-    row_starts = None
-    if plan.train.pack_tokens:  # a sample longer than a row: an error before the model loads
-        rows = pack_rows(train.lengths(), plan.train.pack_tokens)
-        row_starts = [row[0] for row in rows] + [len(train)]
+    row_starts = check_rows(plan, train)
     ev = None
     if plan.data.eval is not None:
         ev = Prepared(plan.data.eval.dir)
@@ -110,12 +106,26 @@ def check_inputs(plan: Plan) -> Inputs:
     return Inputs(train, ev, resume_from, row_starts)
 
 
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    if precision == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+def check_rows(plan: Plan, train: Prepared) -> list[int] | None:
+    """train.pack_tokens' rows (data.train.rows), and the plan's steps per epoch against the data."""
+    t, rows = plan.train, plan.data.train.rows
+    if (t.pack_tokens is None) != (rows is None):
+        raise EngineError(
+            "PLAN_INVALID",
+            f"train.pack_tokens is {t.pack_tokens} but data.train.rows is {rows}: rows go with pack_tokens",
+            "Write the plan with lorakit, which names the rows file exactly when pack_tokens is set.",
+        )
+    row_starts = read_rows(rows, train, t.pack_tokens) if rows is not None and t.pack_tokens else None
+    per_device = micro_batches(train, t.batch_size, t.devices, row_starts)
+    if math.ceil(per_device / t.grad_accum) != t.steps_per_epoch:
+        raise EngineError(
+            "PLAN_INVALID",
+            f"train.steps_per_epoch is {t.steps_per_epoch} but the prepared data makes "
+            f"{math.ceil(per_device / t.grad_accum)} ({per_device} micro-batches per device, grad_accum "
+            f"{t.grad_accum})",
+            "Write the plan with lorakit from the same prepared data.",
+        )
+    return row_starts
 
 
 def load_base(path: Path | str, dtype: torch.dtype, device: torch.device):
@@ -127,11 +137,7 @@ def load_base(path: Path | str, dtype: torch.dtype, device: torch.device):
     except (EngineError, torch.OutOfMemoryError):
         raise
     except Exception as e:
-        raise EngineError(
-            "MODEL_LOAD_FAILED",
-            f"cannot load {path}: {type(e).__name__}: {e}",
-            "Point model at a complete local checkpoint folder of a supported family.",
-        ) from e
+        raise load_error(f"cannot load the model: {type(e).__name__}: {e}", path) from e
 
 
 def run(plan: Plan, emit: Emit, controls: Controls | None = None) -> Result:
@@ -144,7 +150,7 @@ def run(plan: Plan, emit: Emit, controls: Controls | None = None) -> Result:
     inputs = check_inputs(plan)
     rank, world = launched_world()
     device = resolve_device(t, local_rank(), world)
-    dtype = resolve_dtype(t.precision, device)
+    dtype = DTYPES[t.precision]
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         ckpt.clear_partial(plan.run_dir)
@@ -159,9 +165,9 @@ def run(plan: Plan, emit: Emit, controls: Controls | None = None) -> Result:
         parallel.emit_samples(base, plan, "before", emit)
     lora = plan.lora
     model = attach_for_training(base, lora.targets, lora.r, lora.alpha, lora.dropout, plan.model.model_type)
-    packed = prepare_training(model, plan, parallel, device, dtype, emit)
+    packed = prepare_training(model, plan, parallel.shards_the_base, device, dtype, emit)
     if parallel.main:
-        emit_all(emit, check_peft_model(model, lora.targets, count_layers(base))[1])
+        emit_all(emit, check_peft_model(model, lora.targets, plan.model.layers)[1])
     parallel.prepare(model, t.seed, emit)
     if before and parallel.shards_the_base:  # the adapter starts at zero: these are the base's answers
         parallel.emit_samples(model, plan, "before", emit)
@@ -181,15 +187,17 @@ def run(plan: Plan, emit: Emit, controls: Controls | None = None) -> Result:
     )
     if inputs.resume_from is not None:
         loop.resume(inputs.resume_from)
-    loop.run(StepProfiler.from_env(parallel.rank, device))
+    loop.run(StepProfiler(plan.profile, parallel.rank, device))
     train_s = time.monotonic() - started
     if not parallel.end_training():
         model.eval()
         return Result(model, loop.step, loop.stopped, plan.run_dir / "adapter", None)
-    return finish(model, plan, inputs, loop, parallel, emit, train_s)
+    return save_and_verify(model, plan, inputs, loop, parallel, emit, train_s)
 
 
-def finish(model, plan: Plan, inputs: Inputs, loop: Loop, parallel: Single, emit: Emit, train_s: float):
+def save_and_verify(
+    model, plan: Plan, inputs: Inputs, loop: Loop, parallel: Single, emit: Emit, train_s: float
+) -> Result:
     """After the loop: the adapter written (the best eval checkpoint's where early stopping chose it), the
     samples after training, the adapter's norms and reload check, `done`."""
     step, stopped, best = loop.step, loop.stopped, loop.monitor.best_step
@@ -232,13 +240,3 @@ def finish(model, plan: Plan, inputs: Inputs, loop: Loop, parallel: Single, emit
 def emit_all(emit: Emit, events: list[dict]) -> None:
     for event in events:
         emit(event)
-
-
-def count_layers(base) -> int:
-    """Transformer blocks of the base model (for targets matched vs layers × targets)."""
-    cfg = base.config
-    for key in ("num_hidden_layers", "num_layers", "n_layer"):
-        value = getattr(cfg, key, None)
-        if isinstance(value, int):
-            return value
-    return 0

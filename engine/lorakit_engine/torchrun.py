@@ -2,6 +2,8 @@
 -m lorakit_engine train --plan …`, what the product launches when `train.devices` > 1): each rank's place,
 its output, and one `error` event for a failure on any rank.
 
+- `train.devices` must be the number of processes (`check_devices`); under torchrun on CUDA each rank takes
+  its own GPU, LOCAL_RANK (`resolve_device`).
 - Rank 0 alone writes events; the other ranks' `emit` (`quiet_emitter`) passes log lines to stderr, marked
   with the rank.
 - A failure on another rank reaches rank 0 through torchrun's store (`ErrorRelay`): rank 0 writes that rank's
@@ -21,9 +23,11 @@ import time
 from datetime import timedelta
 from typing import Any
 
+import torch
 import torch.distributed as tdist
 
-from .protocol import Emit, EventWriter
+from .plan import TrainPlan
+from .protocol import Emit, EngineError, EventWriter
 
 _ERROR, _CLAIM, _EMITTED = "lorakit/error", "lorakit/error-claim", "lorakit/error-emitted"
 
@@ -36,6 +40,44 @@ def launched_world() -> tuple[int, int]:
 def local_rank() -> int:
     """This process's index on its machine (its GPU's)."""
     return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def resolve_device(train: TrainPlan, local_rank: int = 0, world: int = 1) -> torch.device:
+    """The plan's device; under torchrun on CUDA, this rank's GPU (LOCAL_RANK), made the current one."""
+    if train.device == "cuda" and not torch.cuda.is_available():
+        raise EngineError(
+            "NO_CUDA",
+            "train.device is cuda but torch sees no CUDA device "
+            f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})",
+            "Install a CUDA build of torch and check the driver with nvidia-smi, or set train.device: auto.",
+        )
+    if train.device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    if world == 1:
+        return torch.device("cuda")
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise EngineError(
+            "NO_CUDA",
+            f"train.devices asks for {world} processes on this machine but torch sees {count} CUDA device(s)",
+            "Set train.devices to the number of GPUs (nvidia-smi lists them) or fewer.",
+        )
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def check_devices(train: TrainPlan) -> None:
+    """The plan's device count against the processes torchrun started."""
+    _, world = launched_world()
+    if train.devices != world:
+        raise EngineError(
+            "DEVICES_MISMATCH",
+            f"the plan asks for {train.devices} device(s) (train.devices) but the engine runs as {world} "
+            "process(es)",
+            f"Launch it with `python -m torch.distributed.run --standalone --nproc_per_node={train.devices} "
+            "-m lorakit_engine train --plan plan.json` (lorakit does this), or set train.devices to "
+            f"{world}.",
+        )
 
 
 def quiet_emitter(rank: int) -> Emit:

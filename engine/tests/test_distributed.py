@@ -384,15 +384,15 @@ def test_sharded_stop_and_resume_exactly_also_from_an_unsharded_checkpoint(tmp_p
     assert max_diff(mixed / "run" / "adapter", whole / "run" / "adapter") < ADAPTER_TOL
 
 
-def test_sharding_refuses_fp16_also_when_auto_resolves_to_it():
-    """train.shard fsdp with fp16 is refused whether fp16 was asked for or `auto` chose it (a GPU without
-    bf16); one process has nothing to shard over and says so."""
+def test_sharding_refuses_fp16():
+    """train.shard fsdp with fp16 is refused (its loss scaler would skip steps rank by rank); one process has
+    nothing to shard over and says so."""
     from types import SimpleNamespace
 
     from lorakit_engine.parallel import Sharded, Single, choose
 
-    train, logs = SimpleNamespace(shard="fsdp", precision="auto"), []
-    with pytest.raises(EngineError, match="precision auto") as e:
+    train, logs = SimpleNamespace(shard="fsdp", precision="fp16"), []
+    with pytest.raises(EngineError, match="precision fp16") as e:
         choose(train, torch.float16, 2, logs.append)
     assert e.value.code == "SHARD_UNSUPPORTED"
     assert choose(train, torch.bfloat16, 2, logs.append) is Sharded

@@ -71,17 +71,29 @@ def test_protocol_validate_checks_prepared_counts(tmp_path):
 
 
 def test_protocol_protocol_dir_override(tmp_path, monkeypatch):
+    """Schemas, the finding catalogue and the family registry all come from LORAKIT_PROTOCOL_DIR when set."""
+    from lorakit_engine.findings import catalogue
+    from lorakit_engine.models.registry import families
+
     monkeypatch.setenv("LORAKIT_PROTOCOL_DIR", str(tmp_path))
-    protocol.schema.cache_clear()
+    protocol.protocol_file.cache_clear()
     protocol._checker.cache_clear()
+    families.cache_clear()
     try:
-        with pytest.raises(EngineError) as e:
-            protocol.schema("plan")
-        assert e.value.code == "PROTOCOL_MISSING" and str(tmp_path) in e.value.message
+        for read, name in (
+            (lambda: protocol.schema("plan"), "plan.schema.json"),
+            (catalogue, "findings.json"),
+        ):
+            with pytest.raises(EngineError) as e:
+                read()
+            assert e.value.code == "PROTOCOL_MISSING" and str(tmp_path / name) in e.value.message
+        with pytest.raises(EngineError, match="families.json"):
+            families()
     finally:
         monkeypatch.delenv("LORAKIT_PROTOCOL_DIR")
-        protocol.schema.cache_clear()
+        protocol.protocol_file.cache_clear()
         protocol._checker.cache_clear()
+        families.cache_clear()
 
 
 def test_protocol_error_events_classify_failures():

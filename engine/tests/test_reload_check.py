@@ -1,7 +1,7 @@
-"""The adapter reload check (lorakit_engine/verify.py) proven both ways: silent on a healthy run, failing on
+"""The adapter reload check (lorakit_engine/verify/) proven both ways: silent on a healthy run, failing on
 planted faults in the saved adapter — wrong target names, wrong scaling, a dropped tensor, B saved as zeros.
 
-Each case runs on the CPU in float32 and bf16 through the fast path (LORAKIT_FAST=1: fused LoRA), and on
+Each case runs on the CPU in float32 and bf16 through the fast path (train.fast_path: fused LoRA), and on
 CUDA when there is one (bf16 and fp32, the fast path with its Triton kernels). On the GPU machine:
 
     python3 -m pytest engine/tests/test_reload_check.py -q      (with PYTHONPATH=engine)
@@ -70,8 +70,7 @@ class Trained:
         return verdict, [e for e in events if e["type"] == "finding"]
 
 
-def train(root: Path, model_dir: Path, device: str, precision: str, monkeypatch, **over) -> Trained:
-    monkeypatch.setenv("LORAKIT_FAST", "1")  # the fast path, also on the CPU
+def train(root: Path, model_dir: Path, device: str, precision: str, **over) -> Trained:
     plan = make_plan(
         root,
         model_dir,
@@ -79,6 +78,7 @@ def train(root: Path, model_dir: Path, device: str, precision: str, monkeypatch,
             **RECIPE,
             "train.device": device,
             "train.precision": precision,
+            "train.fast_path": True,  # the fast path, also on the CPU
             "train.total_steps": 12,
             "train.lr": 1e-2,
             **over,
@@ -93,9 +93,8 @@ def train(root: Path, model_dir: Path, device: str, precision: str, monkeypatch,
 @pytest.fixture(scope="module", params=CASES, ids=[f"{d}-{p}" for d, p in CASES])
 def trained(request, fixtures_dir, tmp_path_factory):
     device, precision = request.param
-    with pytest.MonkeyPatch.context() as mp:
-        root = tmp_path_factory.mktemp(f"trained-{device}-{precision}")
-        yield train(root, fixtures_dir / "models" / "chatglm3-single", device, precision, mp)
+    root = tmp_path_factory.mktemp(f"trained-{device}-{precision}")
+    return train(root, fixtures_dir / "models" / "chatglm3-single", device, precision)
 
 
 # ---------------------------------------------------------------- planted faults, one per copy of adapter/
@@ -207,10 +206,9 @@ def test_planted_fault_fails_structure_and_numbers(trained, tmp_path, name):
 @pytest.fixture(scope="module", params=CASES, ids=[f"{d}-{p}" for d, p in CASES])
 def smoke(request, fixtures_dir, tmp_path_factory):
     device, precision = request.param
-    with pytest.MonkeyPatch.context() as mp:
-        root = tmp_path_factory.mktemp(f"smoke-{device}-{precision}")
-        over = {"train.total_steps": 2, "train.lr": 1e-4, "train.warmup_steps": 0, "train.batch_size": 2}
-        yield train(root, fixtures_dir / "models" / "chatglm3-single", device, precision, mp, **over)
+    root = tmp_path_factory.mktemp(f"smoke-{device}-{precision}")
+    over = {"train.total_steps": 2, "train.lr": 1e-4, "train.warmup_steps": 0, "train.batch_size": 2}
+    return train(root, fixtures_dir / "models" / "chatglm3-single", device, precision, **over)
 
 
 def test_smoke_run_passes_with_numbers_inconclusive_in_bf16(smoke):

@@ -30,6 +30,7 @@ def run_inprocess(tmp_path, model_dir, **over):
 
     def emit(e):
         assert schema_errors("event", e) == [], e
+        assert "{" not in e.get("title", "") + e.get("fix", ""), e  # every template key in the evidence
         events.append(e)
 
     return run(plan, emit), events, plan
@@ -281,7 +282,7 @@ def test_train_overfitting_stops_early_and_keeps_the_best_checkpoint(tmp_path, m
 
 
 @pytest.mark.parametrize(("accum", "ckpt"), [(1, False), (2, False), (2, "low_memory")])
-def test_train_chatglm3_fast_path_matches_the_padded_loop(tmp_path, fixtures_dir, monkeypatch, accum, ckpt):
+def test_train_chatglm3_fast_path_matches_the_padded_loop(tmp_path, fixtures_dir, accum, ckpt):
     """The training loop through lorakit_engine.kernels (packed rows, fused loss, fused LoRA) gives the padded
     loop's losses, gradient norms, eval losses and adapter (float32, dropout 0). Forced on the CPU here, where
     packed attention is SDPA with a block mask; on CUDA it is varlen attention. With `gradient_checkpointing:
@@ -295,14 +296,13 @@ def test_train_chatglm3_fast_path_matches_the_padded_loop(tmp_path, fixtures_dir
         "train.gradient_checkpointing": ckpt,
     }
     runs = {}
-    for mode in ("0", "1"):
-        monkeypatch.setenv("LORAKIT_FAST", mode)
-        root = tmp_path / f"fast-{mode}"
-        plan = make_plan(root, model_dir, **over)
+    for fast_path in (False, True):
+        root = tmp_path / f"fast-{fast_path}"
+        plan = make_plan(root, model_dir, **over, **{"train.fast_path": fast_path})
         events: list[dict] = []
         result = run(read_plan(write_plan(root, plan)), events.append)
-        runs[mode] = (events, result)
-    (plain, r0), (fast, r1) = runs["0"], runs["1"]
+        runs[fast_path] = (events, result)
+    (plain, r0), (fast, r1) = runs[False], runs[True]
     mode = {False: "none", "low_memory": "low_memory"}[ckpt]
     assert any(
         "fast path: packed rows" in e.get("message", "")
@@ -325,21 +325,16 @@ def test_train_chatglm3_fast_path_matches_the_padded_loop(tmp_path, fixtures_dir
         torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
 
 
-def test_profile_of_chosen_steps_is_written_per_rank(tmp_path, fixtures_dir, monkeypatch):
-    """LORAKIT_PROFILE=<dir> with LORAKIT_PROFILE_STEPS=first:count writes profile-rank0.txt over those steps,
-    also when training ends inside them; a malformed value is a clear error before training."""
+def test_profile_of_chosen_steps_is_written_per_rank(tmp_path, fixtures_dir):
+    """The plan's profile {dir, first_step, steps} writes profile-rank0.txt over those steps, also when
+    training ends inside them (relative to the plan, like every path in it)."""
     model_dir = fixtures_dir / "models" / "tiny-llama"
     root = tmp_path / "run"
-    plan = read_plan(write_plan(root, make_plan(root, model_dir, **{"train.total_steps": 3})))
-    monkeypatch.setenv("LORAKIT_PROFILE", str(tmp_path / "prof"))
-    monkeypatch.setenv("LORAKIT_PROFILE_STEPS", "2:5")  # past the last step: written at the end
-    run(plan, lambda e: None)
-    text = (tmp_path / "prof" / "profile-rank0.txt").read_text()
+    profile = {"dir": "prof", "first_step": 2, "steps": 5}  # past the last step: written at the end
+    plan = make_plan(root, model_dir, **{"train.total_steps": 3, "profile": profile})
+    run(read_plan(write_plan(root, plan)), lambda e: None)
+    text = (root / "prof" / "profile-rank0.txt").read_text()
     assert text.startswith("rank 0, steps 2..3") and "step wall ms: 2: " in text and ", 3: " in text
-    monkeypatch.setenv("LORAKIT_PROFILE_STEPS", "11")
-    with pytest.raises(EngineError, match="LORAKIT_PROFILE_STEPS='11'") as e:
-        run(plan, lambda e: None)
-    assert e.value.code == "BAD_ENVIRONMENT"
 
 
 def test_a_stop_during_the_last_step_finishes_the_run(tmp_path, model_dir):

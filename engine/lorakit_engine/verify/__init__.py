@@ -43,8 +43,9 @@ import torch
 from .. import fsdp
 from ..batches import Batch, pad
 from ..data import Prepared
+from ..findings import finding
 from ..plan import Plan
-from ..protocol import Emit, finding, log
+from ..protocol import Emit, log
 from .files import check_files, check_loaded, compare_tensors, expected_state, lora_scalings
 from .logits import (
     CONCLUSIVE,
@@ -185,14 +186,5 @@ def reload_check(
         f"{stats.get('top1_agreement', 0):.1%})",
     )
     if not verdict.ok:
-        first = problems[0] if problems else reason
-        finding(
-            emit,
-            "ADAPTER_RELOAD_MISMATCH",
-            "error",
-            f"the saved adapter, loaded by peft on a fresh base, is not the trained adapter: {first}",
-            verdict.evidence(),
-            "Check that the adapter's target modules exist under the same names in the base model and that "
-            "nothing rewrote adapter/ after training; report it with engine.log if they do.",
-        )
+        finding(emit, "ADAPTER_RELOAD_MISMATCH", verdict.evidence())
     return verdict

@@ -7,8 +7,9 @@ import math
 from typing import Any
 
 from .. import fsdp
+from ..findings import finding
 from ..lora import layer_of, lora_layers
-from ..protocol import Emit, finding, log
+from ..protocol import Emit, log
 
 B_ZERO_RMS = 1e-8  # a LoRA B whose entries average below this never moved away from its zero init
 
@@ -53,12 +54,5 @@ def report_norms(norms: dict[str, Any], emit: Emit) -> None:
     )
     dead = [k for k, v in norms["per_layer"].items() if v["b_rms_max"] < B_ZERO_RMS]
     if dead:
-        finding(
-            emit,
-            "ADAPTER_NEVER_LEARNED",
-            "warning",
-            f"LoRA B stayed at zero in {len(dead)} of {len(norms['per_layer'])} layers: "
-            "the adapter changes nothing there",
-            {"layers": dead[:64], "b_rms_threshold": B_ZERO_RMS},
-            "Raise train.lr or train for more steps, and check that the adapter parameters are trainable.",
-        )
+        evidence = {"layers": dead[:64], "of_layers": len(norms["per_layer"]), "b_rms_threshold": B_ZERO_RMS}
+        finding(emit, "ADAPTER_NEVER_LEARNED", evidence)
