@@ -14,13 +14,12 @@ import {
   fitMicroBatch,
   footprint,
   gpuUseFindings,
-  loraParams,
   type MemoryInputs,
   memoryFindings,
-  modelShape,
   worstMicroBatch,
 } from "../src/doctor/memory.js";
 import { familyFor } from "../src/models/families.js";
+import { loraParams, modelShape } from "../src/models/shape.js";
 import { fixture } from "./helpers.js";
 
 const GiB = 1024 ** 3;
