@@ -27,6 +27,8 @@ import {
   type TemplateSamples,
 } from "./model.js";
 
+export { dataFindings } from "./data.js";
+export type { TemplateSamples } from "./model.js";
 export { outputFindings } from "./outputs.js";
 
 /** The data stage: the prepared data and the function that turns it into DATA_* findings (src/doctor/data.ts). */

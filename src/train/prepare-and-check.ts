@@ -3,9 +3,7 @@
 // `lorakit doctor` and the train road, so both see the same findings.
 import type { LoadedConfig } from "../config/load.js";
 import { loadConversations, loadTokenizer, type Tokenizer, viewSample } from "../data/index.js";
-import { dataFindings } from "../doctor/data.js";
-import { type DoctorReport, runDoctor, type StepResult } from "../doctor/index.js";
-import type { TemplateSamples } from "../doctor/model.js";
+import { type DoctorReport, dataFindings, runDoctor, type StepResult, type TemplateSamples } from "../doctor/index.js";
 import type { PythonEnv } from "../engine/python.js";
 import { type ModelInfo, readCheckpoint } from "../models/checkpoint.js";
 import { type PreparedRun, prepareForRun } from "./prepare-run.js";

@@ -6,7 +6,7 @@ import { stringify as toYaml } from "yaml";
 import type { LoadedConfig } from "../config/load.js";
 import type { Event, Plan } from "../config/schema.js";
 import type { Tokenizer } from "../data/index.js";
-import { outputFindings } from "../doctor/outputs.js";
+import { outputFindings } from "../doctor/index.js";
 import { ensurePython, type PythonEnv } from "../engine/python.js";
 import { engineFailure, spawnEngine } from "../engine/supervisor.js";
 import { LorakitError } from "../errors.js";
