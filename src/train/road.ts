@@ -170,6 +170,14 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
     });
   }
 
+  // The plan before anything is written: a value it cannot resolve (LORAKIT_PROFILE_STEPS) stops the road here.
+  const plan = buildPlan(loaded, model, prepared, {
+    runDir,
+    resume: Boolean(opts.resume),
+    found: doctor.hardware,
+    env: opts.env ?? process.env,
+  });
+
   // Store and run directory.
   mkdirSync(runDir, { recursive: true });
   const store = RunStore.forOutputDir(loaded.outputDir);
@@ -181,12 +189,6 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
   if (opts.resume) store.clearFindings(run.id); // the checks run again; the engine reports its own again
   for (const f of doctor.findings) store.addFinding(run.id, f.stage, f);
   writeFileSync(path.join(runDir, "config.yaml"), resolvedYaml);
-  const plan = buildPlan(loaded, model, prepared, {
-    runDir,
-    resume: Boolean(opts.resume),
-    found: doctor.hardware,
-    env: opts.env ?? process.env,
-  });
   const planPath = path.join(runDir, "plan.json");
   writeFileSync(planPath, `${JSON.stringify(plan, null, 2)}\n`);
   store.setPlan(run.id, JSON.stringify(plan));
