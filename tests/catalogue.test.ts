@@ -4,9 +4,8 @@
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
-import { catalogue, ERRORS, isCatalogued, RENAMED, withCatalogue } from "../src/doctor/catalogue.js";
-import { CODES } from "../src/doctor/finding.js";
 import { ROOT } from "../src/engine/python.js";
+import { CODES, catalogue, ERRORS, isCatalogued, RENAMED, withCatalogue } from "../src/findings/index.js";
 
 function files(dir: string, ext: string): string[] {
   return readdirSync(dir).flatMap((name) => {
@@ -29,15 +28,18 @@ function literals(paths: string[]): Map<string, string> {
   return found;
 }
 
+const sourcesOutsideTheCatalogue = () =>
+  files(path.join(ROOT, "src"), ".ts").filter((f) => !f.startsWith(path.join(ROOT, "src", "findings") + path.sep));
+
 describe("the catalogue", () => {
   it("holds every code lorakit's TypeScript writes", () => {
     // The catalogue's own prose quotes environment names in Markdown; its codes are keys, not strings.
-    const found = literals(files(path.join(ROOT, "src"), ".ts").filter((f) => !f.endsWith("catalogue.ts")));
+    const found = literals(sourcesOutsideTheCatalogue());
     expect(found.size).toBeGreaterThan(90);
     // lorakit's own environment variables (LORAKIT_FAST, LORAKIT_PROFILE) are quoted in messages, not codes.
     const codes = [...found].filter(([word]) => !word.startsWith("LORAKIT_"));
     const missing = codes.filter(([code]) => !isCatalogued(code)).map(([c, at]) => `${c} (${at})`);
-    expect(missing, "add them to ERRORS in src/doctor/catalogue.ts (or CODES in finding.ts)").toEqual([]);
+    expect(missing, "add them to src/findings/error-codes.ts (or a finding code to src/findings/codes/)").toEqual([]);
   });
 
   it("has one name per case: findings and errors apart, renamed codes gone", () => {
@@ -46,7 +48,7 @@ describe("the catalogue", () => {
       expect(isCatalogued(from), from).toBe(false);
       expect(isCatalogued(to), to).toBe(true);
     }
-    const src = literals(files(path.join(ROOT, "src"), ".ts").filter((f) => !f.endsWith("catalogue.ts")));
+    const src = literals(sourcesOutsideTheCatalogue());
     expect(Object.keys(RENAMED).filter((c) => src.has(c))).toEqual([]);
     const all = catalogue().map((e) => e.code);
     expect(new Set(all).size).toBe(all.length);

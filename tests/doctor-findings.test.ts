@@ -4,26 +4,26 @@ import { readFileSync } from "node:fs";
 import path from "node:path";
 import { PassThrough } from "node:stream";
 import { describe, expect, it } from "vitest";
+import { renderFinding, renderFindings, toJson } from "../src/cli/findings-view.js";
 import type { Io } from "../src/cli/io.js";
 import { FindingEvent } from "../src/config/schema.js";
+import { ROOT } from "../src/engine/python.js";
+import { LorakitError } from "../src/errors.js";
 import {
   CODES,
   type CodeSpec,
   countFindings,
   fill,
   findingsError,
+  findingsOfError,
   fromEvent,
   fromRow,
   makeFinding,
-  renderFinding,
-  renderFindings,
-  renderFindingsHtml,
   STAGES,
   stageOf,
   toEvent,
-  toJson,
-} from "../src/doctor/finding.js";
-import { ROOT } from "../src/engine/python.js";
+} from "../src/findings/index.js";
+import { findingsTable } from "../src/report/findings-table.js";
 
 const ALL = Object.entries(CODES as Record<string, CodeSpec>);
 
@@ -98,6 +98,20 @@ describe("registry", () => {
     expect(stageOf("SOMETHING_NEW_FROM_THE_ENGINE")).toBe("training");
   });
 
+  it("converts a LorakitError with every problem it carries to findings, where it happened in the evidence", () => {
+    const err = LorakitError.fromList([
+      new LorakitError("CONFIG_BAD_VALUE", "bad lr\nmore", {
+        where: { file: "/x/run.yaml", line: 4, key: "train.lr" },
+      }),
+      new LorakitError("DATA_BAD_JSON", "not JSON", { hint: "Fix the line." }),
+    ]);
+    const [a, b] = findingsOfError(err);
+    expect(a).toMatchObject({ code: "CONFIG_BAD_VALUE", severity: "error", stage: "config" });
+    expect(a?.title).toBe("/x/run.yaml:4, key train.lr: bad lr");
+    expect(a?.evidence).toEqual({ message: "bad lr\nmore", file: "/x/run.yaml", line: 4, key: "train.lr" });
+    expect(b).toMatchObject({ code: "DATA_BAD_JSON", stage: "data", title: "not JSON", fix: "Fix the line." });
+  });
+
   it("turns error findings into one LorakitError for the road", () => {
     const list = [
       makeFinding("CONFIG_LR_HIGH", { lr: 0.003, r: 8, scale: 4 }),
@@ -149,13 +163,17 @@ describe("rendering", () => {
     expect(countFindings([])).toEqual({ errors: 0, warnings: 0, info: 0 });
   });
 
-  it("writes an escaped HTML fragment for the report", () => {
-    const html = renderFindingsHtml(list);
-    expect(html.startsWith('<section class="findings">')).toBe(true);
+  it("writes one escaped HTML table for the report and the comparison page", () => {
+    const html = findingsTable(list, { empty: "No findings.", evidence: true });
+    expect(html.startsWith('<table class="findings"><tr><th>severity</th><th>code</th>')).toBe(true);
     expect(html).toContain("&lt;|user|&gt; hi");
     expect(html).not.toContain("<|user|>");
     expect(html).toContain('<tr class="error"><td>error</td><td><code>MODEL_TARGETS_NOT_FOUND</code>');
-    expect(renderFindingsHtml([])).toContain("No findings.");
+    const runs = findingsTable(list.slice(0, 1), { empty: "-", runs: ["a<b"] });
+    expect(runs).toContain("<th>run</th>");
+    expect(runs).toContain('<tr class="info"><td>a&lt;b</td><td>info</td>');
+    expect(runs).not.toContain("<th>evidence</th>");
+    expect(findingsTable([], { empty: "No findings." })).toBe('<p class="ok">No findings.</p>');
   });
 });
 

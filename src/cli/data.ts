@@ -1,9 +1,9 @@
 // `lorakit data run.yaml`: prepare (or reuse) the run's data and show what will be trained —
 // counts, lengths, truncation, trained share — and samples token by token.
 import { loadConfig } from "../config/load.js";
-import { loadConversations, viewSample } from "../data/prepare.js";
-import { loadTokenizer } from "../data/tokenizer.js";
+import { loadConversations, loadTokenizer, viewSample } from "../data/index.js";
 import { LorakitError } from "../errors.js";
+import { pct } from "../format.js";
 import { readCheckpoint } from "../models/checkpoint.js";
 import { prepareForRun } from "../train/prepare-run.js";
 import { defineCommand } from "./command.js";
@@ -51,7 +51,6 @@ export const command = defineCommand({
       out(io, JSON.stringify({ dir: result.dir, manifest: result.manifest, eval: result.eval?.stats ?? null }));
       return 0;
     }
-    const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
     out(
       io,
       `lengths     min ${stats.length.min}, p50 ${stats.length.p50}, p95 ${stats.length.p95}, max ${stats.length.max} tokens (max_length ${loaded.config.data.max_length})`,

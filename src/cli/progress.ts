@@ -196,7 +196,7 @@ export function eventPrinter(
         progress.line(c.dim(`checkpoint  step ${e.step} → ${e.path}`));
         break;
       case "finding":
-        break; // printed through the road's onFinding, with the preflight and output findings
+        break; // printed through the road's onFinding, with the doctor's and the outputs' findings
       case "log":
         if (e.level !== "debug") progress.line(c.dim(e.message));
         break;

@@ -2,9 +2,9 @@
 // registry as JSON) and the code tables of the README; `--check` says whether any of it is stale.
 import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { withCatalogue } from "../doctor/catalogue.js";
 import { staleProtocolFiles, writeProtocol } from "../engine/protocol.js";
 import { ROOT } from "../engine/python.js";
+import { withCatalogue } from "../findings/index.js";
 import { defineCommand } from "./command.js";
 import { err, out } from "./io.js";
 

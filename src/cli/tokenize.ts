@@ -5,11 +5,15 @@
 // prompt included. FILE holds one conversation in any data format, a bare OpenAI message array, or a data
 // file (JSON array or JSONL) whose record `--sample N` is shown.
 import { readFileSync } from "node:fs";
-import { type Conversation, normalizeRecords } from "../data/formats.js";
-import { viewSample } from "../data/prepare.js";
-import { type RawRecord, readSamples } from "../data/read.js";
-import { chooseTemplate } from "../data/template.js";
-import { loadTokenizer } from "../data/tokenizer.js";
+import {
+  type Conversation,
+  chooseTemplate,
+  loadTokenizer,
+  normalizeRecords,
+  type RawRecord,
+  readSamples,
+  viewSample,
+} from "../data/index.js";
 import { LorakitError } from "../errors.js";
 import { readCheckpoint } from "../models/checkpoint.js";
 import { badArgs, defineCommand } from "./command.js";

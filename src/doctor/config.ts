@@ -6,10 +6,10 @@ import type { LoadedConfig } from "../config/load.js";
 import type { RunConfig } from "../config/schema.js";
 import { longSamples, type SplitManifest } from "../data/index.js";
 import { nearest } from "../errors.js";
+import { type Finding, makeFinding } from "../findings/index.js";
 import { FAMILIES, type Family } from "../models/families.js";
 import { plannedSteps } from "../plan/index.js";
 import type { Hardware } from "./env.js";
-import { type Finding, makeFinding } from "./finding.js";
 
 /** Sample and token counts of the run's data: exact from prepared data, else estimated from the files. */
 export interface DatasetFacts {

@@ -7,9 +7,9 @@ import os from "node:os";
 import path from "node:path";
 import { FindingEvent } from "../config/schema.js";
 import type { PythonEnv } from "../engine/python.js";
+import { runEngineJson } from "../engine/supervisor.js";
+import { type Finding, fromEvent, makeFinding } from "../findings/index.js";
 import type { Precision } from "../plan/index.js";
-import { runEngineJson } from "./env.js";
-import { type Finding, fromEvent, makeFinding } from "./finding.js";
 
 /** Formatted samples (ids + labels, -100 = no loss) and the same text without the template. */
 export interface TemplateSamples {

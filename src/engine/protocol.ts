@@ -5,7 +5,7 @@ import { mkdir, readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { z } from "zod";
 import { Event, PROTOCOL } from "../config/schema.js";
-import { findingsJson } from "../doctor/catalogue.js";
+import { findingsJson } from "../findings/index.js";
 import { familiesJson } from "../models/families.js";
 
 const jsonText = (value: unknown) => `${JSON.stringify(value, null, 2)}\n`;

@@ -4,7 +4,7 @@ import { mkdirSync } from "node:fs";
 import path from "node:path";
 import Database from "better-sqlite3";
 import type { Event } from "../config/schema.js";
-import { stageOf } from "../doctor/finding.js";
+import { stageOf } from "../findings/index.js";
 
 export type RunStatus = "running" | "completed" | "failed" | "stopped";
 

@@ -3,8 +3,8 @@
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import type { LoadedConfig } from "../config/load.js";
+import type { Tokenizer } from "../data/index.js";
 import { type PrepareResult, prepareDataset, preparedLengths, writeRows } from "../data/index.js";
-import type { Tokenizer } from "../data/tokenizer.js";
 import type { ModelInfo } from "../models/checkpoint.js";
 
 export interface HeldOutItem {

@@ -5,16 +5,18 @@ import path from "node:path";
 import { stringify as toYaml } from "yaml";
 import type { LoadedConfig } from "../config/load.js";
 import type { Event, Plan } from "../config/schema.js";
-import type { Tokenizer } from "../data/tokenizer.js";
-import { type Finding, findingsError, fromEvent, makeFinding } from "../doctor/finding.js";
-import { outputFindings } from "../doctor/outputs.js";
+import type { Tokenizer } from "../data/index.js";
+import { outputFindings } from "../doctor/index.js";
 import { ensurePython, type PythonEnv } from "../engine/python.js";
 import { engineFailure, spawnEngine } from "../engine/supervisor.js";
 import { LorakitError } from "../errors.js";
+import { type Finding, findingsError, fromEvent, makeFinding } from "../findings/index.js";
+import { plural } from "../format.js";
 import { buildPlan, smokePlan, type TrainCounts } from "../plan/index.js";
 import { renderReport } from "../report/html.js";
-import { RunStore, type SampleRow } from "../runs/store.js";
-import { prepareAndCheck } from "./preflight.js";
+import { exactMatchShare, exactMatchText } from "../runs/exact-match.js";
+import { RunStore } from "../runs/store.js";
+import { prepareAndCheck } from "./prepare-and-check.js";
 
 export interface RoadOptions {
   resume?: boolean;
@@ -29,7 +31,7 @@ export interface RoadOptions {
   smoke?: boolean;
   /** Start over: delete an earlier run's checkpoints and adapter under the same name. */
   fresh?: boolean;
-  /** Every finding as it is made: preflight, smoke, training, outputs. */
+  /** Every finding as it is made: the doctor's, the smoke run's, training's, the outputs'. */
   onFinding?: (f: Finding) => void;
 }
 
@@ -105,7 +107,7 @@ export function outcomeText(status: RoadResult["status"], errorFindings: readonl
   if (status !== "completed" || errorFindings.length === 0) return status;
   const codes = [...new Set(errorFindings.map((f) => f.code))];
   const n = errorFindings.length;
-  return `completed with ${n} error finding${n === 1 ? "" : "s"}: ${codes.join(", ")}`;
+  return `completed with ${plural(n, "error finding")}: ${codes.join(", ")}`;
 }
 
 /** Decodes generated ids; ids the tokenizer does not know (a model's padded vocabulary) show as ⟨id N⟩. */
@@ -122,13 +124,6 @@ export function decodeGenerated(tokenizer: Tokenizer, ids: readonly number[]): s
     run = [];
   }
   return text + tokenizer.decode(run, { skipSpecial: true });
-}
-
-/** Share of scored samples of a phase whose output equals the reference exactly (null when none is scored). */
-export function exactMatchShare(samples: readonly SampleRow[], phase: "before" | "after"): number | null {
-  const scored = samples.filter((s) => s.phase === phase && s.reference !== null);
-  if (scored.length === 0) return null;
-  return scored.filter((s) => s.output.trim() === (s.reference as string).trim()).length / scored.length;
 }
 
 export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<RoadResult> {
@@ -155,7 +150,7 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
 
   // Everything before the GPU: model, tokenizer, data, and the doctor's checks on them.
   const py = opts.py ?? (await ensurePython({ env: opts.env ?? process.env, log }));
-  const { model, tokenizer, prepared, preflight } = await prepareAndCheck(loaded, {
+  const { model, tokenizer, prepared, doctor } = await prepareAndCheck(loaded, {
     py,
     env: opts.env ?? process.env,
     ...(opts.signal ? { signal: opts.signal } : {}),
@@ -167,13 +162,21 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
   });
   log(`model       ${loaded.modelDir} (${model.modelType}, family ${model.family.name}, ${model.layers} layers)`);
   if (opts.signal?.aborted) throw stoppedBeforeTraining();
-  const refused = findingsError(preflight.findings);
+  const refused = findingsError(doctor.findings);
   if (refused && !opts.force) {
     throw new LorakitError(refused.code, `the doctor found ${refused.all().length} error(s); training did not start`, {
       hint: "fix them (details above, or run `lorakit doctor <config>`), or pass --force to train anyway (recorded in the run)",
       more: refused.all(),
     });
   }
+
+  // The plan before anything is written: a value it cannot resolve (LORAKIT_PROFILE_STEPS) stops the road here.
+  const plan = buildPlan(loaded, model, prepared, {
+    runDir,
+    resume: Boolean(opts.resume),
+    found: doctor.hardware,
+    env: opts.env ?? process.env,
+  });
 
   // Store and run directory.
   mkdirSync(runDir, { recursive: true });
@@ -184,14 +187,8 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
     forced: Boolean(opts.force && refused),
   });
   if (opts.resume) store.clearFindings(run.id); // the checks run again; the engine reports its own again
-  for (const f of preflight.findings) store.addFinding(run.id, f.stage, f);
+  for (const f of doctor.findings) store.addFinding(run.id, f.stage, f);
   writeFileSync(path.join(runDir, "config.yaml"), resolvedYaml);
-  const plan = buildPlan(loaded, model, prepared, {
-    runDir,
-    resume: Boolean(opts.resume),
-    found: preflight.hardware,
-    env: opts.env ?? process.env,
-  });
   const planPath = path.join(runDir, "plan.json");
   writeFileSync(planPath, `${JSON.stringify(plan, null, 2)}\n`);
   store.setPlan(run.id, JSON.stringify(plan));
@@ -275,7 +272,6 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
     after: exactMatchShare(store.samples(run.id), "after"),
     n: prepared.heldOut.filter((s) => s.reference !== null).length,
   };
-  const pct = (x: number | null) => (x === null ? "—" : `${(100 * x).toFixed(1)}%`);
   const reportPath = path.join(runDir, "report.html");
   writeFileSync(
     reportPath,
@@ -293,7 +289,7 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
         data: `${prepared.train.samples} train / ${prepared.eval?.samples ?? 0} eval samples, ${prepared.train.tokens} train tokens`,
         steps: `${plan.train.total_steps} optimizer steps, ${c.train.pack_tokens !== undefined ? `rows of ≤ ${c.train.pack_tokens} tokens` : `batch ${c.train.batch_size}`} × accumulation ${c.train.grad_accum}, lr ${plan.train.lr}`,
         lora: `r ${plan.lora.r}, alpha ${plan.lora.alpha}, dropout ${plan.lora.dropout} on ${plan.lora.targets.join(", ")}`,
-        "held-out exact match": `before ${pct(exactMatch.before)} → after ${pct(exactMatch.after)} (${exactMatch.n} samples)`,
+        "held-out exact match": exactMatchText(exactMatch),
         ...(error ? { error: `${error.code}: ${error.message.split("\n")[0]}` } : {}),
       },
     }),
