@@ -1,11 +1,11 @@
-// Finding titles and fixes are templates filled from the evidence in both languages: src/doctor/finding.ts
+// Finding titles and fixes are templates filled from the evidence in both languages: src/findings/finding.ts
 // `fill` here, engine/lorakit_engine/findings.py `fill` in engine/tests/test_findings.py, both held to
 // tests/fixtures/fill-golden.json (numbers, lists, objects, missing keys, cut values).
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
-import { fill } from "../src/doctor/finding.js";
 import { ROOT } from "../src/engine/python.js";
+import { fill } from "../src/findings/finding.js";
 
 interface Case {
   name: string;

@@ -1,6 +1,6 @@
 """Findings by code: the catalogue is protocol/findings.json, exported from the product's one list of codes
 (stage, severity, title and fix templates). The engine names a code and the evidence; the title and the fix
-are the catalogue's, `{key}` filled from the evidence the way the product fills it (src/doctor/finding.ts
+are the catalogue's, `{key}` filled from the evidence the way the product fills it (src/findings/finding.ts
 `fill`: integers as they are, other numbers to 3 significant digits, lists of scalars joined by ", ",
 anything else as JSON, cut to 120 characters; a key the evidence lacks stays `{key}`). No torch here.
 """
