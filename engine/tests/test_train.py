@@ -183,9 +183,22 @@ def test_train_nonfinite_loss_stops_without_saving(tmp_path, model_dir, monkeypa
         return ce * float("nan") if len(calls) > 8 else ce  # steps 1-4 fine (2 micro-batches each)
 
     monkeypatch.setattr(loss_mod, "token_ce_sum", poisoned)
+    events: list[dict] = []
+    plan = read_plan(
+        write_plan(tmp_path, make_plan(tmp_path, model_dir, eval=False, **{"train.save_every": 2}))
+    )
     with pytest.raises(EngineError) as err:
-        run_inprocess(tmp_path, model_dir, eval=False, **{"train.save_every": 2, "samples.before": False})
+        run(plan, events.append)
     assert err.value.code == "TRAIN_NONFINITE_LOSS"
+    # detected once, by the monitor: one finding, with the last good step and the losses before it
+    (found,) = [e for e in of_type(events, "finding") if e["code"] == "TRAIN_NONFINITE_LOSS"]
+    assert found["evidence"]["step"] == 5 and found["evidence"]["last_good_step"] == 4
+    assert len(found["evidence"]["recent_losses"]) == 4 and [e["step"] for e in of_type(events, "step")] == [
+        1,
+        2,
+        3,
+        4,
+    ]
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert ckpts == ["step-2", "step-4"]
     assert not (tmp_path / "run" / "adapter").exists()
