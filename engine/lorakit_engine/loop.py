@@ -5,7 +5,7 @@ micro-batches.
 
 The loop does not know how the ranks train together: a `parallel` strategy (parallel.py) runs this rank's
 forwards, agrees on the token counts and the `stop`, and sums the gradients. It does not know the micro-batch
-layout either: `token_ce_sum` takes a padded `Batch` or a packed row alike.
+layout either: `loss.token_ce_sum` takes a padded `Batch` or a packed row alike.
 
 Each step: micro-batches → forward and backward → gradients summed → clip → the monitor's look at loss and
 gradient norm (a non-finite one ends the run, the update skipped) → update → `step` event → eval and
