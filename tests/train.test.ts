@@ -1,12 +1,13 @@
 // The whole road through the CLI, in-process, on tiny checkpoints in the real layouts: the engine
 // is the real Python engine, the store a real SQLite file, the adapter real PEFT files.
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
 import { loadConfig } from "../src/config/load.js";
 import type { Event } from "../src/config/schema.js";
+import { ENGINE_DIR } from "../src/engine/python.js";
 import { runRoad } from "../src/train/road.js";
 import { fixture, runCli, tmpDir, writeCodeWords } from "./helpers.js";
 
@@ -68,29 +69,17 @@ describe("lorakit train", () => {
   it("a crash mid-run: clear error with the traceback, run marked failed, earlier checkpoint intact", async () => {
     const dir = tmpDir();
     const loaded = await loadConfig(writeRun(dir, fixture("models", "tiny-llama")));
-    // A real fault from outside the engine: torch's own optimizer fails at the 4th step of the training run.
-    const fault = path.join(dir, "fault");
-    mkdirSync(fault);
-    writeFileSync(
-      path.join(fault, "sitecustomize.py"),
-      [
-        "import sys",
-        'if sys.argv[1:2] == ["train"]:',
-        "    from torch.optim.optimizer import register_optimizer_step_pre_hook",
-        "    steps = []",
-        "    def fail_fourth(optimizer, args, kwargs):",
-        "        steps.append(1)",
-        "        if len(steps) == 4:",
-        '            raise RuntimeError("injected fault: the optimizer fails at step 4")',
-        "    register_optimizer_step_pre_hook(fail_fourth)",
-        "",
-      ].join("\n"),
-    );
-    const env = { ...process.env, PYTHONPATH: fault };
+    // A real fault from outside the engine (its test fixture, loaded through sitecustomize): the training loop
+    // raises at the start of optimizer step 4.
+    const env = {
+      ...process.env,
+      PYTHONPATH: path.join(ENGINE_DIR, "tests", "fixtures", "fault"),
+      LORAKIT_TEST_FAIL_AT_STEP: "4",
+    };
     const result = await runRoad(loaded, { log: () => {}, env });
     expect(result.status).toBe("failed");
     expect(result.error?.code).toBe("ENGINE_CRASH");
-    expect(result.error?.message).toContain("injected fault: the optimizer fails at step 4");
+    expect(result.error?.message).toContain("injected fault: failing on purpose at the start of step 4");
     const ckpts = readdirSync(path.join(dir, "runs", "run", "checkpoints"));
     expect(ckpts).toContain("step-2");
     expect(ckpts.some((c) => c.startsWith(".tmp"))).toBe(false);
