@@ -2,7 +2,10 @@
 
 Both train LoRA on the same ChatGLM3-6B-shaped random bf16 weights (transformers' GlmForCausalLM is built
 and initialised once, seed 0; lorakit's native ChatGLM3 model shares the very same tensors, q|k|v rows
-concatenated into query_key_value), on the same synthetic chat samples in the same order.
+concatenated into query_key_value), on the same synthetic chat samples in the same order. lorakit's side is
+what `lorakit train` runs: a plan over prepared data (rows file and all), LoRA and the fast path set up by the
+engine's own functions, and the engine's optimizer-step loop (lorakit_engine.loop), timed between its step
+events.
 
     python3 bench/bench.py                       # every variant, 28 layers (about 4 minutes of GPU)
     python3 bench/bench.py --micro               # attention backends, compiled elementwise ops, GEMM ceiling
@@ -15,6 +18,8 @@ Variants (`--variants`, comma separated):
     hf_tuned          HF Trainer, 16 × 1, no checkpointing
     lk_packed         lorakit, padding-free rows of ≤16,384 tokens, no checkpointing, compiled elementwise,
                       fused LoRA (followed by a torch.profiler capture of two steps)
+    lk_packed_12k     the same with rows of ≤12,288 tokens
+    lk_packed_8k      the same with rows of ≤8,192 tokens
     lk_packed_eager   the same without torch.compile
     lk_packed_peft    the same with peft's own LoRA forward instead of the fused one
     lk_packed_flex    the same with FlexAttention instead of varlen flash attention (not in the default
@@ -37,14 +42,16 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "engine"))
+sys.path[:0] = [str(ROOT / "engine"), str(ROOT / "engine" / "tests")]  # lorakit_engine; prepared (plans)
 
 N_PARAMS = 5.98e9  # ChatGLM3-6B matmul parameters incl. the output layer (PERFORMANCE.md)
 PEAK_H100 = 989e12  # H100 SXM dense bf16, PERFORMANCE.md's MFU reference
@@ -110,6 +117,9 @@ SHAPE_TINY = {
     "head_dim": 32,
 }  # CPU dry run
 DEV = "cuda"
+SEED = 42  # the plan's train.seed: the loop's order of the samples
+MODEL_DIR = Path()  # the plan's model: a config.json of the shape (lk_config)
+WORK = Path()  # lorakit's runs: plans, prepared data, checkpoints (a temporary folder)
 
 
 def sync():
@@ -324,15 +334,65 @@ def run_hf(glm, data, name, bs, ga, steps, ckpt, targets, r, warm=5):
     return res
 
 
-# -- lorakit's engine path -----------------------------------------------------------------------------------
+# -- lorakit's engine path: the product's own loop --------------------------------------------------------
+
+
+def lk_config(layers: int, shape: dict) -> Path:
+    """A folder with the ChatGLM3 config.json of this shape: what the plan's model names (the weights stay in
+    memory, shared with the baseline's GLM)."""
+    folder = WORK / "model"
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "model_type": "chatglm",
+        "num_layers": layers,
+        "hidden_size": shape["hidden"],
+        "ffn_hidden_size": shape["ffn"],
+        "num_attention_heads": shape["heads"],
+        "kv_channels": shape["head_dim"],
+        "multi_query_group_num": shape["groups"],
+        "padded_vocab_size": shape["vocab"],
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def in_loop_order(data: list[dict]) -> list[tuple[list[int], list[int]]]:
+    """The samples as (input_ids, labels), laid out in the prepared file so that the loop's first epoch (a
+    seeded permutation of the file, batches.epoch_order) reads them in the baseline's order: both sides then
+    train on the same samples, step for step."""
+    from lorakit_engine.batches import epoch_order
+
+    placed: list = [None] * len(data)
+    for j, i in enumerate(epoch_order(len(data), SEED, 0)):
+        placed[i] = (data[j]["input_ids"], data[j]["labels"])
+    return placed
+
+
+class Counted:
+    """The loop's micro-batches (batches.Batches), counting the real and the computed tokens handed out."""
+
+    def __init__(self, batches):
+        self.batches, self.real, self.computed = batches, 0, 0
+        self.per_epoch, self.packed = batches.per_epoch, batches.packed
+
+    def get(self, epoch: int, index: int):
+        b = self.batches.get(epoch, index)
+        if b is not None:
+            self.real += b.real_tokens
+            self.computed += b.input_ids.numel()
+        return b
 
 
 def run_lk(
     glm,
-    windows,
+    samples,
     name,
     targets,
     r,
+    steps,
+    out_dir,
+    batch_size=1,
+    pack_tokens=None,
     checkpointing="none",
     compile=True,
     attention="auto",
@@ -340,78 +400,102 @@ def run_lk(
     fast=None,
     warm=3,
     profile_steps=0,
-    out_dir=None,
 ):
-    """windows: per optimizer step, a list of micro-batches, each a list of samples packed into one row."""
-    from lorakit_engine.kernels import configure_fast_path, pack_batch
-    from peft import LoraConfig, get_peft_model
+    """lorakit's training as `lorakit train` runs it: a plan over prepared data (micro-batches of `batch_size`
+    samples, or `pack_tokens` rows), LoRA attached and the fast path set up by the engine's own functions,
+    then the engine's optimizer-step loop (loop.Loop), timed between its step events. The bench's only
+    departures: the weights are the baseline's tensors, and `compile`, `attention`, `fused_lora`, `fast`
+    override the fast path's settings for the variants that compare them."""
+    from lorakit_engine.batches import Batches
+    from lorakit_engine.control import Controls
+    from lorakit_engine.fast_path import prepare_training
+    from lorakit_engine.kernels import configure_fast_path
+    from lorakit_engine.loop import Loop
+    from lorakit_engine.lora import attach
+    from lorakit_engine.parallel import Single
+    from lorakit_engine.plan import read_plan
+    from lorakit_engine.run import check_inputs
+    from prepared import make_plan, write_plan
 
     fresh_memory()
+    profile_steps = profile_steps if DEV == "cuda" else 0
+    root = WORK / name  # the plan, its prepared data and the run's last checkpoint; removed afterwards
+    over = {
+        "model.family": "chatglm",
+        "model.model_type": "chatglm",
+        "lora.targets": targets,
+        "lora.r": r,
+        "lora.alpha": 4 * r,
+        "lora.dropout": 0.1,
+        "train.total_steps": steps + profile_steps,  # the profiled steps come after the timed ones
+        "train.batch_size": batch_size,
+        "train.grad_accum": 1,
+        "train.lr": 1e-4,
+        "train.scheduler": "linear",
+        "train.warmup_steps": 0,
+        "train.weight_decay": 0.0,
+        "train.seed": SEED,
+        "train.precision": "bf16",
+        "train.device": DEV,
+        "train.fast_path": True,
+        "train.gradient_checkpointing": {"none": False, "full": True}.get(checkpointing, checkpointing),
+        "train.log_every": 1000,
+        "train.keep_checkpoints": 1,
+        "samples.items": [],
+        "samples.before": False,
+        **({"train.pack_tokens": pack_tokens} if pack_tokens else {}),
+    }
+    plan = read_plan(write_plan(root, make_plan(root, MODEL_DIR, train=samples, eval=False, **over)))
+    inputs = check_inputs(plan)
+    device, dtype = torch.device(DEV), torch.bfloat16
     torch.manual_seed(0)
-    model = get_peft_model(
-        native_from_glm(glm),
-        LoraConfig(task_type="CAUSAL_LM", target_modules=targets, r=r, lora_alpha=4 * r, lora_dropout=0.1),
-    )
-    configure_fast_path(
-        model,
-        compile=compile,
-        checkpointing=checkpointing,
-        attention=attention,
-        fused_lora=fused_lora,
-        **(fast or {}),
-    )
-    model.train()
+    model = attach(native_from_glm(glm), targets, r, 4 * r, 0.1)
+    prepare_training(model, plan, False, device, dtype, lambda e: None)
+    variant = {"compile": compile, "attention": attention, "fused_lora": fused_lora, **(fast or {})}
+    defaults = {"compile": DEV == "cuda", "attention": "auto", "fused_lora": True}
+    changed = {k: v for k, v in variant.items() if defaults.get(k) != v}
+    if changed:
+        configure_fast_path(model, **changed)
     table, glm_table = model.get_input_embeddings().weight, glm.model.embed_tokens.weight
     table_on_host = table.device.type == "cpu"
     if (
         table_on_host
     ):  # low memory: the token table in host memory, shared with glm meanwhile (no device copy)
         glm_table.data = table.data
-    params = [p for p in model.parameters() if p.requires_grad]
-    assert all(p.dtype == torch.float32 for p in params)
-    steps = len(windows)
-    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, fused=DEV == "cuda")
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps))
+    batches = Counted(Batches(inputs.train, batch_size, SEED, 0, row_starts=inputs.row_starts, packed=True))
+    marks: list[tuple[float, int, int]] = []  # (time, real, computed) at each step's end
+    losses: list[float] = []
+    captured: dict = {}
 
-    def step(window):
-        packs = [pack_batch(m) for m in window]
-        n_window = sum(p.n_tokens for p in packs)
-        total = torch.zeros((), device=DEV)
-        for p in packs:
-            out = model(**p.to(DEV).model_inputs(), loss_reduction="sum")
-            (out.loss / n_window).backward()
-            total += out.loss.detach()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        return total / n_window, sum(p.n_real for p in packs), sum(p.input_ids.numel() for p in packs)
+    def on_event(e):
+        if e["type"] == "start":
+            sync()
+            marks.append((time.perf_counter(), 0, 0))
+        elif e["type"] == "step":
+            sync()
+            marks.append((time.perf_counter(), batches.real, batches.computed))
+            losses.append(e["loss"])
+            if profile_steps and e["step"] == steps:  # the timed steps are done: profile the next ones
+                captured["profiler"] = start_profiler()
+            if profile_steps and e["step"] == steps + profile_steps:
+                captured["profiler"].__exit__(None, None, None)
 
-    fresh_memory()
+    loop = Loop(model, plan, batches, None, Single(device), on_event, Controls(), device, dtype)
     recording = name in MEMORY_PEAK and DEV == "cuda"
     if recording:  # every allocation's Python stack, for the breakdown at the peak (slows the steps down)
         base = torch.cuda.memory_allocated()
         torch.cuda.memory._record_memory_history(max_entries=1_000_000, stacks="python")
-    times, losses, real, computed = [], [], 0, 0
-    sync()
-    last = time.perf_counter()
-    for window in windows:
-        loss, n_real, n_comp = step(window)
-        sync()
-        now = time.perf_counter()
-        times.append(now - last)
-        last = now
-        losses.append(loss)
-        real += n_real
-        computed += n_comp
-    losses = [float(x) for x in losses]
+    loop.run()
+    timed = marks[: steps + 1]
+    times = [b[0] - a[0] for a, b in zip(timed, timed[1:], strict=False)]
+    real, computed = timed[-1][1], timed[-1][2]
     res = summarise(
         name,
         real / steps,
         computed / steps,
         times,
         warm,
-        losses,
+        losses[:steps],
         {
             "checkpointing": checkpointing,
             "compile": compile,
@@ -421,6 +505,7 @@ def run_lk(
             "r": r,
             "targets": "qkv" if targets == LK_QKV else "all",
             "first_step_s": round(times[0], 2),
+            "loop": "lorakit_engine.loop.Loop",
         },
     )
     if recording:
@@ -428,12 +513,15 @@ def run_lk(
         torch.cuda.memory._record_memory_history(enabled=None)
         res["memory_peak"] = memory_peak(snapshot, base)
         res["note"] = "steps timed while recording allocations: not a throughput figure"
-    if profile_steps and DEV == "cuda":
-        res["profile"] = profile(lambda: [step(w) for w in windows[:profile_steps]], real / steps, out_dir)
+    if "profiler" in captured:
+        wall = marks[steps + profile_steps][0] - marks[steps][0]
+        res["profile"] = profile_summary(captured["profiler"], profile_steps, wall, real / steps, out_dir)
     if table_on_host:
         glm_table.data = table.data.to(DEV)
     model.base_model.model.transformer = None  # drop the activations' owners before the next variant
-    opt.state.clear()
+    loop.optimizer.state.clear()
+    del loop
+    shutil.rmtree(root, ignore_errors=True)
     fresh_memory()
     return res
 
@@ -487,16 +575,17 @@ def category(name: str) -> str:
     return "other elementwise/reduce"
 
 
-def profile(fn, tok_per_step, out_dir):
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as prof_ctx
+def start_profiler():
+    """torch.profiler over the loop's next steps (stopped with `.__exit__` from the step event)."""
+    from torch.profiler import ProfilerActivity, profile
 
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    with prof_ctx(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        steps = len(fn())
-        torch.cuda.synchronize()
-    wall = time.perf_counter() - t0
+    prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+    prof.__enter__()
+    return prof
+
+
+def profile_summary(prof, steps, wall, tok_per_step, out_dir):
+    """Where `steps` profiled steps' GPU time went (`wall` seconds in all)."""
     kernels: dict[str, float] = {}
     for e in prof.events():
         if e.device_type == torch.autograd.DeviceType.CUDA:
@@ -651,27 +740,6 @@ def micro(out_dir):
 # -- main ----------------------------------------------------------------------------------------------------
 
 
-def windows_of(data, per_window, micro_per_window, steps, start=0):
-    out, i = [], start
-    for _ in range(steps):
-        w = data[i : i + per_window]
-        out.append(
-            [
-                w[j : j + per_window // micro_per_window]
-                for j in range(0, per_window, per_window // micro_per_window)
-            ]
-        )
-        i += per_window
-    return out
-
-
-def packed_windows(data, budget, steps, start=0):
-    from lorakit_engine.kernels import plan_packs
-
-    packs = plan_packs([len(s["input_ids"]) for s in data[start:]], budget)[:steps]
-    return [[[data[start + i] for i in p]] for p in packs]
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", default=",".join(ALL))
@@ -728,48 +796,45 @@ def main():
             for k in ("input_ids", "labels"):
                 s[k] = [x % shape["vocab"] if x >= 0 else x for x in s[k]]
         data8k = [{k: v[4096 - 256 : 4096 + 256] for k, v in s.items()} for s in data8k]
+    global MODEL_DIR, WORK
+    WORK = Path(tempfile.mkdtemp(prefix="lorakit-bench-"))
+    MODEL_DIR = lk_config(args.layers, shape)
+    mixed, fixed = in_loop_order(data), in_loop_order(data8k)
     recipe_steps = S(20)
+
+    def lk(name, samples, targets, r, steps, **kw):
+        return lambda: run_lk(glm, samples, name, targets, r, steps, out_dir, **kw)
+
     runs = {
         "hf_recipe": lambda: run_hf(glm, data, "hf_recipe", 4, 2, recipe_steps, True, GLM_QKV, 8),
-        "lk_recipe": lambda: run_lk(glm, windows_of(data, 8, 1, recipe_steps), "lk_recipe", LK_QKV, 8),
+        # the recipe's 8 samples per step as one micro-batch: one packed row
+        "lk_recipe": lk("lk_recipe", mixed, LK_QKV, 8, recipe_steps, batch_size=8),
         "hf_tuned": lambda: run_hf(glm, data, "hf_tuned", 16, 1, S(14), False, GLM_QKV, 8),
-        "lk_packed": lambda: run_lk(
-            glm,
-            packed_windows(data, args.budget, S(12)),
-            "lk_packed",
-            LK_QKV,
-            8,
-            profile_steps=2,
-            out_dir=out_dir,
+        "lk_packed": lk("lk_packed", mixed, LK_QKV, 8, S(12), pack_tokens=args.budget, profile_steps=2),
+        "lk_packed_12k": lk("lk_packed_12k", mixed, LK_QKV, 8, S(14), pack_tokens=12288),
+        "lk_packed_8k": lk("lk_packed_8k", mixed, LK_QKV, 8, S(20), pack_tokens=8192),
+        "lk_packed_eager": lk(
+            "lk_packed_eager", mixed, LK_QKV, 8, S(8), pack_tokens=args.budget, compile=False
         ),
-        "lk_packed_12k": lambda: run_lk(glm, packed_windows(data, 12288, S(14)), "lk_packed_12k", LK_QKV, 8),
-        "lk_packed_8k": lambda: run_lk(glm, packed_windows(data, 8192, S(20)), "lk_packed_8k", LK_QKV, 8),
-        "lk_packed_eager": lambda: run_lk(
-            glm, packed_windows(data, args.budget, S(8)), "lk_packed_eager", LK_QKV, 8, compile=False
+        "lk_packed_peft": lk(
+            "lk_packed_peft", mixed, LK_QKV, 8, S(8), pack_tokens=args.budget, fused_lora=False
         ),
-        "lk_packed_peft": lambda: run_lk(
-            glm, packed_windows(data, args.budget, S(8)), "lk_packed_peft", LK_QKV, 8, fused_lora=False
-        ),
-        "lk_packed_flex": lambda: run_lk(
-            glm, packed_windows(data, args.budget, S(8)), "lk_packed_flex", LK_QKV, 8, attention="flex"
+        "lk_packed_flex": lk(
+            "lk_packed_flex", mixed, LK_QKV, 8, S(8), pack_tokens=args.budget, attention="flex"
         ),
         "hf_8k": lambda: run_hf(glm, data8k, "hf_8k", 1, 2, S(8), True, GLM_QKV, 8, warm=3),
-        "lk_lowmem": lambda: run_lk(
-            glm, [[[s]] for s in data8k[: S(8)]], "lk_lowmem", LK_QKV, 8, checkpointing="low_memory"
-        ),
-        "lk_lowmem_attn": lambda: run_lk(
-            glm,
-            [[[s]] for s in data8k[: S(8)]],
+        "lk_lowmem": lk("lk_lowmem", fixed, LK_QKV, 8, S(8), checkpointing="low_memory"),
+        "lk_lowmem_attn": lk(
             "lk_lowmem_attn",
+            fixed,
             LK_QKV,
             8,
+            S(8),
             checkpointing="low_memory",
             fast={"checkpoint_attention": True},
         ),
         "hf_alllinear16": lambda: run_hf(glm, data, "hf_alllinear16", 16, 1, S(12), False, GLM_ALL, 16),
-        "lk_alllinear16": lambda: run_lk(
-            glm, packed_windows(data, 12288, S(10)), "lk_alllinear16", LK_ALL, 16
-        ),
+        "lk_alllinear16": lk("lk_alllinear16", mixed, LK_ALL, 16, S(10), pack_tokens=12288),
     }
     results["runs"] = {}
     for v in variants:
@@ -790,6 +855,7 @@ def main():
         fresh_memory()
     report(results)
     save()
+    shutil.rmtree(WORK, ignore_errors=True)
 
 
 def report(results):

@@ -1,13 +1,13 @@
 """GPU check of the training loop's fast path: the same tiny ChatGLM3 run (bf16, dropout 0) through the padded
-loop (LORAKIT_FAST=0) and through lorakit_engine.kernels (LORAKIT_FAST=auto: packed rows, varlen attention,
-fused loss and LoRA), losses side by side. Run on the GPU machine from the repository root:
+loop (train.fast_path false) and through lorakit_engine.kernels (train.fast_path true: packed rows, varlen
+attention, fused loss and LoRA; and again with its own layer checkpointing), losses side by side. Run on the
+GPU machine from the repository root:
 
     python3 bench/check_fast_train.py
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "engine"), str(ROOT / "engine" / "tests")]
 
 from fixtures.build_all import main as build_fixtures  # noqa: E402
-from lorakit_engine import train as train_mod  # noqa: E402
-from lorakit_engine.protocol import read_plan  # noqa: E402
+from lorakit_engine.plan import read_plan  # noqa: E402
+from lorakit_engine.run import run  # noqa: E402
 from prepared import CHATGLM3, make_plan, memorize_set, of_type, write_plan  # noqa: E402
 
 
@@ -26,9 +26,8 @@ def main() -> int:
     build_fixtures(["--out", str(tmp / "fixtures")])
     model_dir = tmp / "fixtures" / "models" / "chatglm3-single"
     rows = {}
-    # (name, LORAKIT_FAST, train.gradient_checkpointing): the fast path with its own layer checkpointing too
-    for name, mode, ckpt in (("0", "0", False), ("auto", "auto", False), ("auto+ckpt", "auto", True)):
-        os.environ["LORAKIT_FAST"] = mode
+    # (name, train.fast_path, train.gradient_checkpointing): the fast path with its own checkpointing too
+    for name, fast_path, ckpt in (("padded", False, False), ("fast", True, False), ("fast+ckpt", True, True)):
         root = tmp / f"run-{name}"
         plan = make_plan(
             root,
@@ -41,14 +40,15 @@ def main() -> int:
                 "train.device": "cuda",
                 "train.precision": "bf16",
                 "train.gradient_checkpointing": ckpt,
+                "train.fast_path": fast_path,
             },
         )
         events: list[dict] = []
-        train_mod.run(read_plan(write_plan(root, plan)), events.append)
+        run(read_plan(write_plan(root, plan)), events.append)
         fast = any("fast path" in e.get("message", "") for e in events if e["type"] == "log")
         errors = [e["code"] for e in events if e["type"] == "finding" and e["severity"] == "error"]
         rows[name] = ([e["loss"] for e in of_type(events, "step")], fast, errors)
-    (a, fa, ea), (b, fb, eb), (c, fc, ec) = rows["0"], rows["auto"], rows["auto+ckpt"]
+    (a, fa, ea), (b, fb, eb), (c, fc, ec) = rows["padded"], rows["fast"], rows["fast+ckpt"]
     print(f"padded loop: fast path {fa}, errors {ea}; kernels loop: fast path {fb}, errors {eb}; ", end="")
     print(f"kernels loop with checkpointing: fast path {fc}, errors {ec}")
     print("step | padded loss | fast-path loss | rel. diff | fast path + checkpointing | rel. diff")

@@ -1,7 +1,7 @@
 """Why the fast path's eval forward strays from peft's, measured: one ChatGLM3 model, one LoRA adapter, the
 logits of the same padded batch computed with each fast-path piece switched on alone.
 
-The adapter reload check (engine/lorakit_engine/verify.py) compares the trained model in memory with the
+The adapter reload check (engine/lorakit_engine/verify/) compares the trained model in memory with the
 saved adapter loaded by peft on a fresh base. The fresh base runs eager: peft's LoRA forward (x cast to the
 adapter's float32, the delta computed and added in float32, one rounding back to bf16) and the eager
 elementwise ops (rotary and SwiGLU rounding to bf16 after every product). The trained model ran the fast

@@ -7,7 +7,7 @@ import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import Database from "better-sqlite3";
 import { beforeEach, describe, expect, it } from "vitest";
-import type { FindingsJson } from "../src/doctor/finding.js";
+import type { FindingsJson } from "../src/cli/findings-view.js";
 import { fixture, officialChatglm3, runCli, tmpDir } from "./helpers.js";
 
 const SYSTEM = "现在你要扮演皇帝身边的女人--甄嬛";

@@ -9,8 +9,8 @@ import { describe, expect, it } from "vitest";
 import type { Command } from "../src/cli/command.js";
 import type { Io } from "../src/cli/io.js";
 import { runJson } from "../src/cli/main.js";
-import { STAGES } from "../src/doctor/finding.js";
 import { LorakitError } from "../src/errors.js";
+import { STAGES } from "../src/findings/index.js";
 import { fixture, runCli, tmpDir } from "./helpers.js";
 
 const dir = tmpDir("lorakit-json-");

@@ -7,7 +7,8 @@ import { closeSync, cpSync, existsSync, openSync, readFileSync, statSync, writeF
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { modelIdentity } from "../src/models/identity.js";
-import { type Aspect, diffFacts, type Fact, type RunSummary, verdict } from "../src/runs/compare.js";
+import { diffFacts, type RunSummary, verdict } from "../src/runs/compare.js";
+import type { Aspect, Fact } from "../src/runs/facts.js";
 import { fixture, runCli, tmpDir } from "./helpers.js";
 
 const CHROMIUM = process.env.LORAKIT_CHROMIUM ?? "/usr/bin/chromium";

@@ -3,7 +3,7 @@ import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { loadConfig, parseConfigText } from "../src/config/load.js";
 import { RunConfig } from "../src/config/schema.js";
-import { staleProtocolFiles } from "../src/engine/protocol.js";
+import { protocolFiles, staleProtocolFiles } from "../src/engine/protocol.js";
 import { ROOT } from "../src/engine/python.js";
 import { LorakitError } from "../src/errors.js";
 import { runCli, tmpDir } from "./helpers.js";
@@ -64,15 +64,28 @@ describe("run config", () => {
     expect(errs.map((e) => [e.code, e.where?.key])).toEqual([["CONFIG_MISSING_KEY", "model"]]);
   });
 
-  it("train.shard: auto by default; fsdp needs more than one device", () => {
+  it("train.shard: none by default; fsdp needs more than one device", () => {
     const parse = (train: string) =>
       parseConfigText(`model: m\ndata:\n  train: t.json\ntrain:\n${train}`, "/x/run.yaml").config.train;
-    expect(parse("  devices: 1\n").shard).toBe("auto");
+    expect(parse("  devices: 1\n").shard).toBe("none");
+    expect(errorsOf(() => parse("  devices: 2\n  shard: auto\n"))[0]?.hint).toBe("expected one of: none, fsdp");
     expect(parse("  devices: 2\n  shard: fsdp\n").shard).toBe("fsdp");
     const errs = errorsOf(() => parse("  shard: fsdp\n"));
     expect(errs.map((e) => [e.code, e.where?.key, e.where?.line])).toEqual([["CONFIG_BAD_VALUE", "train.shard", 5]]);
     expect(errs[0]?.message).toContain("train.devices to 2 or more");
     expect(errorsOf(() => parse("  devices: 2\n  shard: fdsp\n"))[0]?.hint).toContain("did you mean 'fsdp'");
+  });
+
+  it("train.fast_path: auto by default, or true or false", () => {
+    const parse = (train: string) =>
+      parseConfigText(`model: m\ndata:\n  train: t.json\ntrain:\n${train}`, "/x/run.yaml").config.train;
+    expect(parse("  epochs: 1\n").fast_path).toBe("auto");
+    expect(parse("  fast_path: false\n").fast_path).toBe(false);
+    expect(parse("  fast_path: true\n").fast_path).toBe(true);
+    const errs = errorsOf(() => parse("  fast_path: yes please\n"));
+    expect(errs.map((e) => [e.code, e.where?.key, e.where?.line])).toEqual([
+      ["CONFIG_BAD_VALUE", "train.fast_path", 5],
+    ]);
   });
 
   it("train.gradient_checkpointing: true, false or low_memory; anything else is named with its line", () => {
@@ -120,8 +133,33 @@ describe("run config", () => {
 });
 
 describe("protocol", () => {
-  it("protocol/*.schema.json is the current export of the zod schema", async () => {
+  it("protocol/ is the current export of the zod schema, the code catalogue and the families", async () => {
     expect(await staleProtocolFiles(path.join(ROOT, "protocol"))).toEqual([]);
+    const dir = tmpDir();
+    writeFileSync(path.join(dir, "findings.json"), "{}\n");
+    expect(await staleProtocolFiles(dir)).toEqual(Object.keys(protocolFiles()));
+    expect(Object.keys(protocolFiles())).toEqual(expect.arrayContaining(["findings.json", "families.json"]));
+  });
+
+  it("findings.json holds every code with what the engine fills in; families.json every family", () => {
+    const files = protocolFiles();
+    const findings = JSON.parse(files["findings.json"] as string);
+    expect(findings.version).toBe(1);
+    expect(findings.codes.MODEL_TARGETS_PARTIAL).toEqual({
+      stage: "model",
+      severity: "warning",
+      title: "LoRA targets match {matched_total} modules, fewer than layers × targets = {expected_total}",
+      fix: "Use plain leaf names that occur in every layer, and drop names that match nothing.",
+      row: "targets partly matched",
+    });
+    expect(findings.errors.CUDA_OOM).toEqual({ stage: "training", from: "engine", when: "the GPU ran out of memory" });
+    expect(findings.codes.LORA_TARGETS_PARTLY_MATCHED).toBeUndefined(); // renamed: MODEL_TARGETS_PARTIAL
+    const families = JSON.parse(files["families.json"] as string);
+    expect(families.version).toBe(1);
+    const byName = Object.fromEntries(families.families.map((f: { name: string }) => [f.name, f]));
+    expect(byName.chatglm).toMatchObject({ model_types: ["chatglm"], builder: "native", layer_keys: ["num_layers"] });
+    // transformers builds glm (GlmForCausalLM) and glm4 (Glm4ForCausalLM) with separate classes.
+    expect([byName.glm?.model_types, byName.glm4?.model_types]).toEqual([["glm"], ["glm4"]]);
   });
 });
 

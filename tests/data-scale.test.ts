@@ -10,7 +10,7 @@ import path from "node:path";
 import { PassThrough } from "node:stream";
 import { build } from "esbuild";
 import { beforeAll, describe, expect, it } from "vitest";
-import { DataProgress, PrepareProgressText } from "../src/cli/data-progress.js";
+import { DataProgress } from "../src/cli/data-progress.js";
 import type { Io } from "../src/cli/io.js";
 import {
   buildSample,
@@ -21,6 +21,7 @@ import {
   prepareDataset,
   splitValue,
 } from "../src/data/prepare.js";
+import { PrepareProgressText } from "../src/data/progress-text.js";
 import { readSamples } from "../src/data/read.js";
 import { flat, writeSafetensors } from "../src/data/safetensors.js";
 import { chatglm3Template } from "../src/data/template.js";

@@ -3,7 +3,7 @@
 import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
-import type { FindingsJson } from "../src/doctor/finding.js";
+import type { FindingsJson } from "../src/cli/findings-view.js";
 import { fixture, runCli, tmpDir } from "./helpers.js";
 
 const dir = tmpDir("lorakit-doctor-cli-");

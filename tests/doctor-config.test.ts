@@ -9,13 +9,13 @@ import {
   type DatasetFacts,
   estimateDataset,
   lrFindings,
-  plannedSteps,
   precisionFindings,
   targetFindings,
 } from "../src/doctor/config.js";
 import { hardwareOf, type Probe } from "../src/doctor/env.js";
 import { ROOT } from "../src/engine/python.js";
 import { familyFor } from "../src/models/families.js";
+import { plannedSteps } from "../src/plan/index.js";
 import { tmpDir } from "./helpers.js";
 
 const chatglm = familyFor("chatglm")!;

@@ -13,11 +13,11 @@ import {
   envFindings,
   hardwareOf,
   type Probe,
-  resolvePrecision,
   runProbe,
   visibleDevices,
 } from "../src/doctor/env.js";
 import { ensurePython, type PythonEnv, ROOT } from "../src/engine/python.js";
+import { resolvePrecision } from "../src/plan/index.js";
 import { tmpDir } from "./helpers.js";
 
 const recorded = (name: string) =>

@@ -1,30 +1,29 @@
-// The finding registry and its renderings, and drift checks: every code the engine emits is registered with
-// the same severity, and the README documents every code.
-import { spawnSync } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
+// The finding registry and its renderings, and the README documents every code. (The engine emits codes from
+// protocol/findings.json, exported from this registry: tests/config.test.ts checks that export is current.)
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import { PassThrough } from "node:stream";
 import { describe, expect, it } from "vitest";
+import { renderFinding, renderFindings, toJson } from "../src/cli/findings-view.js";
 import type { Io } from "../src/cli/io.js";
 import { FindingEvent } from "../src/config/schema.js";
+import { ROOT } from "../src/engine/python.js";
+import { LorakitError } from "../src/errors.js";
 import {
   CODES,
   type CodeSpec,
   countFindings,
   fill,
   findingsError,
+  findingsOfError,
   fromEvent,
   fromRow,
   makeFinding,
-  renderFinding,
-  renderFindings,
-  renderFindingsHtml,
   STAGES,
   stageOf,
   toEvent,
-  toJson,
-} from "../src/doctor/finding.js";
-import { ENGINE_DIR, ROOT } from "../src/engine/python.js";
+} from "../src/findings/index.js";
+import { findingsTable } from "../src/report/findings-table.js";
 
 const ALL = Object.entries(CODES as Record<string, CodeSpec>);
 
@@ -99,6 +98,20 @@ describe("registry", () => {
     expect(stageOf("SOMETHING_NEW_FROM_THE_ENGINE")).toBe("training");
   });
 
+  it("converts a LorakitError with every problem it carries to findings, where it happened in the evidence", () => {
+    const err = LorakitError.fromList([
+      new LorakitError("CONFIG_BAD_VALUE", "bad lr\nmore", {
+        where: { file: "/x/run.yaml", line: 4, key: "train.lr" },
+      }),
+      new LorakitError("DATA_BAD_JSON", "not JSON", { hint: "Fix the line." }),
+    ]);
+    const [a, b] = findingsOfError(err);
+    expect(a).toMatchObject({ code: "CONFIG_BAD_VALUE", severity: "error", stage: "config" });
+    expect(a?.title).toBe("/x/run.yaml:4, key train.lr: bad lr");
+    expect(a?.evidence).toEqual({ message: "bad lr\nmore", file: "/x/run.yaml", line: 4, key: "train.lr" });
+    expect(b).toMatchObject({ code: "DATA_BAD_JSON", stage: "data", title: "not JSON", fix: "Fix the line." });
+  });
+
   it("turns error findings into one LorakitError for the road", () => {
     const list = [
       makeFinding("CONFIG_LR_HIGH", { lr: 0.003, r: 8, scale: 4 }),
@@ -150,41 +163,21 @@ describe("rendering", () => {
     expect(countFindings([])).toEqual({ errors: 0, warnings: 0, info: 0 });
   });
 
-  it("writes an escaped HTML fragment for the report", () => {
-    const html = renderFindingsHtml(list);
-    expect(html.startsWith('<section class="findings">')).toBe(true);
+  it("writes one escaped HTML table for the report and the comparison page", () => {
+    const html = findingsTable(list, { empty: "No findings.", evidence: true });
+    expect(html.startsWith('<table class="findings"><tr><th>severity</th><th>code</th>')).toBe(true);
     expect(html).toContain("&lt;|user|&gt; hi");
     expect(html).not.toContain("<|user|>");
     expect(html).toContain('<tr class="error"><td>error</td><td><code>MODEL_TARGETS_NOT_FOUND</code>');
-    expect(renderFindingsHtml([])).toContain("No findings.");
+    const runs = findingsTable(list.slice(0, 1), { empty: "-", runs: ["a<b"] });
+    expect(runs).toContain("<th>run</th>");
+    expect(runs).toContain('<tr class="info"><td>a&lt;b</td><td>info</td>');
+    expect(runs).not.toContain("<th>evidence</th>");
+    expect(findingsTable([], { empty: "No findings." })).toBe('<p class="ok">No findings.</p>');
   });
 });
 
-describe("drift", () => {
-  it("registers every code the engine emits, with the same severity", () => {
-    const python = process.env.LORAKIT_PYTHON ?? "python3";
-    const r = spawnSync(
-      python,
-      [
-        "-c",
-        "import json\nfrom lorakit_engine import monitor, inspect_model\nprint(json.dumps({**monitor.CODES, **inspect_model.CODES}))",
-      ],
-      { env: { ...process.env, PYTHONPATH: ENGINE_DIR }, encoding: "utf8" },
-    );
-    expect(r.status, r.stderr).toBe(0);
-    const engine = JSON.parse(r.stdout) as Record<string, string>;
-    for (const [code, severity] of Object.entries(engine)) {
-      expect(CODES[code as keyof typeof CODES]?.severity, code).toBe(severity);
-    }
-    // Codes the training loop passes to protocol.finding(emit, "CODE", …) directly.
-    const dir = path.join(ENGINE_DIR, "lorakit_engine");
-    const emitted = readdirSync(dir)
-      .filter((f) => f.endsWith(".py"))
-      .flatMap((f) => [...readFileSync(path.join(dir, f), "utf8").matchAll(/finding\(\s*emit,\s*"([A-Z][A-Z0-9_]+)"/g)])
-      .map((m) => m[1] as string);
-    expect(emitted.filter((c) => !(c in CODES))).toEqual([]);
-  });
-
+describe("documentation", () => {
   it("documents every code in the README", () => {
     const doc = readFileSync(path.join(ROOT, "README.md"), "utf8");
     expect(ALL.map(([c]) => c).filter((c) => !doc.includes(`\`${c}\``))).toEqual([]);

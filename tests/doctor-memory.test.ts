@@ -14,13 +14,12 @@ import {
   fitMicroBatch,
   footprint,
   gpuUseFindings,
-  loraParams,
   type MemoryInputs,
   memoryFindings,
-  modelShape,
   worstMicroBatch,
 } from "../src/doctor/memory.js";
 import { familyFor } from "../src/models/families.js";
+import { loraParams, modelShape } from "../src/models/shape.js";
 import { fixture } from "./helpers.js";
 
 const GiB = 1024 ** 3;
@@ -268,7 +267,7 @@ describe("a GPU left waiting on the host", () => {
   it("halves the row until it fits, and stays quiet with rows set, long batches or on the padded path", () => {
     const m = fast({ microBatch: 4, seqLen: 512, lengths });
     const [small] = gpuUseFindings(m, c(), facts(lengths), 32 * GiB);
-    expect((small!.evidence as Record<string, number>).pack_tokens).toBe(4096);
+    expect(small?.evidence.pack_tokens).toBe(4096);
     expect(gpuUseFindings(m, c(), facts(lengths), 22 * GiB)).toEqual([]); // no longer row fits
     expect(gpuUseFindings(m, c({ pack_tokens: 8192 }), facts(lengths), 139 * GiB)).toEqual([]);
     expect(gpuUseFindings({ ...m, microBatch: 16 }, c({ batch_size: 16 }), facts(lengths), 139 * GiB)).toEqual([]);

@@ -3,7 +3,7 @@
 // as findings with the right codes; the model's remote code is noted.
 import { readFileSync } from "node:fs";
 import { beforeAll, describe, expect, it } from "vitest";
-import { inspectModel, modelSummary, remoteCodeFindings } from "../src/doctor/model.js";
+import { modelSummary, remoteCodeFindings, runModelInspection } from "../src/doctor/model.js";
 import { ensurePython, type PythonEnv } from "../src/engine/python.js";
 import { fixture } from "./helpers.js";
 
@@ -12,9 +12,9 @@ beforeAll(async () => {
   py = await ensurePython({ env: process.env });
 });
 
-describe("inspectModel", () => {
+describe("runModelInspection", () => {
   it("llama names on ChatGLM3: targets not found, with the model's linear modules and the family's set", async () => {
-    const r = await inspectModel(py, {
+    const r = await runModelInspection(py, {
       modelDir: fixture("models", "chatglm3-single"),
       targets: ["q_proj", "v_proj"],
       r: 8,
@@ -34,7 +34,7 @@ describe("inspectModel", () => {
   });
 
   it("a target in one layer of two, adapters in fp16: partly matched and half-precision adapters", async () => {
-    const r = await inspectModel(py, {
+    const r = await runModelInspection(py, {
       modelDir: fixture("models", "tiny-llama"),
       targets: ["q_proj", "layers.1.self_attn.v_proj"],
       r: 4,

@@ -1,15 +1,16 @@
 // train.pack_tokens: the row plan against the golden vector shared with the engine
 // (engine/tests/test_pack_rows.py), sample lengths read from prepared data, total_steps from rows, the doctor's
 // too-long-sample finding and memory estimate, and `lorakit train` with rows end to end.
-import { readFileSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { loadConfig, parseConfigText } from "../src/config/load.js";
-import { longSamples, packRows, preparedLengths } from "../src/data/pack.js";
-import { flat, writeSafetensors } from "../src/data/safetensors.js";
-import { type DatasetFacts, estimateDataset, packFindings, plannedSteps } from "../src/doctor/config.js";
+import { longSamples, packRows, preparedLengths, rowStarts, writeRows } from "../src/data/pack.js";
+import { flat, readSafetensors, type Tensor, writeSafetensors } from "../src/data/safetensors.js";
+import { type DatasetFacts, estimateDataset, packFindings } from "../src/doctor/config.js";
 import { ROOT } from "../src/engine/python.js";
 import { LorakitError } from "../src/errors.js";
+import { plannedSteps } from "../src/plan/index.js";
 import { fixture, runCli, tmpDir, writeCodeWords } from "./helpers.js";
 
 interface Case {
@@ -52,6 +53,18 @@ describe("row plan", () => {
   it("gives a sample longer than a row a row of its own (counted; the doctor and engine refuse it)", () => {
     expect(packRows([10, 30, 12, 5], 20)).toEqual([[0], [1], [2, 3]]);
     expect(packRows([], 8)).toEqual([]);
+  });
+
+  it("writes the rows as sample-index boundaries beside the prepared tokens, once", () => {
+    expect([...rowStarts([[0, 1], [2], [3, 4, 5]])]).toEqual([0n, 2n, 3n, 6n]);
+    expect([...rowStarts([])]).toEqual([0n]);
+    const dir = tmpDir();
+    const file = writeRows(dir, [10, 30, 12, 5], 20);
+    expect(file).toBe(path.join(dir, "rows-20.safetensors"));
+    const t = readSafetensors(file).tensors.starts as Tensor;
+    expect(t).toMatchObject({ dtype: "I64", shape: [4] });
+    expect([...t.data]).toEqual([0n, 1n, 2n, 4n]);
+    expect(readdirSync(dir)).toEqual(["rows-20.safetensors"]); // no temporary file left behind
   });
 
   it("reads the sample lengths of prepared data from its offsets", () => {
@@ -152,6 +165,13 @@ describe("lorakit train with rows", () => {
     expect(rows.length).toBeGreaterThan(1);
     expect(rows.length).toBeLessThan(plan.data.train.samples);
     expect(plan.train.total_steps).toBe(2 * Math.ceil(rows.length / 2));
+    expect(plan.train.steps_per_epoch).toBe(Math.ceil(rows.length / 2));
+    // The rows are cut once, here, and handed to the engine beside the prepared tokens.
+    expect(path.basename(plan.data.train.rows)).toBe("rows-160.safetensors");
+    expect(path.dirname(plan.data.train.rows)).toBe(plan.data.train.dir);
+    const starts = readSafetensors(plan.data.train.rows).tensors.starts as Tensor;
+    expect(starts.dtype).toBe("I64");
+    expect([...starts.data].map(Number)).toEqual([...rowStarts(rows)].map(Number));
     expect(r.stdout).toContain(`step ${plan.train.total_steps}/${plan.train.total_steps}`);
     expect(r.stdout).toContain("padding-free only on the fast path");
   });

@@ -7,6 +7,7 @@ import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
 import { loadConfig } from "../src/config/load.js";
 import type { Event } from "../src/config/schema.js";
+import { ENGINE_DIR } from "../src/engine/python.js";
 import { runRoad } from "../src/train/road.js";
 import { fixture, runCli, tmpDir, writeCodeWords } from "./helpers.js";
 
@@ -68,10 +69,17 @@ describe("lorakit train", () => {
   it("a crash mid-run: clear error with the traceback, run marked failed, earlier checkpoint intact", async () => {
     const dir = tmpDir();
     const loaded = await loadConfig(writeRun(dir, fixture("models", "tiny-llama")));
-    const result = await runRoad(loaded, { log: () => {}, failAtStep: 4, env: process.env });
+    // A real fault from outside the engine (its test fixture, loaded through sitecustomize): the training loop
+    // raises at the start of optimizer step 4.
+    const env = {
+      ...process.env,
+      PYTHONPATH: path.join(ENGINE_DIR, "tests", "fixtures", "fault"),
+      LORAKIT_TEST_FAIL_AT_STEP: "4",
+    };
+    const result = await runRoad(loaded, { log: () => {}, env });
     expect(result.status).toBe("failed");
     expect(result.error?.code).toBe("ENGINE_CRASH");
-    expect(result.error?.message).toContain("fail_at_step");
+    expect(result.error?.message).toContain("injected fault: failing on purpose at the start of step 4");
     const ckpts = readdirSync(path.join(dir, "runs", "run", "checkpoints"));
     expect(ckpts).toContain("step-2");
     expect(ckpts.some((c) => c.startsWith(".tmp"))).toBe(false);

@@ -3,7 +3,7 @@
 stdout carries only JSON-lines events (protocol/event.schema.json); everything else, including whatever the
 libraries print, goes to stderr. Control lines come in on stdin. Any failure is one `error` event and exit 1.
 
-Under torchrun (`WORLD_SIZE` > 1; see distributed.py) rank 0 alone reads stdin and writes events; the other
+Under torchrun (`WORLD_SIZE` > 1; see torchrun.py) rank 0 alone reads stdin and writes events; the other
 ranks log to stderr, and a failure on any of them still becomes one `error` event.
 """
 
@@ -16,7 +16,8 @@ import threading
 from typing import IO
 
 from .deps import require
-from .protocol import EngineError, EventWriter, error_event, log, read_plan
+from .plan import read_plan
+from .protocol import EngineError, EventWriter, error_event, log
 
 _OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None, stdin: IO[str] | None = None, stdout: IO
     writer = EventWriter(stdout if stdout is not None else claim_stdout())
     emit, relay = writer, None
     if world > 1:
-        from .distributed import open_relay, quiet_emitter
+        from .torchrun import open_relay, quiet_emitter
 
         relay = open_relay(rank, writer)
         if rank:
@@ -69,10 +70,10 @@ def main(argv: list[str] | None = None, stdin: IO[str] | None = None, stdout: IO
         require()  # packages missing or too old: one clear error before the heavy imports
         plan = read_plan(args.plan)
         from .control import Controls, install_sigint, start_reader
-        from .train import preflight, run
+        from .run import check_inputs, run
 
         if args.command == "validate":
-            preflight(plan)
+            check_inputs(plan)
             log(emit, f"plan {args.plan} is valid")
             return 0
         controls = Controls()

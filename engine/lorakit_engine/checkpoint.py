@@ -4,6 +4,7 @@ process) and `state.json` (step, data position, tokens seen, the plan keys a res
 
 Each is written under `checkpoints/.tmp-step-N/`, `state.json` last, then renamed: a folder named `step-N`
 is complete, and a crash mid-write leaves only a `.tmp-*` that is never read and is cleared on the next start.
+The run's adapter, `run_dir/adapter/` (peft's files and the plan's extras), is written the same way.
 """
 
 from __future__ import annotations
@@ -13,31 +14,40 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from . import sharding
+from .plan import Plan
 from .protocol import EngineError
 
 STATE = "state.json"
 
 
-def plan_subset(plan: dict) -> dict:
-    """What must stay the same for a resumed run to continue the interrupted one exactly."""
-    t = plan["train"]
-    train = {k: t[k] for k in ("batch_size", "grad_accum", "seed", "precision")}
-    if t.get("devices", 1) > 1:  # batch_size is per device; left out at 1: older checkpoints still resume
-        train["devices"] = t["devices"]
-    if t.get("pack_tokens"):  # left out when unset, like devices
-        train["pack_tokens"] = t["pack_tokens"]
+def plan_subset(plan: Plan) -> dict:
+    """What must stay the same for a resumed run to continue the interrupted one exactly. `devices` and
+    `pack_tokens` are named only when set away from one device and no rows."""
+    t = plan.train
+    train: dict[str, Any] = {
+        "batch_size": t.batch_size,
+        "grad_accum": t.grad_accum,
+        "seed": t.seed,
+        "precision": t.precision,
+    }
+    if t.devices > 1:  # batch_size is per device
+        train["devices"] = t.devices
+    if t.pack_tokens:
+        train["pack_tokens"] = t.pack_tokens
     return {
-        "model": plan["model"]["model_type"],
-        "train_data": {k: plan["data"]["train"][k] for k in ("samples", "tokens")},
-        "pad_id": plan["data"]["pad_id"],
-        "lora": plan["lora"],
+        "model": plan.model.model_type,
+        "train_data": {"samples": plan.data.train.samples, "tokens": plan.data.train.tokens},
+        "pad_id": plan.data.pad_id,
+        "lora": asdict(plan.lora),
         "train": train,
     }
 
@@ -130,7 +140,7 @@ def save(
     """Write checkpoint `step` atomically, then keep only the newest `keep` (and the step `protect`: the best
     eval so far). `model` is the peft model; `rngs` every process's RNG state in rank order (this process's
     alone when None). A sharded model's whole LoRA and optimizer tensors come in `adapter_state` and
-    `optimizer_state` (sharding.full_*): the files are the same as without sharding."""
+    `optimizer_state` (parallel's whole_adapter, whole_optimizer): the files are those of an unsharded run."""
     base = root(run_dir)
     base.mkdir(parents=True, exist_ok=True)
     tmp = base / f".tmp-step-{step}"
@@ -219,10 +229,19 @@ def read_files(path: Path, rank: int = 0, world: int = 1) -> dict:
 
 
 def load(
-    path: Path, model, optimizer, scheduler, scaler, rank: int = 0, world: int = 1, cuda_device=None
+    path: Path,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    rank: int = 0,
+    world: int = 1,
+    cuda_device=None,
+    local_optimizer_state: Callable[[Any, dict], dict] = lambda optimizer, state: state,
 ) -> dict:
     """Restore adapter weights, optimizer, scheduler, scaler and RNG (this rank's) from checkpoint `path`;
-    return its state (step, epoch, micro_batch, tokens_seen, …)."""
+    return its state (step, epoch, micro_batch, tokens_seen, …). `local_optimizer_state` turns the saved
+    (whole) optimizer state into what this rank's optimizer takes."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     files = read_files(path, rank, world)
@@ -237,12 +256,35 @@ def load(
             "Resume with the same model and lora settings, or start a new run in a new run_dir.",
         )
     set_peft_model_state_dict(model, weights)  # sharded (FSDP2): its load hooks cut the whole tensors
-    optim = files["optimizer"]
-    if sharding.is_sharded(model):  # whole tensors (saved sharded or not), cut into this rank's slices
-        optim = sharding.shard_optimizer_state(optimizer, optim)
-    optimizer.load_state_dict(optim)
+    optimizer.load_state_dict(local_optimizer_state(optimizer, files["optimizer"]))
     scheduler.load_state_dict(files["scheduler"])
     if scaler is not None and files["scaler"] is not None:
         scaler.load_state_dict(files["scaler"])
     set_rng_state(files["rng"], cuda_device)
     return files["state"]
+
+
+# ---------------------------------------------------------------- the adapter
+
+
+def restore_adapter(model, checkpoint: Path) -> None:
+    """Loads the LoRA weights of a saved checkpoint into the in-memory peft model."""
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(model, load_file(str(checkpoint / "adapter_model.safetensors")))
+
+
+def write_adapter(model, plan: Plan, state: dict | None = None) -> Path:
+    """run_dir/adapter/ in peft's format, plus the plan's extras and files (the base's tokenizer files).
+    `state`: the LoRA tensors, whole, when the model holds slices of them (sharded)."""
+    final, tmp = plan.run_dir / "adapter", plan.run_dir / ".tmp-adapter"
+    shutil.rmtree(tmp, ignore_errors=True)
+    whole = {"state_dict": state} if state is not None else {}
+    model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False, **whole)
+    for name, text in plan.adapter_extras.items():
+        (tmp / name).write_text(text, encoding="utf-8")
+    for name, source in plan.adapter_files.items():
+        shutil.copyfile(source, tmp / name)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final

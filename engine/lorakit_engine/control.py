@@ -1,5 +1,6 @@
-"""Control lines from the product on stdin (`stop`, `save`, `sample`), read by a daemon thread and queued;
-the training loop takes them between optimizer steps. EOF is not a stop: a closed stdin changes nothing.
+"""Control lines from the product on stdin (`stop`, protocol/control.schema.json), read by a daemon thread
+and queued; the training loop takes them between optimizer steps. EOF is not a stop: a closed stdin changes
+nothing.
 SIGINT in a terminal is a `stop`; a second SIGINT exits at once. A stop that comes while a step runs can be
 seen at that step's end (`stop_pending`), so that the run ends after the step in progress, not the next one.
 """
@@ -53,13 +54,8 @@ def read_lines(stream: IO[str], controls: Controls, emit: Emit) -> None:
         except json.JSONDecodeError:
             log(emit, f"ignored a control line that is not JSON: {line[:200]!r}", "warning")
             continue
-        problems = schema_errors("control", msg)
-        if problems:
-            log(
-                emit,
-                f"ignored an unknown control line {line[:200]!r} (expected stop, save or sample)",
-                "warning",
-            )
+        if schema_errors("control", msg) or msg["type"] != "stop":
+            log(emit, f"ignored an unknown control line {line[:200]!r} (expected stop)", "warning")
             continue
         controls.put(msg["type"])
 
@@ -76,7 +72,7 @@ def install_sigint(controls: Controls, emit: Emit, leader: bool = True) -> None:
     """First SIGINT → a `stop` (checkpoint, then exit 0); the second ends the process at once.
 
     Under torchrun only rank 0 (`leader`) decides: torchrun passes a SIGINT on to every worker, and the
-    others ignore it and stop at the step where rank 0 does (distributed.py)."""
+    others ignore it and stop at the step where rank 0 does (parallel.py)."""
     if not leader:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         return

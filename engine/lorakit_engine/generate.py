@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .plan import Plan
 from .protocol import Emit
 
 
@@ -99,15 +100,12 @@ def _plain(net, prompt: list[int], max_new_tokens: int, stops: set[int], device)
     return new, False
 
 
-def emit_samples(model, plan: dict, phase: str, emit: Emit, synced: bool = False) -> None:
-    items = plan["samples"]["items"]
-    if not items:
+def emit_samples(model, plan: Plan, phase: str, emit: Emit, synced: bool = False) -> None:
+    """One `sample` event per held-out prompt of the plan, greedy from `model`."""
+    s = plan.samples
+    if not s.items:
         return
-    s = plan["samples"]
-    prompts = [it["prompt_ids"] for it in items]
-    pad = plan["data"]["pad_id"]
-    results = greedy(model, prompts, s["max_new_tokens"], s["stop_ids"], pad, synced=synced)
-    for item, (ids, stopped) in zip(items, results, strict=True):
-        emit(
-            {"type": "sample", "phase": phase, "index": item["index"], "output_ids": ids, "stopped": stopped}
-        )
+    prompts = [it.prompt_ids for it in s.items]
+    results = greedy(model, prompts, s.max_new_tokens, s.stop_ids, plan.data.pad_id, synced=synced)
+    for item, (ids, stopped) in zip(s.items, results, strict=True):
+        emit({"type": "sample", "phase": phase, "index": item.index, "output_ids": ids, "stopped": stopped})

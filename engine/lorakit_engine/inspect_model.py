@@ -5,7 +5,8 @@ samples compares with its loss on the same text without the template.
     python -m lorakit_engine.inspect_model --model DIR --targets a,b --r 8 [--samples samples.json] → JSON
 
 The JSON holds `facts` and `findings` (each shaped like the protocol's `finding` event). The checks are plain
-functions, so the training loop can run `check_peft_model` on the very model it trains.
+functions, so a training run can run `check_peft_model` on the very model it trains; LoRA is attached as
+training attaches it (lora.py).
 `samples.json` is `{"formatted": [{"input_ids": [...], "labels": [...]}], "plain": [{"input_ids": [...]}]}`,
 labels aligned with input_ids and -100 where no loss (shifted here).
 """
@@ -15,79 +16,27 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from .protocol import finding_event
+from .findings import finding_event as finding
+from .lora import attach, linear_module_names, match_targets
+from .protocol import EngineError
 
 IGNORE = -100
-_LAYER = re.compile(r"\.(\d+)\.")
 _SHOWN = 50  # names listed in evidence before the rest are only counted
 TEMPLATE_RATIO = 1.5  # formatted loss this many times the plain loss …
 TEMPLATE_MARGIN = 0.5  # … and this many nats above it → the template looks wrong for this model
 MAX_SAMPLES = 8
 MAX_TOKENS = 1024
 
-CODES = {
-    "MODEL_LOAD_FAILED": "error",
-    "MODEL_TARGETS_NOT_FOUND": "error",
-    "MODEL_TARGETS_PARTIAL": "warning",
-    "MODEL_LORA_ATTACH_FAILED": "error",
-    "MODEL_NOTHING_TRAINABLE": "error",
-    "MODEL_BASE_TRAINABLE": "warning",
-    "MODEL_ADAPTER_DTYPE": "error",
-    "MODEL_TEMPLATE_LOSS_HIGH": "warning",
-}
-
-
-def finding(code: str, title: str, evidence: dict[str, Any], fix: str) -> dict[str, Any]:
-    return finding_event(code, CODES[code], title, evidence, fix)
-
 
 def _dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _layer_of(name: str) -> int | None:
-    m = _LAYER.search(f".{name}.")
-    return int(m.group(1)) if m else None
-
-
-def _matches(name: str, target: str) -> bool:
-    """peft's rule for a list of target names: the whole module name, or its dotted suffix."""
-    return name == target or name.endswith("." + target)
-
-
 # ---------------------------------------------------------------- targets
-
-
-def match_targets(model, targets: list[str], layers: int) -> dict[str, Any]:
-    """For each target: the modules it matches and the decoder layers they sit in, against one per layer."""
-    from torch import nn
-
-    names = [n for n, _ in model.named_modules() if n]
-    per: dict[str, Any] = {}
-    for t in targets:
-        hits = [n for n in names if _matches(n, t)]
-        in_layers = sorted({i for i in (_layer_of(n) for n in hits) if i is not None})
-        linear = [n for n in hits if isinstance(model.get_submodule(n), nn.Linear)]
-        per[t] = {
-            "modules": len(hits),
-            "linear": len(linear),
-            "layers": len(in_layers),
-            "outside_layers": sum(1 for n in hits if _layer_of(n) is None),
-            "examples": hits[:3],
-        }
-    total = sum(v["modules"] for v in per.values())
-    return {
-        "requested": list(targets),
-        "per_target": per,
-        "layers": layers,
-        "matched_total": total,
-        "expected_total": layers * len(targets),
-    }
 
 
 def target_findings(
@@ -98,15 +47,12 @@ def target_findings(
         return [
             finding(
                 "MODEL_TARGETS_NOT_FOUND",
-                f"no module of this {model_type} model is named {', '.join(match['requested'])}",
                 {
                     "targets": match["requested"],
                     "linear_modules": linear_modules,
                     "recommended": recommended,
                     "model_type": model_type,
                 },
-                f"Set lora.targets to the family's set [{', '.join(recommended)}] or to names from "
-                "linear_modules (or leave lora.targets out).",
             )
         ]
     short = {
@@ -119,7 +65,6 @@ def target_findings(
     return [
         finding(
             "MODEL_TARGETS_PARTIAL",
-            f"LoRA targets {', '.join(short)} match fewer modules than {layers} layers × targets",
             {
                 "short": short,
                 "matched_total": match["matched_total"],
@@ -127,8 +72,6 @@ def target_findings(
                 "layers": layers,
                 "linear_modules": linear_modules,
             },
-            "Use plain leaf names (e.g. query_key_value, q_proj) that occur in every layer, and drop names "
-            "that match nothing.",
         )
     ]
 
@@ -171,10 +114,7 @@ def trainable_findings(facts: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(
             finding(
                 "MODEL_NOTHING_TRAINABLE",
-                "no parameter is trainable: training would change nothing",
                 {"total_params": facts["total"], "trainable_params": 0},
-                "Attach LoRA with peft's get_peft_model (lorakit's engine does) and do not freeze the lora_ "
-                "parameters afterwards.",
             )
         )
     if facts["base_trainable"]:
@@ -182,30 +122,21 @@ def trainable_findings(facts: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(
             finding(
                 "MODEL_BASE_TRAINABLE",
-                f"{len(names)} base-model parameter tensors are trainable besides LoRA",
                 {"count": len(names), "names": names[:_SHOWN], "trainable_params": facts["trainable"]},
-                "Freeze the base model (requires_grad False on every parameter without lora_ in its name) "
-                "before training.",
             )
         )
     if facts["not_float32"]:
         out.append(
             finding(
                 "MODEL_ADAPTER_DTYPE",
-                f"{len(facts['not_float32'])} trainable tensors are not float32 "
-                "(half-precision adapters lose their updates: loss 0 or NaN)",
                 {"dtypes": facts["trainable_dtypes"], "tensors": facts["not_float32"][:_SHOWN]},
-                "Keep adapter weights in float32 (peft's autocast_adapter_dtype, as lorakit's engine does) "
-                "and prefer a bf16 base where the GPU has it.",
             )
         )
     return out
 
 
 def check_peft_model(model, targets: list[str], layers: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Facts and findings about a model with LoRA attached (for the training loop after attach_lora)."""
-    from .models import linear_module_names
-
+    """Facts and findings about a model with LoRA attached (the training run's, after attaching)."""
     match = match_targets(model, targets, layers)
     facts = trainable_facts(model)
     found = target_findings(match, linear_module_names(model), [], model.config.model_type)
@@ -260,8 +191,6 @@ def template_findings(loss: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         finding(
             "MODEL_TEMPLATE_LOSS_HIGH",
-            f"the base model's loss on formatted samples ({f:.3f}) is {ratio:.2f}× its loss on the plain "
-            f"text ({p:.3f}): the template looks foreign to this model",
             {
                 "formatted_loss": round(f, 4),
                 "plain_loss": round(p, 4),
@@ -270,29 +199,11 @@ def template_findings(loss: dict[str, Any]) -> list[dict[str, Any]]:
                 "formatted_per_sample": loss["formatted"]["per_sample"],
                 "plain_per_sample": loss["plain"]["per_sample"],
             },
-            "Use the checkpoint's own chat template (data.template: auto) and the same template at "
-            "inference.",
         )
     ]
 
 
 # ---------------------------------------------------------------- the whole inspection
-
-
-def attach(base, targets: list[str], r: int, alpha: float, dropout: float, fp32_adapters: bool = True):
-    """LoRA as the engine attaches it: peft, then trainable tensors in float32 (unless told otherwise)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM"
-    )
-    model = get_peft_model(base, config, autocast_adapter_dtype=fp32_adapters)
-    if fp32_adapters:
-        for p in model.parameters():
-            if p.requires_grad and p.dtype != torch.float32:
-                p.data = p.data.float()
-    return model
 
 
 def inspect(
@@ -308,32 +219,24 @@ def inspect(
 ) -> dict[str, Any]:
     import torch
 
-    from .models import get_family, layer_count, linear_module_names, load_model, read_config
+    from .models import get_family, layer_count, load_model, read_config
 
     facts: dict[str, Any] = {"model": str(model_dir), "dtype": dtype, "device": device}
     try:
         config = read_config(model_dir)
         family = get_family(config.get("model_type"))
         layers = layer_count(config)
-        facts.update(model_type=family.model_type, layers=layers, recommended=list(family.lora_targets))
+        facts.update(model_type=config["model_type"], layers=layers, recommended=list(family.targets))
         base = load_model(model_dir, dtype=getattr(torch, dtype), device=device)
     except Exception as e:  # noqa: BLE001 — a model that cannot load is a finding
-        hint = getattr(e, "hint", None)
-        return {
-            "facts": facts,
-            "findings": [
-                finding(
-                    "MODEL_LOAD_FAILED",
-                    f"cannot load {model_dir}: {getattr(e, 'message', None) or e}",
-                    {
-                        "model": str(model_dir),
-                        "error": f"{type(e).__name__}: {e}",
-                        "code": getattr(e, "code", None),
-                    },
-                    hint or "Point model at a complete local checkpoint folder of a supported family.",
-                )
-            ],
+        known = isinstance(e, EngineError)
+        evidence = {
+            "model": str(model_dir),
+            "error": e.message if known else f"{type(e).__name__}: {e}",
+            "code": e.code if known else None,
+            "hint": e.hint if known else None,
         }
+        return {"facts": facts, "findings": [finding("MODEL_LOAD_FAILED", evidence)]}
     found: list[dict[str, Any]] = []
     linear = linear_module_names(base)
     facts["linear_modules"] = linear
@@ -342,7 +245,7 @@ def inspect(
         found += template_findings(facts["template_loss"])
     match = match_targets(base, targets, layers)
     facts["targets"] = match
-    found += target_findings(match, linear, list(family.lora_targets), family.model_type)
+    found += target_findings(match, linear, list(family.targets), facts["model_type"])
     if match["matched_total"] == 0:
         return {"facts": facts, "findings": found}
     try:
@@ -351,9 +254,7 @@ def inspect(
         found.append(
             finding(
                 "MODEL_LORA_ATTACH_FAILED",
-                f"peft could not attach LoRA to {', '.join(targets)}: {e}",
                 {"targets": targets, "error": f"{type(e).__name__}: {e}", "linear_modules": linear},
-                "Target Linear layers only: pick names from linear_modules.",
             )
         )
         return {"facts": facts, "findings": found}

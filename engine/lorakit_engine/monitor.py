@@ -1,16 +1,17 @@
 """Live training monitors: the training loop hands every optimizer step's loss and gradient norm, and
-every eval loss, to one `Monitor`, and emits what comes back (finding events, each reported once).
+every eval loss, to one `Monitor`, and emits what comes back (finding events, each code reported once; titles
+and fixes from protocol/findings.json).
 
-    non-finite loss/grad → error; the loop stops and keeps its last good checkpoint (`stop`,
-                           `last_good_step`)
-    loss ≈ 0 early       → error: below `loss_floor` within the first `early_fraction` of the steps
-    spike                → loss > mean + k·std of the previous `spike_window` losses and
-                           > `spike_ratio` × their median
-    plateau              → relative change over `plateau_window` steps ≈ 0, no drop since the start,
-                           adapter delta tiny (when given)
-    overfitting          → eval loss rose `overfit_evals` times in a row while the train loss fell;
-                           `best_step` names the checkpoint to keep, `should_stop_early` turns true
-                           after `patience` evals without a new best (when `patience` is set)
+    TRAIN_NONFINITE_LOSS  non-finite loss/grad: the loop stops and keeps its last good checkpoint (`stop`,
+                          `last_good_step`)
+    TRAIN_LOSS_ZERO       below `loss_floor` within the first `early_fraction` of the steps
+    TRAIN_LOSS_SPIKE      loss > mean + k·std of the previous `spike_window` losses and > `spike_ratio` ×
+                          their median
+    TRAIN_PLATEAU         relative change over `plateau_window` steps ≈ 0, no drop since the start, adapter
+                          delta tiny (when given)
+    TRAIN_OVERFITTING     eval loss rose `overfit_evals` times in a row while the train loss fell; `best_step`
+                          names the checkpoint to keep, `should_stop_early` turns true after `patience` evals
+                          without a new best (when `patience` is set)
 """
 
 from __future__ import annotations
@@ -19,15 +20,8 @@ import math
 import statistics
 from typing import Any
 
-from .protocol import finding_event
+from .findings import finding_event
 
-CODES = {
-    "TRAIN_NONFINITE_LOSS": "error",
-    "TRAIN_LOSS_ZERO": "error",
-    "TRAIN_LOSS_SPIKE": "warning",
-    "TRAIN_PLATEAU": "warning",
-    "TRAIN_OVERFITTING": "warning",
-}
 _TRAIN_TREND = 5  # train losses averaged on each side when checking that the train loss fell
 
 
@@ -90,11 +84,11 @@ class Monitor:
             and self.evals_since_best >= self.patience
         )
 
-    def _once(self, code: str, title: str, evidence: dict[str, Any], fix: str) -> list[dict[str, Any]]:
+    def _once(self, code: str, evidence: dict[str, Any]) -> list[dict[str, Any]]:
         if code in self.reported:
             return []
         self.reported.add(code)
-        return [finding_event(code, CODES[code], title, evidence, fix)]
+        return [finding_event(code, evidence)]
 
     # ------------------------------------------------------------ train steps
 
@@ -110,8 +104,6 @@ class Monitor:
             recent = [_num(x) for _, x in self.losses[-5:]]
             return self._once(
                 "TRAIN_NONFINITE_LOSS",
-                f"the {'loss' if not _finite(loss) else 'gradient norm'} became non-finite at step {step}; "
-                "training stops",
                 {
                     "step": step,
                     "loss": _num(loss) if loss is not None else "nan",
@@ -119,8 +111,6 @@ class Monitor:
                     "last_good_step": self.last_good_step,
                     "recent_losses": recent,
                 },
-                "Lower train.lr or warm up longer, prefer bf16 to fp16, and resume from the last good "
-                "checkpoint.",
             )
         assert loss is not None
         out: list[dict[str, Any]] = []
@@ -131,7 +121,6 @@ class Monitor:
         if loss < self.loss_floor and step <= self.early_steps:
             out += self._once(
                 "TRAIN_LOSS_ZERO",
-                f"the loss is {loss:.2g} at step {step} of {self.total_steps}: nothing real is being learned",
                 {
                     "step": step,
                     "loss": _num(loss),
@@ -139,8 +128,6 @@ class Monitor:
                     "early_steps": self.early_steps,
                     "total_steps": self.total_steps,
                 },
-                "Check the labels: nothing trained, the answer leaking into the input, or fp16 adapters; "
-                "`lorakit doctor` shows the trained-token share.",
             )
 
         if len(previous) >= max(5, self.spike_window // 2):
@@ -151,8 +138,6 @@ class Monitor:
                 self.spikes.append(step)
                 out += self._once(
                     "TRAIN_LOSS_SPIKE",
-                    f"the loss spiked to {loss:.4g} at step {step} (previous {len(previous)} steps: "
-                    f"median {median:.4g})",
                     {
                         "step": step,
                         "loss": _num(loss),
@@ -163,8 +148,6 @@ class Monitor:
                         "k": self.spike_k,
                         "ratio": self.spike_ratio,
                     },
-                    "Lower train.lr or lengthen the warmup (train.warmup_ratio); spikes often come before "
-                    "NaN.",
                 )
 
         out += self._plateau(step, adapter_delta_norm)
@@ -189,8 +172,6 @@ class Monitor:
             return []
         return self._once(
             "TRAIN_PLATEAU",
-            f"the loss has not moved over steps {self.losses[-n][0]}–{step} "
-            f"({100 * rel:+.2f}% across the window, {100 * dropped:.1f}% below the start)",
             {
                 "window": [self.losses[-n][0], step],
                 "relative_change": _num(rel),
@@ -204,8 +185,6 @@ class Monitor:
                     "adapter_delta_norm": self.plateau_delta,
                 },
             },
-            "Raise train.lr (LoRA often needs 1e-4 or more) and check that the adapter parameters are "
-            "trainable.",
         )
 
     # ------------------------------------------------------------ evals
@@ -232,8 +211,6 @@ class Monitor:
             return []
         return self._once(
             "TRAIN_OVERFITTING",
-            f"eval loss rose {n} times in a row (steps {span[0][0]}–{step}) while the train loss fell: "
-            f"the best checkpoint is step {self.best_step}",
             {
                 "evals": [[s, _num(x)] for s, x in span],
                 "train_loss_then": _num(statistics.fmean(then)),
@@ -242,6 +219,4 @@ class Monitor:
                 "best_eval_loss": _num(self.best_eval_loss),
                 "patience": self.patience,
             },
-            f"Keep the checkpoint of step {self.best_step}; train fewer epochs, add data, or set a "
-            "patience to stop early.",
         )

@@ -1,6 +1,6 @@
-"""Where a training step's time goes, on request: `LORAKIT_PROFILE=<dir>` (and optionally
-`LORAKIT_PROFILE_STEPS=<first>:<count>`, default 11:3) runs torch.profiler over those optimizer steps of
-`lorakit_engine train` on every rank and writes, per rank, `profile-rank<r>.txt`: the wall time of each
+"""Where a training step's time goes, on request: the plan's `profile` ({dir, first_step, steps}; the product
+fills it from LORAKIT_PROFILE and LORAKIT_PROFILE_STEPS) runs torch.profiler over those optimizer steps on
+every rank and writes, per rank, `<dir>/profile-rank<r>.txt`: the wall time of each
 profiled step, the GPU's busy time by kernel category (GEMM, attention, NCCL, other) and the top kernels and
 host calls. Host calls that block on the GPU (synchronize, pageable copies, `.item()`) show up under the
 host table's cudaStreamSynchronize / cudaMemcpy rows. Off by default; costs nothing then.
@@ -9,14 +9,12 @@ host table's cudaStreamSynchronize / cudaMemcpy rows. Off by default; costs noth
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from .protocol import EngineError
+from .plan import ProfilePlan
 
 
 def peak_memory(device: torch.device) -> int | None:
@@ -46,30 +44,16 @@ def category(name: str) -> str:
 
 
 class StepProfiler:
-    """begin(step)/end(step) around each optimizer step; inert unless from_env found the variable set."""
+    """begin(step)/end(step) around each optimizer step; inert without a `profile`."""
 
-    def __init__(self, out: Path | None, rank: int, device: torch.device, first: int = 11, count: int = 3):
-        self.out, self.rank, self.device = out, rank, device
-        self.first, self.last = first, first + count - 1
+    def __init__(self, profile: ProfilePlan | None, rank: int, device: torch.device):
+        self.out = profile.dir if profile is not None else None
+        self.rank, self.device = rank, device
+        self.first = profile.first_step if profile is not None else 0
+        self.last = self.first + profile.steps - 1 if profile is not None else -1
         self.prof: torch.profiler.profile | None = None
         self.walls: list[tuple[int, float]] = []
         self._t = 0.0
-
-    @classmethod
-    def from_env(cls, rank: int, device: torch.device) -> StepProfiler:
-        out = os.environ.get("LORAKIT_PROFILE")
-        steps = os.environ.get("LORAKIT_PROFILE_STEPS", "11:3")
-        try:
-            first, count = (int(x) for x in steps.split(":"))
-            if first < 1 or count < 1:
-                raise ValueError
-        except ValueError:
-            raise EngineError(
-                "BAD_ENVIRONMENT",
-                f"LORAKIT_PROFILE_STEPS={steps!r} is not <first step>:<count> with both ≥ 1",
-                "Set it like LORAKIT_PROFILE_STEPS=11:3 (steps 11, 12 and 13), or unset it.",
-            ) from None
-        return cls(Path(out) if out else None, rank, device, first, count)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

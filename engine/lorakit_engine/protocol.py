@@ -1,7 +1,6 @@
-"""The engine's side of the boundary: read and check a plan, write JSON-lines events, turn failures into
-`error` events. Shapes come from `protocol/*.schema.json`, exported from the product's zod schema.
-
-No torch here, so a bad plan is reported before the heavy imports.
+"""The engine's side of the boundary: the protocol schemas, JSON-lines events, the one `EngineError` and
+the `error` event every failure becomes. Shapes come from `protocol/*.schema.json`, exported from the
+product's zod schema. No torch here, so a bad plan is reported before the heavy imports.
 """
 
 from __future__ import annotations
@@ -9,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import threading
 import traceback
 from collections.abc import Callable
@@ -42,16 +42,21 @@ def protocol_dir() -> Path:
 
 
 @cache
-def schema(name: str) -> dict:
-    path = protocol_dir() / f"{name}.schema.json"
+def protocol_file(name: str) -> dict:
+    """protocol/<name>, exported by the product (schemas, the finding catalogue, the family registry)."""
+    path = protocol_dir() / name
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise EngineError(
             "PROTOCOL_MISSING",
-            f"cannot read the protocol schema {path}: {e.strerror}",
+            f"cannot read the protocol file {path}: {e.strerror}",
             "Run the engine from a lorakit checkout, or point LORAKIT_PROTOCOL_DIR at its protocol/ folder.",
         ) from e
+
+
+def schema(name: str) -> dict:
+    return protocol_file(f"{name}.schema.json")
 
 
 @cache
@@ -62,73 +67,6 @@ def _checker(name: str) -> Checker:
 def schema_errors(name: str, value: Any) -> list[str]:
     """Every problem with `value` against `protocol/<name>.schema.json`, as `path: message`, sorted."""
     return sorted({f"{p.where()}: {p.message}" for p in _checker(name).problems(value)})
-
-
-# ---------------------------------------------------------------- plan
-
-PLAN_PATHS = (("run_dir",), ("model", "path"), ("data", "train", "dir"), ("data", "eval", "dir"))
-
-
-def read_plan(path: Path | str) -> dict:
-    """The plan at `path`, checked against the schema, with relative paths resolved against its folder
-    (so a plan and its prepared data can be copied to another machine and run there alone)."""
-    path = Path(path)
-    try:
-        plan = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise EngineError(
-            "PLAN_INVALID",
-            f"cannot read the plan {path}: {e.strerror}",
-            "Pass --plan with an existing plan.json.",
-        ) from e
-    except UnicodeDecodeError as e:
-        raise EngineError(
-            "PLAN_INVALID",
-            f"{path} is not UTF-8 text (byte {e.start})",
-            "Write the plan with `lorakit`; a plan is JSON in UTF-8.",
-        ) from e
-    except json.JSONDecodeError as e:
-        raise EngineError(
-            "PLAN_INVALID",
-            f"{path} is not JSON: {e.msg} at line {e.lineno} column {e.colno}",
-            "Write the plan with `lorakit` or fix the JSON syntax.",
-        ) from e
-    except RecursionError as e:
-        raise EngineError(
-            "PLAN_INVALID",
-            f"{path} nests lists or objects thousands of levels deep",
-            "Write the plan with `lorakit`; a plan is a few levels of settings.",
-        ) from e
-    check_plan(plan, path)
-    return resolve_paths(plan, path.resolve().parent)
-
-
-def check_plan(plan: Any, path: Path | str | None = None) -> None:
-    problems = schema_errors("plan", plan)
-    if problems:
-        raise EngineError(
-            "PLAN_INVALID",
-            f"{f'{path}: ' if path is not None else ''}the plan has {len(problems)} problem(s): "
-            + "; ".join(problems),
-            "Fix the keys named above (protocol/plan.schema.json is the contract); plans written by "
-            "lorakit of the same version always match.",
-        )
-
-
-def resolve_paths(plan: dict, base: Path) -> dict:
-    plan = json.loads(json.dumps(plan))  # a copy
-    for keys in PLAN_PATHS:
-        holder = plan
-        for k in keys[:-1]:
-            holder = holder.get(k) if isinstance(holder, dict) else None
-        if isinstance(holder, dict) and isinstance(holder.get(keys[-1]), str):
-            holder[keys[-1]] = str((base / holder[keys[-1]]).resolve())
-    files = plan.get("adapter_files")
-    if isinstance(files, dict):
-        for name, source in files.items():
-            if isinstance(source, str):
-                files[name] = str((base / source).resolve())
-    return plan
 
 
 # ---------------------------------------------------------------- events
@@ -162,35 +100,12 @@ def log(emit: Emit, message: str, level: str = "info") -> None:
     emit({"type": "log", "level": level, "message": message})
 
 
-def finding_event(code: str, severity: str, title: str, evidence: dict, fix: str) -> dict:
-    """A `finding` event (protocol/event.schema.json): the one shape of every finding the engine makes."""
-    return {
-        "type": "finding",
-        "code": code,
-        "severity": severity,
-        "title": title,
-        "evidence": evidence,
-        "fix": fix,
-    }
-
-
-def finding(emit: Emit, code: str, severity: str, title: str, evidence: dict, fix: str) -> None:
-    emit(finding_event(code, severity, title, evidence, fix))
-
-
 _HINTS = {
     "CUDA_OOM": "Lower train.batch_size (raise grad_accum to keep the effective batch), shorten max_length, "
     "or turn on gradient_checkpointing.",
-    "MODEL_LOAD_FAILED": "Point model at a complete local checkpoint folder (config.json and its weights).",
     "ENGINE_CRASH": "This is a bug or an environment problem: rerun with resume: true to continue from the "
     "last checkpoint, and report the traceback if it happens again.",
 }
-
-
-def _is_load_error(exc: BaseException) -> bool:
-    """lorakit_engine.models.CheckpointError (a model folder that cannot load), not torch.utils.checkpoint's
-    CheckpointError of the same name (activation checkpointing failed mid-training: a crash)."""
-    return type(exc).__name__ == "CheckpointError" and type(exc).__module__.startswith("lorakit_engine.")
 
 
 def error_event(exc: BaseException) -> dict[str, Any]:
@@ -207,12 +122,12 @@ def error_event(exc: BaseException) -> dict[str, Any]:
             str(exc).splitlines()[0] if str(exc) else "CUDA out of memory",
             _HINTS["CUDA_OOM"],
         )
-    elif _is_load_error(exc):
-        code = "MODEL_LOAD_FAILED"
-        message = f"{getattr(exc, 'code', '')}: {getattr(exc, 'message', str(exc))}"
-        if getattr(exc, "path", None):
-            message += f" [{exc.path}]"
-        hint = getattr(exc, "hint", None) or _HINTS["MODEL_LOAD_FAILED"]
     else:
         code, message, hint = "ENGINE_CRASH", f"{type(exc).__name__}: {exc}", _HINTS["ENGINE_CRASH"]
     return {"type": "error", "code": code, "message": message, "hint": hint, "traceback": tb}
+
+
+def say(message: str) -> None:
+    """A human log line (stderr; stdout carries events only), marked with the rank under torchrun."""
+    rank = f" rank {os.environ.get('RANK', '0')}" if os.environ.get("WORLD_SIZE", "1") != "1" else ""
+    print(f"[lorakit-engine{rank}] {message}", file=sys.stderr, flush=True)

@@ -38,7 +38,8 @@ sys.path.insert(0, str(HERE.parent))
 
 from prepared import make_plan, write_plan  # noqa: E402
 
-from lorakit_engine.data import Batches, Prepared, deal  # noqa: E402
+from lorakit_engine.batches import Batches, deal  # noqa: E402
+from lorakit_engine.data import Prepared, read_rows  # noqa: E402
 
 SHAPE = {"hidden": 2048, "layers": 22, "ffn": 5632, "heads": 32, "kv_heads": 4, "vocab": 32000}
 SMOKE_SHAPE = {"hidden": 64, "layers": 2, "ffn": 128, "heads": 4, "kv_heads": 2, "vocab": 512}
@@ -147,6 +148,11 @@ def plan_for(root: Path, model_dir: Path, samples, args, devices: int) -> Path:
         "train.devices": devices,
         "train.shard": "fsdp" if args.shard and devices > 1 else "none",
         "train.pack_tokens": args.pack_tokens,
+        # the fast path where `lorakit train` takes it: the native ChatGLM3 on CUDA
+        "train.fast_path": args.model == "glm6b" and not args.smoke,
+        "profile": {"dir": str(args.out / "profile" / root.name), "first_step": args.steps + 1, "steps": 2}
+        if args.profile
+        else None,
         "train.log_every": 10,
         "train.keep_checkpoints": 1,
         "lora.targets": ["query_key_value"] if args.model == "glm6b" else TARGETS,
@@ -168,8 +174,6 @@ def launch(plan: Path, devices: int, env: dict, out: Path, logs: Path, name: str
     else:
         cmd = [sys.executable, *engine]
     env = dict(env)
-    if env.get("LORAKIT_PROFILE"):
-        env["LORAKIT_PROFILE"] = str(Path(env["LORAKIT_PROFILE"]) / name)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     events = open(out / f"events-{name}.jsonl", "w")
@@ -187,16 +191,17 @@ def measure(name: str, plan_path: Path, devices: int, args, n_params: int, out: 
         return {"name": name, "failed": errors[0]["message"] if errors else f"{len(steps)} steps"}
     data = Prepared(plan_path.parent / plan["data"]["train"]["dir"])
     lengths = (data.offsets[1:] - data.offsets[:-1]).tolist()
-    batches = Batches(data, args.batch, plan["train"]["seed"], 0, pack_tokens=args.pack_tokens)
-    order = batches.order(0)
+    rows_file = plan["data"]["train"]["rows"]
+    starts = read_rows(plan_path.parent / rows_file, data, args.pack_tokens) if rows_file else None
+    rows = [range(a, b) for a, b in zip(starts, starts[1:], strict=False)] if starts else None
+    order = Batches(data, args.batch, plan["train"]["seed"], 0, row_starts=starts).order(0)
     g = args.batch * devices
 
     def micro(i):
         if (
             args.pack_tokens
         ):  # one packed row per rank, each computed without padding: one "sample" of its size
-            rows = [batches.rows[r] for r in order[i * devices : (i + 1) * devices]]
-            return [sum(lengths[j] for j in row) for row in rows]
+            return [sum(lengths[j] for j in rows[r]) for r in order[i * devices : (i + 1) * devices]]
         return [lengths[j] for j in order[i * g : (i + 1) * g]]
 
     # Padded sizes (samples × longest) per rank and step: the ranks meet once a step, so the step waits for
@@ -246,7 +251,11 @@ def main() -> int:
     ap.add_argument("--phase-s", type=float, default=110, help="time limit of each phase")
     ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU (gloo)")
     ap.add_argument("--model", choices=("llama1b", "glm6b"), default="llama1b")
-    ap.add_argument("--profile", action="store_true", help="torch.profiler over steps 11-13 of every run")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="torch.profiler over the two steps after the timed ones, every run",
+    )
     ap.add_argument("--shard", action="store_true", help="the 2-GPU runs shard the base (FSDP2)")
     ap.add_argument(
         "--pack-tokens",
@@ -266,9 +275,6 @@ def main() -> int:
     env.setdefault("OMP_NUM_THREADS", "1" if args.smoke else "4")
 
     t0 = time.monotonic()
-    if args.profile:  # the two steps after the timed ones
-        env["LORAKIT_PROFILE"] = str(args.out / "profile")
-        env["LORAKIT_PROFILE_STEPS"] = f"{args.steps + 1}:2"
     model_dir = args.work / ("model" if args.model == "llama1b" else "glm6b")
     if args.model == "glm6b":
         shape = {**shape, "vocab": GLM6B["vocab"]}

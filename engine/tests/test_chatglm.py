@@ -14,8 +14,9 @@ from fixtures.chatglm import LAYOUTS, ROPE
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
-from lorakit_engine.models import CheckpointError, load_model
+from lorakit_engine.models import load_model
 from lorakit_engine.models.chatglm import RotaryEmbedding
+from lorakit_engine.protocol import EngineError
 
 ATOL = 1e-5
 ALL = (*LAYOUTS, ROPE)
@@ -265,10 +266,10 @@ def copy_model(fixtures_dir: Path, name: str, tmp_path: Path) -> Path:
 def test_missing_shard_names_the_file(fixtures_dir, tmp_path):
     folder = copy_model(fixtures_dir, "chatglm3-bin-sharded", tmp_path)
     (folder / "pytorch_model-00002-of-00003.bin").unlink()
-    with pytest.raises(CheckpointError, match="pytorch_model-00002-of-00003.bin") as e:
+    with pytest.raises(EngineError, match="pytorch_model-00002-of-00003.bin") as e:
         load_model(folder)
-    assert e.value.code == "checkpoint.missing_shard"
-    assert e.value.path.endswith("pytorch_model.bin.index.json")
+    assert e.value.code == "MODEL_LOAD_FAILED"
+    assert e.value.message.endswith("pytorch_model.bin.index.json]")
 
 
 def test_missing_tensor_names_the_tensor_and_file(fixtures_dir, tmp_path):
@@ -277,9 +278,9 @@ def test_missing_tensor_names_the_tensor_and_file(fixtures_dir, tmp_path):
     tensors = load_file(folder / "model.safetensors")
     del tensors[gone]
     save_file(tensors, folder / "model.safetensors")
-    with pytest.raises(CheckpointError, match=gone) as e:
+    with pytest.raises(EngineError, match=gone) as e:
         load_model(folder)
-    assert e.value.code == "checkpoint.missing_tensors" and e.value.path.endswith("model.safetensors")
+    assert e.value.code == "MODEL_LOAD_FAILED" and e.value.message.endswith("model.safetensors]")
 
 
 def test_index_without_a_tensor_fails_before_reading_shards(fixtures_dir, tmp_path):
@@ -287,9 +288,9 @@ def test_index_without_a_tensor_fails_before_reading_shards(fixtures_dir, tmp_pa
     index = json.loads((folder / "model.safetensors.index.json").read_text())
     del index["weight_map"]["transformer.output_layer.weight"]
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
-    with pytest.raises(CheckpointError, match="transformer.output_layer.weight") as e:
+    with pytest.raises(EngineError, match="transformer.output_layer.weight") as e:
         load_model(folder)
-    assert e.value.code == "checkpoint.missing_tensors"
+    assert e.value.code == "MODEL_LOAD_FAILED"
 
 
 def test_unexpected_tensor_and_wrong_shape(fixtures_dir, tmp_path):
@@ -297,16 +298,16 @@ def test_unexpected_tensor_and_wrong_shape(fixtures_dir, tmp_path):
     tensors = load_file(folder / "model.safetensors")
     save_file({**tensors, "transformer.prefix_encoder.embedding.weight": torch.zeros(2, 2)}, folder / "x")
     (folder / "x").replace(folder / "model.safetensors")
-    with pytest.raises(CheckpointError, match="prefix_encoder") as e:
+    with pytest.raises(EngineError, match="prefix_encoder") as e:
         load_model(folder)
-    assert e.value.code == "checkpoint.unexpected_tensors"
+    assert e.value.code == "MODEL_LOAD_FAILED"
 
     save_file(tensors, folder / "model.safetensors")
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "ffn_hidden_size": 80}))
-    with pytest.raises(CheckpointError, match=r"mlp\.dense_\w+\.weight has shape \[(192, 64|64, 96)\]") as e:
+    with pytest.raises(EngineError, match=r"mlp\.dense_\w+\.weight has shape \[(192, 64|64, 96)\]") as e:
         load_model(folder)
-    assert e.value.code == "checkpoint.shape_mismatch"
+    assert e.value.code == "MODEL_LOAD_FAILED"
 
 
 def test_unsupported_chatglm_variants_and_empty_folder(fixtures_dir, tmp_path):
@@ -318,11 +319,11 @@ def test_unsupported_chatglm_variants_and_empty_folder(fixtures_dir, tmp_path):
         ({"pre_seq_len": 128}, "P-tuning"),
     ):
         (folder / "config.json").write_text(json.dumps({**config, **extra}))
-        with pytest.raises(CheckpointError, match=words) as e:
+        with pytest.raises(EngineError, match=words) as e:
             load_model(folder)
-        assert e.value.code == "model.unsupported_variant"
+        assert e.value.code == "MODEL_LOAD_FAILED"
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "model.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="no weights found") as e:
+    with pytest.raises(EngineError, match="no weights found") as e:
         load_model(folder)
-    assert e.value.code == "checkpoint.no_weights"
+    assert e.value.code == "MODEL_LOAD_FAILED"

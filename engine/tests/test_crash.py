@@ -8,11 +8,12 @@ import json
 
 import pytest
 import torch
-from prepared import make_plan, of_type, run_engine, write_plan
+from prepared import fault_env, make_plan, of_type, run_engine, write_plan
 
 from lorakit_engine import checkpoint as ckpt
-from lorakit_engine.protocol import read_plan, schema_errors
-from lorakit_engine.train import run
+from lorakit_engine.plan import read_plan
+from lorakit_engine.protocol import schema_errors
+from lorakit_engine.run import run
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +23,8 @@ def model_dir(fixtures_dir):
 
 def test_crash_leaves_the_last_checkpoint_intact_and_resumable(tmp_path, model_dir):
     over = {"train.save_every": 2, "train.total_steps": 8, "samples.before": False}
-    plan_path = write_plan(tmp_path, make_plan(tmp_path, model_dir, fail_at_step=5, **over))
-    events, rc, stderr = run_engine(plan_path)
+    plan_path = write_plan(tmp_path, make_plan(tmp_path, model_dir, **over))
+    events, rc, stderr = run_engine(plan_path, env=fault_env(5))
     assert rc == 1
     assert all(schema_errors("event", e) == [] for e in events)
     err = events[-1]

@@ -12,17 +12,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
-from prepared import engine_env, make_plan, memorize_set, of_type, parse_events, write_plan
+from prepared import engine_env, fault_env, make_plan, memorize_set, of_type, parse_events, write_plan
 from safetensors.torch import load_file
 
 from lorakit_engine import checkpoint as ckpt
-from lorakit_engine import train as train_mod
 from lorakit_engine import verify
-from lorakit_engine.data import Batches, Prepared, in_order
-from lorakit_engine.protocol import EngineError, read_plan, schema_errors
+from lorakit_engine.batches import Batches, deal, in_order
+from lorakit_engine.data import Prepared
+from lorakit_engine.plan import read_plan
+from lorakit_engine.protocol import EngineError, schema_errors
+from lorakit_engine.run import load_base, run
 
 N_SAMPLES = 9  # global micro-batches of 4: [4, 4, 1], so rank 1 gets nothing from the last one
 
@@ -47,15 +50,17 @@ def torchrun_cmd(plan_path) -> list[str]:
     ]
 
 
-def dist_env() -> dict:
-    return {**engine_env(), "OMP_NUM_THREADS": "1"}  # two processes on two cores
+def dist_env(**extra: str) -> dict:
+    return engine_env(OMP_NUM_THREADS="1", **extra)  # two processes on two cores
 
 
-def torchrun(plan_path, stop_after: int | None = None) -> tuple[list[dict], int, str]:
+def torchrun(
+    plan_path, stop_after: int | None = None, env: dict | None = None
+) -> tuple[list[dict], int, str]:
     """Run the engine under torchrun; with `stop_after`, send `stop` on stdin once that step's event is in."""
     p = subprocess.Popen(
         torchrun_cmd(plan_path),
-        env=dist_env(),
+        env=dist_env(**(env or {})),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -116,7 +121,7 @@ def test_two_processes_train_what_one_process_trains(tmp_path, model_dir):
     one = tmp_path / "one"
     plan = make_plan(one, model_dir, train=memorize_set(N_SAMPLES), **EQUAL, **{"train.batch_size": 4})
     ref_events: list[dict] = []
-    train_mod.run(read_plan(write_plan(one, plan)), ref_events.append)
+    run(read_plan(write_plan(one, plan)), ref_events.append)
     ref_steps, ref_evals = metrics(ref_events)
 
     two = tmp_path / "two"
@@ -194,13 +199,13 @@ def test_two_processes_stop_crash_and_resume_exactly(tmp_path, model_dir):
     assert 2 <= stop1 <= 5 and of_type(first, "checkpoint")[-1]["step"] == stop1
 
     # Resumed, then rank 1 fails at the start of step stop1 + 2: one error event (rank 0 writes it), exit ≠ 0.
-    write_plan(parts, plan(parts, resume=True, fail_at_step=stop1 + 2))
-    second, rc, stderr = torchrun(plan_path)
+    write_plan(parts, plan(parts, resume=True))
+    second, rc, stderr = torchrun(plan_path, env=fault_env(stop1 + 2))
     assert rc != 0
     errors = of_type(second, "error")
     assert len(errors) == 1 and second[-1] is errors[0], [e["type"] for e in second]
     assert errors[0]["code"] == "ENGINE_CRASH"
-    message = f"rank 1: RuntimeError: fail_at_step: failing on purpose at the start of step {stop1 + 2}"
+    message = f"rank 1: RuntimeError: injected fault: failing on purpose at the start of step {stop1 + 2}"
     assert errors[0]["message"] == message and "RuntimeError" in errors[0]["traceback"]
     assert "rank 0 did not answer" not in stderr
     assert of_type(second, "start")[0]["start_step"] == stop1
@@ -246,8 +251,6 @@ def test_micro_batches_are_dealt_over_ranks(tmp_path):
 
 
 def test_deal_balances_padded_size():
-    from lorakit_engine.data import deal
-
     # One long sample and seven short ones: the long one alone, the short ones together.
     assert deal([100, 10, 10, 10, 400, 10, 10, 10], 2) == [[4], [0, 1, 2, 3, 5, 6, 7]]
     assert deal([5, 5, 5, 5], 2) == [[0, 1], [2, 3]] and deal([7], 3) == [[0], [], []]
@@ -267,10 +270,10 @@ def test_deal_balances_padded_size():
 def test_devices_must_match_the_processes(tmp_path, model_dir):
     plan = read_plan(write_plan(tmp_path, make_plan(tmp_path, model_dir, **{"train.devices": 2})))
     with pytest.raises(EngineError) as err:
-        train_mod.run(plan, lambda e: None)
+        run(plan, lambda e: None)
     assert err.value.code == "DEVICES_MISMATCH" and "nproc_per_node=2" in err.value.hint
-    # batch_size is per device: a checkpoint of 2 processes does not resume under 1 (and old hashes hold)
-    one = ckpt.plan_subset({**plan, "train": {**plan["train"], "devices": 1}})
+    # batch_size is per device: a checkpoint of 2 processes does not resume under 1
+    one = ckpt.plan_subset(replace(plan, train=replace(plan.train, devices=1)))
     assert "devices" not in one["train"] and ckpt.plan_subset(plan)["train"]["devices"] == 2
 
 
@@ -288,7 +291,7 @@ def test_sharded_processes_train_what_one_process_trains(tmp_path, model_dir):
         one, model_dir, train=memorize_set(N_SAMPLES), eval=ev, **EQUAL, **{"train.batch_size": 4}
     )
     ref_events: list[dict] = []
-    train_mod.run(read_plan(write_plan(one, plan)), ref_events.append)
+    run(read_plan(write_plan(one, plan)), ref_events.append)
     ref_steps, ref_evals = metrics(ref_events)
 
     two = tmp_path / "fsdp"
@@ -329,12 +332,12 @@ def test_sharded_processes_train_what_one_process_trains(tmp_path, model_dir):
             assert torch.allclose(s[k], ref_opt["state"][i][k], atol=1e-6), (i, k)
 
     reloaded = PeftModel.from_pretrained(
-        train_mod.load_base(str(model_dir), torch.float32, "cpu"), str(two / "run" / "adapter")
+        load_base(str(model_dir), torch.float32, "cpu"), str(two / "run" / "adapter")
     )
-    batch = train_mod.reference_batch({"eval": None, "train": Prepared(two / "prepared" / "train")}, plan)
+    batch = verify.reference_batch(None, Prepared(two / "prepared" / "train"), pad_id=0)
     ref_result = verify.logits_of(
         PeftModel.from_pretrained(
-            train_mod.load_base(str(model_dir), torch.float32, "cpu"), str(one / "run" / "adapter")
+            load_base(str(model_dir), torch.float32, "cpu"), str(one / "run" / "adapter")
         ),
         batch,
         "cpu",
@@ -381,19 +384,17 @@ def test_sharded_stop_and_resume_exactly_also_from_an_unsharded_checkpoint(tmp_p
     assert max_diff(mixed / "run" / "adapter", whole / "run" / "adapter") < ADAPTER_TOL
 
 
-def test_sharding_refuses_fp16_also_when_auto_resolves_to_it():
-    """train.shard fsdp with fp16 is refused whether fp16 was asked for or `auto` chose it (a GPU without
-    bf16); one process has nothing to shard over and says so."""
+def test_sharding_refuses_fp16():
+    """train.shard fsdp with fp16 is refused (its loss scaler would skip steps rank by rank); one process has
+    nothing to shard over and says so."""
     from types import SimpleNamespace
 
-    from lorakit_engine import sharding
-    from lorakit_engine.protocol import EngineError
+    from lorakit_engine.parallel import Sharded, Single, choose
 
-    plan = {"train": {"shard": "fsdp", "precision": "auto"}}
-    two, one, logs = SimpleNamespace(world=2), SimpleNamespace(world=1), []
-    with pytest.raises(EngineError, match="precision auto") as e:
-        sharding.wanted(plan, two, logs.append, torch.float16)
+    train, logs = SimpleNamespace(shard="fsdp", precision="fp16"), []
+    with pytest.raises(EngineError, match="precision fp16") as e:
+        choose(train, torch.float16, 2, logs.append)
     assert e.value.code == "SHARD_UNSUPPORTED"
-    assert sharding.wanted(plan, two, logs.append, torch.bfloat16) is True
-    assert sharding.wanted(plan, one, logs.append, torch.float16) is False
+    assert choose(train, torch.bfloat16, 2, logs.append) is Sharded
+    assert choose(train, torch.float16, 1, logs.append) is Single
     assert "nothing to shard over" in logs[-1]["message"]

@@ -14,15 +14,15 @@ from fixtures.families import FAMILIES as TRANSFORMERS_FAMILIES
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 
+from lorakit_engine.lora import linear_module_names
 from lorakit_engine.models import (
-    CheckpointError,
     get_family,
     layer_count,
-    linear_module_names,
     load_model,
     read_config,
     supported_model_types,
 )
+from lorakit_engine.protocol import EngineError
 
 FOLDERS = {"chatglm": "chatglm3-safetensors-sharded", **{f: f"family-{f}" for f in TRANSFORMERS_FAMILIES}}
 
@@ -33,7 +33,7 @@ def test_family_contract(family, fixtures_dir, tmp_path):
     spec = get_family(family)
     model = load_model(folder)
     assert model.config.model_type == family and not model.training
-    assert set(spec.lora_targets) <= set(linear_module_names(model))
+    assert set(spec.targets) <= set(linear_module_names(model))
 
     vocab = model.config.vocab_size
     ids = torch.randint(3, vocab, (2, 10), generator=torch.Generator().manual_seed(0))
@@ -44,12 +44,12 @@ def test_family_contract(family, fixtures_dir, tmp_path):
     assert base.logits.shape == (2, 10, vocab) and base.loss.isfinite()
 
     lora = LoraConfig(
-        target_modules=list(spec.lora_targets), r=8, lora_alpha=32, lora_dropout=0.1, task_type="CAUSAL_LM"
+        target_modules=list(spec.targets), r=8, lora_alpha=32, lora_dropout=0.1, task_type="CAUSAL_LM"
     )
     peft_model = get_peft_model(model, lora)
     wrapped = [m for m in peft_model.modules() if isinstance(m, LoraLayer)]
-    assert len(wrapped) == layer_count(read_config(folder)) * len(spec.lora_targets)
-    assert linear_module_names(peft_model)[: len(spec.lora_targets)] == list(spec.lora_targets)
+    assert len(wrapped) == layer_count(read_config(folder)) * len(spec.targets)
+    assert linear_module_names(peft_model)[: len(spec.targets)] == list(spec.targets)
 
     peft_model.eval()
     with torch.no_grad():
@@ -79,17 +79,19 @@ def test_family_contract(family, fixtures_dir, tmp_path):
 
 def test_registry():
     assert supported_model_types() == ["chatglm", "llama", "qwen2", "qwen3", "mistral", "glm", "glm4"]
-    assert get_family("chatglm").lora_targets == ("query_key_value",)
+    assert get_family("chatglm").targets == ("query_key_value",)
     assert get_family("chatglm").builder == "native" and get_family("glm4").builder == "transformers"
-    assert all(get_family(t).pitfalls for t in supported_model_types())
+    assert get_family("glm").name == "glm" and get_family("glm4").name == "glm4"  # two classes, two families
 
 
 def test_unknown_model_type_is_named_with_the_supported_list(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
-    with pytest.raises(ValueError, match="'gpt_neox'.*chatglm, llama, qwen2, qwen3, mistral, glm, glm4") as e:
+    with pytest.raises(
+        EngineError, match="'gpt_neox'.*chatglm, llama, qwen2, qwen3, mistral, glm, glm4"
+    ) as e:
         load_model(tmp_path)
-    assert isinstance(e.value, CheckpointError) and e.value.code == "model.unsupported_type"
-    with pytest.raises(CheckpointError, match="no config.json"):
+    assert isinstance(e.value, EngineError) and e.value.code == "MODEL_LOAD_FAILED"
+    with pytest.raises(EngineError, match="no config.json"):
         load_model(tmp_path / "nowhere")
 
 
@@ -98,9 +100,9 @@ def test_missing_shard_is_reported_for_transformers_families_too(fixtures_dir, t
     (tmp_path / "config.json").write_bytes((src / "config.json").read_bytes())
     index = {"metadata": {}, "weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors"}}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
-    with pytest.raises(CheckpointError, match="model-00002-of-00002.safetensors") as e:
+    with pytest.raises(EngineError, match="model-00002-of-00002.safetensors") as e:
         load_model(tmp_path)
-    assert e.value.code == "checkpoint.missing_shard"
+    assert e.value.code == "MODEL_LOAD_FAILED"
 
 
 def test_importing_the_package_does_not_import_torch():

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from lorakit_engine.inspect_model import (
-    attach,
     check_peft_model,
     inspect,
     template_findings,
@@ -22,6 +21,7 @@ from lorakit_engine.inspect_model import (
     trainable_facts,
     trainable_findings,
 )
+from lorakit_engine.lora import attach
 from lorakit_engine.models import load_model
 from lorakit_engine.protocol import schema_errors
 
@@ -120,7 +120,7 @@ def test_check_peft_model_for_the_training_loop(models):
 def test_model_that_cannot_load(tmp_path):
     r = inspect(str(tmp_path), ["q_proj"], r=8, alpha=16)
     assert codes(r) == ["MODEL_LOAD_FAILED"]
-    assert r["findings"][0]["evidence"]["code"] == "checkpoint.no_config"
+    assert r["findings"][0]["evidence"]["code"] == "MODEL_LOAD_FAILED"
 
 
 # ---------------------------------------------------------------- template loss

@@ -1,22 +1,39 @@
-"""`train.pack_tokens`: rows of whole samples as micro-batches. The row plan against the golden vector shared
-with src/data/pack.ts (tests/fixtures/pack-rows-golden.json), per-epoch shuffling and dealing over ranks, the
-too-long-sample error, and training: packed rows on the fast path give the padded rows' losses; one row of
-everything gives a plain batch of everything's losses; a run stopped mid-epoch resumes exactly."""
+"""`train.pack_tokens`: rows of whole samples as micro-batches, cut by the product and read by the engine
+from `rows-<pack_tokens>.safetensors`. The rows against the golden vector shared with src/data/pack.ts
+(tests/fixtures/pack-rows-golden.json: the test helper cuts them as the product does, the engine reads them
+back and shuffles them per epoch), dealing over ranks, a damaged rows file, and training: packed rows on the
+fast path give the padded rows' losses; one row of everything gives a plain batch of everything's losses; a
+run stopped mid-epoch resumes exactly."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from prepared import CHATGLM3, REPO, make_plan, memorize_set, of_type, run_engine, write_plan, write_prepared
+from prepared import (
+    CHATGLM3,
+    REPO,
+    cut_rows,
+    make_plan,
+    memorize_set,
+    of_type,
+    run_engine,
+    write_plan,
+    write_prepared,
+    write_rows,
+)
+from safetensors.torch import save_file
 from test_resume import metrics, run_until
 
 from lorakit_engine import checkpoint as ckpt
-from lorakit_engine import train as train_mod
-from lorakit_engine.data import Batches, Prepared, pack_rows
-from lorakit_engine.protocol import EngineError, read_plan
+from lorakit_engine.batches import Batches
+from lorakit_engine.data import Prepared, read_rows
+from lorakit_engine.plan import read_plan
+from lorakit_engine.protocol import EngineError
+from lorakit_engine.run import check_inputs, run
 
 GOLDEN = json.loads((REPO / "tests" / "fixtures" / "pack-rows-golden.json").read_text())
 
@@ -25,36 +42,61 @@ def samples_of_lengths(lengths: list[int]) -> list[tuple[list[int], list[int]]]:
     return [([1] + [10 + i % 50] * (n - 1), [-100] + [10 + i % 50] * (n - 1)) for i, n in enumerate(lengths)]
 
 
+def rows_written(tmp_path: Path, lengths: list[int], rows: list[list[int]], pack_tokens: int):
+    """The prepared samples and their rows file, as the product writes them; the engine's row starts."""
+    data = Prepared(write_prepared(tmp_path, samples_of_lengths(lengths))["dir"])
+    return data, read_rows(write_rows(tmp_path, rows, pack_tokens), data, pack_tokens)
+
+
 @pytest.mark.parametrize("case", GOLDEN["cases"], ids=[c["name"] for c in GOLDEN["cases"]])
-def test_pack_rows_match_the_golden_vector(case, tmp_path):
-    if "error" in case:
-        e = case["error"]
+def test_rows_match_the_golden_vector(case, tmp_path):
+    if "error" in case:  # the product's error; a rows file that holds such a row anyway is refused
+        with pytest.raises(ValueError, match=f"sample {case['error']['sample']} has"):
+            cut_rows(case["lengths"], case["pack_tokens"])
+        alone = [[i] for i in range(len(case["lengths"]))]
         with pytest.raises(EngineError) as err:
-            pack_rows(case["lengths"], case["pack_tokens"])
-        assert err.value.code == "CONFIG_PACK_TOKENS_SHORT"
-        assert f"sample {e['sample']} has {e['length']} tokens" in err.value.message
-        assert f"{e['count']} sample(s)" in err.value.message
-        assert f"train.pack_tokens to ≥ {e['longest']}" in err.value.hint
-        assert f"data.max_length to ≤ {case['pack_tokens']}" in err.value.hint
+            rows_written(tmp_path, case["lengths"], alone, case["pack_tokens"])
+        assert err.value.code == "DATA_INVALID"
+        assert f"row {case['error']['sample']} holds {case['error']['length']} tokens" in err.value.message
         return
-    assert pack_rows(case["lengths"], case["pack_tokens"]) == case["rows"]
-    data = Prepared(write_prepared(tmp_path, samples_of_lengths(case["lengths"]))["dir"])
-    batches = Batches(data, 4, 42, 0, pack_tokens=case["pack_tokens"])
-    assert batches.rows == case["rows"] and batches.per_epoch == len(case["rows"])
+    assert cut_rows(case["lengths"], case["pack_tokens"]) == case["rows"]
+    data, starts = rows_written(tmp_path, case["lengths"], case["rows"], case["pack_tokens"])
+    assert [list(range(a, b)) for a, b in zip(starts, starts[1:], strict=False)] == case["rows"]
+    batches = Batches(data, 4, 42, 0, row_starts=starts)
+    assert batches.per_epoch == len(case["rows"])
     for pinned in case.get("orders", []):
-        again = Batches(data, 4, pinned["seed"], 0, pack_tokens=case["pack_tokens"])
+        again = Batches(data, 4, pinned["seed"], 0, row_starts=starts)
         assert again.order(pinned["epoch"]) == pinned["order"]
+
+
+def test_a_damaged_rows_file_is_refused(tmp_path):
+    lengths = [5, 6, 7, 8]
+    data = Prepared(write_prepared(tmp_path, samples_of_lengths(lengths))["dir"])
+    bad = {
+        "missing": None,
+        "wrong dtype": {"starts": torch.tensor([0, 2, 4], dtype=torch.int32)},
+        "not from 0": {"starts": torch.tensor([1, 2, 4])},
+        "not to the end": {"starts": torch.tensor([0, 2, 3])},
+        "an empty row": {"starts": torch.tensor([0, 2, 2, 4])},
+    }
+    for name, tensors in bad.items():
+        path = tmp_path / f"rows-{name.replace(' ', '-')}.safetensors"
+        if tensors is not None:
+            save_file(tensors, str(path))
+        with pytest.raises(EngineError) as err:
+            read_rows(path, data, 32)
+        assert err.value.code == "DATA_INVALID" and path.name in err.value.message, name
 
 
 def test_packed_micro_batches_are_the_shuffled_rows(tmp_path):
     case = next(c for c in GOLDEN["cases"] if "orders" in c)
     rows, lengths = case["rows"], case["lengths"]
-    data = Prepared(write_prepared(tmp_path, samples_of_lengths(lengths))["dir"])
-    one = Batches(data, 4, seed=42, pad_id=0, pack_tokens=512)
+    data, starts = rows_written(tmp_path, lengths, rows, case["pack_tokens"])
+    one = Batches(data, 4, seed=42, pad_id=0, row_starts=starts)
     for epoch in (0, 1):
         order = one.order(epoch)
         assert sorted(order) == list(range(len(rows)))
-        assert order == Batches(data, 4, 42, 0, pack_tokens=512).order(epoch)
+        assert order == Batches(data, 4, 42, 0, row_starts=starts).order(epoch)
         for i in range(one.per_epoch):
             b = one.get(epoch, i)
             assert b.attention_mask.sum(dim=1).tolist() == [lengths[s] for s in rows[order[i]]]
@@ -64,7 +106,7 @@ def test_packed_micro_batches_are_the_shuffled_rows(tmp_path):
     # Data parallel: micro-batch i holds rows i*world … i*world+world-1 of the epoch's order, row i*world+r on
     # rank r; past the last row a rank gets None. Every row once per epoch.
     world = 3
-    ranks = [Batches(data, 4, 42, 0, rank=r, world=world, pack_tokens=512) for r in range(world)]
+    ranks = [Batches(data, 4, 42, 0, rank=r, world=world, row_starts=starts) for r in range(world)]
     assert all(r.per_epoch == -(-len(rows) // world) == 5 for r in ranks)
     for epoch in (0, 1):
         order = one.order(epoch)
@@ -80,21 +122,30 @@ def test_packed_micro_batches_are_the_shuffled_rows(tmp_path):
         assert sorted(seen) == list(range(len(rows)))
 
 
-def test_a_sample_longer_than_a_row_stops_before_the_model_loads(tmp_path, fixtures_dir):
+def test_rows_are_checked_against_the_plan_before_the_model_loads(tmp_path, fixtures_dir):
+    """A rows file whose row is longer than pack_tokens, rows without pack_tokens, a steps_per_epoch the data
+    does not give: refused by check_inputs (`validate`), before any model loads."""
     model_dir = fixtures_dir / "models" / "tiny-llama"
     train = samples_of_lengths([12, 40, 9])
-    plan = read_plan(
-        write_plan(tmp_path, make_plan(tmp_path, model_dir, train=train, **{"train.pack_tokens": 32}))
-    )
+    long_row = write_rows(tmp_path, [[0], [1], [2]], 32)
+    over = {"train.pack_tokens": 32, "data.train.rows": str(long_row)}
+    plan = read_plan(write_plan(tmp_path, make_plan(tmp_path, model_dir, train=train, **over)))
     with pytest.raises(EngineError) as err:
-        train_mod.preflight(plan)
-    assert err.value.code == "CONFIG_PACK_TOKENS_SHORT" and "sample 1 has 40 tokens" in err.value.message
-    # pack_tokens is part of what a resumed run must keep (and left out when unset: old checkpoints resume)
+        check_inputs(plan)
+    assert err.value.code == "DATA_INVALID" and "row 1 holds 40 tokens" in err.value.message
+    # pack_tokens is part of what a resumed run must keep (and named only when set)
     assert ckpt.plan_subset(plan)["train"]["pack_tokens"] == 32
-    assert (
-        "pack_tokens"
-        not in ckpt.plan_subset({**plan, "train": {**plan["train"], "pack_tokens": None}})["train"]
-    )
+    unpacked = replace(plan, train=replace(plan.train, pack_tokens=None))
+    assert "pack_tokens" not in ckpt.plan_subset(unpacked)["train"]
+
+    for over, words in (
+        ({"data.train.rows": str(long_row)}, "rows go with pack_tokens"),
+        ({"train.steps_per_epoch": 7}, "train.steps_per_epoch is 7 but the prepared data makes 1"),
+    ):
+        plan = read_plan(write_plan(tmp_path, make_plan(tmp_path, model_dir, train=train, **over)))
+        with pytest.raises(EngineError, match=words) as err:
+            check_inputs(plan)
+        assert err.value.code == "PLAN_INVALID"
 
 
 # ---------------------------------------------------------------- training
@@ -106,7 +157,7 @@ def _close(a: list[float], b: list[float], tol: float = 1e-5) -> bool:
     )
 
 
-def test_packed_rows_on_the_fast_path_match_the_padded_rows(tmp_path, fixtures_dir, monkeypatch):
+def test_packed_rows_on_the_fast_path_match_the_padded_rows(tmp_path, fixtures_dir):
     """ChatGLM3, pack_tokens rows: the fast path (one padding-free row; SDPA with a block mask on the CPU)
     and the padded loop (each row's samples padded to its longest) train on the same rows and agree."""
     model_dir = fixtures_dir / "models" / "chatglm3-single"
@@ -117,13 +168,13 @@ def test_packed_rows_on_the_fast_path_match_the_padded_rows(tmp_path, fixtures_d
         "train.pack_tokens": 30,
     }
     runs = {}
-    for mode in ("0", "1"):
-        monkeypatch.setenv("LORAKIT_FAST", mode)
-        root = tmp_path / f"fast-{mode}"
+    for fast_path in (False, True):
+        root = tmp_path / f"fast-{fast_path}"
         events: list[dict] = []
-        train_mod.run(read_plan(write_plan(root, make_plan(root, model_dir, **over))), events.append)
-        runs[mode] = events
-    plain, fast = runs["0"], runs["1"]
+        plan = make_plan(root, model_dir, **over, **{"train.fast_path": fast_path})
+        run(read_plan(write_plan(root, plan)), events.append)
+        runs[fast_path] = events
+    plain, fast = runs[False], runs[True]
     notes = [e["message"] for e in of_type(plain, "log") if "pack_tokens" in e["message"]]
     assert len(notes) == 1 and "padding-free only on the fast path" in notes[0]
     assert not [e for e in of_type(fast, "log") if "pack_tokens" in e["message"]]
@@ -132,7 +183,7 @@ def test_packed_rows_on_the_fast_path_match_the_padded_rows(tmp_path, fixtures_d
         a, b = [e[key] for e in of_type(plain, kind)], [e[key] for e in of_type(fast, kind)]
         assert _close(a, b), (kind, key, a, b)
     # 8 samples of 9-15 tokens in rows of ≤ 30: the step events' epoch advances by rows, not by batch_size
-    rows = len(pack_rows([len(x) for x, _ in memorize_set(8)], 30))
+    rows = len(cut_rows([len(x) for x, _ in memorize_set(8)], 30))
     assert of_type(fast, "step")[0]["epoch"] == pytest.approx(2 / rows)
 
 
@@ -145,7 +196,7 @@ def test_one_row_of_everything_trains_like_one_batch_of_everything(tmp_path, fix
     for name, extra in (("packed", {"train.pack_tokens": 1000}), ("batch", {"train.batch_size": 8})):
         root = tmp_path / name
         events: list[dict] = []
-        train_mod.run(read_plan(write_plan(root, make_plan(root, model_dir, **base, **extra))), events.append)
+        run(read_plan(write_plan(root, make_plan(root, model_dir, **base, **extra))), events.append)
         got[name] = events
     for key in ("loss", "grad_norm", "tokens", "epoch"):
         a, b = (
@@ -165,7 +216,7 @@ def test_a_packed_run_stopped_mid_epoch_resumes_exactly(tmp_path, fixtures_dir):
         "train.keep_checkpoints": 5,
         "samples.before": False,
     }
-    rows = len(pack_rows([len(x) for x, _ in memorize_set(9)], 24))
+    rows = len(cut_rows([len(x) for x, _ in memorize_set(9)], 24))
     assert rows >= 5  # several steps an epoch: the stop lands inside one
 
     def plan(root, **extra):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from lorakit_engine.kernels import configure_fast_path, make_packed_attention, pack_batch, plan_packs
+from lorakit_engine.kernels import configure_fast_path, make_packed_attention, pack_batch
 from lorakit_engine.kernels.attention import packed_attention
 from lorakit_engine.kernels.packing import document_ids, positions_from_cu_seqlens
 from lorakit_engine.models import load_model
@@ -78,11 +78,6 @@ def test_pack_batch_layout():
     assert extra.labels[0, 3:].eq(-100).all() and (extra.n_tokens, extra.n_real) == (2, 3)
     with pytest.raises(ValueError, match="labels"):
         pack_batch([([1, 2], [1])])
-
-
-def test_plan_packs_keeps_order_and_budget():
-    assert plan_packs([3, 4, 2, 9, 1, 1], max_tokens=8) == [[0, 1], [2], [3], [4, 5]]
-    assert plan_packs([], max_tokens=8) == []
 
 
 def test_packed_attention_is_block_diagonal_causal():
@@ -229,3 +224,22 @@ def test_float32_rows_on_cuda_attend_through_sdpa_not_flash():
     assert "flash attention takes fp16/bf16 only" in describe_backend(cuda, torch.float32)
     with pytest.raises(ValueError, match="varlen"):
         resolve_backend("varlen", cuda, torch.float32)
+
+
+def test_rows_built_from_prepared_samples_are_pack_batch_rows(tmp_path):
+    """batches.build packs prepared samples straight into a row: the row pack_batch makes of the same samples
+    (ids, labels with each sample's first masked, positions, boundaries, counts)."""
+    from prepared import memorize_set, write_prepared
+
+    from lorakit_engine.batches import build
+    from lorakit_engine.data import Prepared
+
+    samples = memorize_set(5)
+    data = Prepared(write_prepared(tmp_path, samples)["dir"])
+    got = build(data, [3, 0, 4], pad_id=0, packed=True)
+    want = pack_batch([samples[i] for i in (3, 0, 4)])
+    for key in ("input_ids", "labels", "position_ids", "cu_seqlens"):
+        assert torch.equal(getattr(got, key), getattr(want, key)), key
+    assert (got.max_seqlen, got.n_tokens, got.n_real) == (want.max_seqlen, want.n_tokens, want.n_real)
+    padded = build(data, [3, 0, 4], pad_id=0, packed=False)
+    assert (padded.trained_tokens, padded.real_tokens) == (got.trained_tokens, got.real_tokens)

@@ -15,8 +15,9 @@ from prepared import make_plan, memorize_set, run_engine, write_plan, write_prep
 
 from lorakit_engine import protocol
 from lorakit_engine.__main__ import main
+from lorakit_engine.batches import Batches, build
 from lorakit_engine.control import Controls, read_lines
-from lorakit_engine.data import Batches, Prepared, collate
+from lorakit_engine.data import Prepared
 from lorakit_engine.protocol import EngineError, EventWriter, error_event, schema_errors
 
 FAKE_MODEL = Path("/nonexistent/model")
@@ -70,29 +71,41 @@ def test_protocol_validate_checks_prepared_counts(tmp_path):
 
 
 def test_protocol_protocol_dir_override(tmp_path, monkeypatch):
+    """Schemas, the finding catalogue and the family registry all come from LORAKIT_PROTOCOL_DIR when set."""
+    from lorakit_engine.findings import catalogue
+    from lorakit_engine.models.registry import families
+
     monkeypatch.setenv("LORAKIT_PROTOCOL_DIR", str(tmp_path))
-    protocol.schema.cache_clear()
+    protocol.protocol_file.cache_clear()
     protocol._checker.cache_clear()
+    families.cache_clear()
     try:
-        with pytest.raises(EngineError) as e:
-            protocol.schema("plan")
-        assert e.value.code == "PROTOCOL_MISSING" and str(tmp_path) in e.value.message
+        for read, name in (
+            (lambda: protocol.schema("plan"), "plan.schema.json"),
+            (catalogue, "findings.json"),
+        ):
+            with pytest.raises(EngineError) as e:
+                read()
+            assert e.value.code == "PROTOCOL_MISSING" and str(tmp_path / name) in e.value.message
+        with pytest.raises(EngineError, match="families.json"):
+            families()
     finally:
         monkeypatch.delenv("LORAKIT_PROTOCOL_DIR")
-        protocol.schema.cache_clear()
+        protocol.protocol_file.cache_clear()
         protocol._checker.cache_clear()
+        families.cache_clear()
 
 
 def test_protocol_error_events_classify_failures():
-    from lorakit_engine.models import CheckpointError
+    from lorakit_engine.models.checkpoint import load_error
 
     oom = error_event(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert oom["code"] == "CUDA_OOM" and "batch_size" in oom["hint"]
-    bad = error_event(CheckpointError("weights.missing", "no weights", path="/m", hint="copy them"))
+    bad = error_event(load_error("no weights", path="/m", hint="Copy them."))
     assert (
         bad["code"] == "MODEL_LOAD_FAILED"
-        and "weights.missing" in bad["message"]
-        and bad["hint"] == "copy them"
+        and bad["message"] == "no weights [/m]"
+        and bad["hint"] == "Copy them."
     )
     crash = error_event(ValueError("boom"))
     assert crash["code"] == "ENGINE_CRASH" and "ValueError: boom" in crash["message"]
@@ -118,9 +131,9 @@ def test_protocol_control_lines():
     controls, events = Controls(), []
     stdin = io.StringIO('{"type": "save"}\n\nnot json\n{"type": "stop", "now": true}\n{"type": "stop"}\n')
     read_lines(stdin, controls, events.append)  # returns at EOF: EOF is not a stop
-    assert controls.take() == ["save", "stop"]
+    assert controls.take() == ["stop"]
     assert controls.take() == []
-    assert [e["level"] for e in events] == ["warning", "warning"]
+    assert [e["level"] for e in events] == ["warning", "warning", "warning"]  # save is not a control line
 
 
 def test_protocol_prepared_data_batches(tmp_path):
@@ -130,7 +143,7 @@ def test_protocol_prepared_data_batches(tmp_path):
     assert len(data) == 5
     ids, labels = data.sample(3)
     assert ids.tolist() == samples[3][0] and labels.tolist() == samples[3][1]
-    batch = collate(data, [0, 2], pad_id=0)
+    batch = build(data, [0, 2], pad_id=0, packed=False)
     n0 = len(samples[0][0])
     assert batch.attention_mask[0].sum() == n0 and (batch.labels[0, n0:] == -100).all()
     assert batch.trained_tokens == sum(1 for i in (0, 2) for t in samples[i][1][1:] if t != -100)

@@ -1,7 +1,7 @@
-"""The adapter reload check (lorakit_engine/verify.py) proven both ways: silent on a healthy run, failing on
+"""The adapter reload check (lorakit_engine/verify/) proven both ways: silent on a healthy run, failing on
 planted faults in the saved adapter — wrong target names, wrong scaling, a dropped tensor, B saved as zeros.
 
-Each case runs on the CPU in float32 and bf16 through the fast path (LORAKIT_FAST=1: fused LoRA), and on
+Each case runs on the CPU in float32 and bf16 through the fast path (train.fast_path: fused LoRA), and on
 CUDA when there is one (bf16 and fp32, the fast path with its Triton kernels). On the GPU machine:
 
     python3 -m pytest engine/tests/test_reload_check.py -q      (with PYTHONPATH=engine)
@@ -23,10 +23,11 @@ import torch
 from prepared import make_plan, write_plan
 from safetensors.torch import load_file, save_file
 
-from lorakit_engine import train as train_mod
 from lorakit_engine import verify
 from lorakit_engine.data import Prepared
-from lorakit_engine.protocol import read_plan, schema_errors
+from lorakit_engine.plan import Plan, read_plan
+from lorakit_engine.protocol import schema_errors
+from lorakit_engine.run import Result, run
 
 CASES = [("cpu", "fp32"), ("cpu", "bf16")]
 if torch.cuda.is_available():
@@ -44,17 +45,16 @@ RECIPE = {  # the Self-LLM recipe's adapter: query_key_value, r 8, alpha 32, dro
 
 @dataclass
 class Trained:
-    result: train_mod.Result
-    plan: dict
+    result: Result
+    plan: Plan
     device: torch.device
     dtype: torch.dtype
     events: list[dict]
 
     def batch(self):
-        data = {"train": Prepared(self.plan["data"]["train"]["dir"]), "eval": None}
-        if self.plan["data"]["eval"] is not None:
-            data["eval"] = Prepared(self.plan["data"]["eval"]["dir"])
-        return train_mod.reference_batch(data, self.plan)
+        ev = self.plan.data.eval
+        train = Prepared(self.plan.data.train.dir)
+        return verify.reference_batch(Prepared(ev.dir) if ev else None, train, self.plan.data.pad_id)
 
     def check(self, adapter_dir: Path) -> tuple[verify.Verdict, list[dict]]:
         """The reload check of `adapter_dir` against the trained model, as the run makes it."""
@@ -66,12 +66,11 @@ class Trained:
 
         model = self.result.model.to(self.device)  # the run left it on the CPU (one base on a GPU)
         batch = self.batch()
-        verdict = train_mod.reload_check(model, adapter_dir, self.plan, batch, self.dtype, self.device, emit)
+        verdict = verify.reload_check(model, adapter_dir, self.plan, batch, self.dtype, self.device, emit)
         return verdict, [e for e in events if e["type"] == "finding"]
 
 
-def train(root: Path, model_dir: Path, device: str, precision: str, monkeypatch, **over) -> Trained:
-    monkeypatch.setenv("LORAKIT_FAST", "1")  # the fast path, also on the CPU
+def train(root: Path, model_dir: Path, device: str, precision: str, **over) -> Trained:
     plan = make_plan(
         root,
         model_dir,
@@ -79,6 +78,7 @@ def train(root: Path, model_dir: Path, device: str, precision: str, monkeypatch,
             **RECIPE,
             "train.device": device,
             "train.precision": precision,
+            "train.fast_path": True,  # the fast path, also on the CPU
             "train.total_steps": 12,
             "train.lr": 1e-2,
             **over,
@@ -86,16 +86,15 @@ def train(root: Path, model_dir: Path, device: str, precision: str, monkeypatch,
     )
     plan = read_plan(write_plan(root, plan))
     events: list[dict] = []
-    result = train_mod.run(plan, events.append)
+    result = run(plan, events.append)
     return Trained(result, plan, torch.device(device), DTYPES[precision], events)
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[f"{d}-{p}" for d, p in CASES])
 def trained(request, fixtures_dir, tmp_path_factory):
     device, precision = request.param
-    with pytest.MonkeyPatch.context() as mp:
-        root = tmp_path_factory.mktemp(f"trained-{device}-{precision}")
-        yield train(root, fixtures_dir / "models" / "chatglm3-single", device, precision, mp)
+    root = tmp_path_factory.mktemp(f"trained-{device}-{precision}")
+    return train(root, fixtures_dir / "models" / "chatglm3-single", device, precision)
 
 
 # ---------------------------------------------------------------- planted faults, one per copy of adapter/
@@ -207,10 +206,9 @@ def test_planted_fault_fails_structure_and_numbers(trained, tmp_path, name):
 @pytest.fixture(scope="module", params=CASES, ids=[f"{d}-{p}" for d, p in CASES])
 def smoke(request, fixtures_dir, tmp_path_factory):
     device, precision = request.param
-    with pytest.MonkeyPatch.context() as mp:
-        root = tmp_path_factory.mktemp(f"smoke-{device}-{precision}")
-        over = {"train.total_steps": 2, "train.lr": 1e-4, "train.warmup_steps": 0, "train.batch_size": 2}
-        yield train(root, fixtures_dir / "models" / "chatglm3-single", device, precision, mp, **over)
+    root = tmp_path_factory.mktemp(f"smoke-{device}-{precision}")
+    over = {"train.total_steps": 2, "train.lr": 1e-4, "train.warmup_steps": 0, "train.batch_size": 2}
+    return train(root, fixtures_dir / "models" / "chatglm3-single", device, precision, **over)
 
 
 def test_smoke_run_passes_with_numbers_inconclusive_in_bf16(smoke):

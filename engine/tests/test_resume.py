@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,8 +15,9 @@ from prepared import engine_cmd, engine_env, make_plan, memorize_set, of_type, r
 from safetensors.torch import load_file
 
 from lorakit_engine import checkpoint as ckpt
-from lorakit_engine.protocol import EngineError, read_plan
-from lorakit_engine.train import preflight
+from lorakit_engine.plan import read_plan
+from lorakit_engine.protocol import EngineError
+from lorakit_engine.run import check_inputs
 
 TOTAL = 14
 OVER = {
@@ -122,7 +124,7 @@ def test_resume_without_checkpoint_is_an_error(tmp_path, model_dir):
     (tmp_path / "run" / "checkpoints" / ".tmp-step-3").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / ".tmp-step-3" / "state.json").write_text("{}")  # partial: ignored
     with pytest.raises(EngineError) as err:
-        preflight(plan)
+        check_inputs(plan)
     assert err.value.code == "NO_CHECKPOINT"
 
 
@@ -130,10 +132,10 @@ def test_resume_refuses_changed_settings(tmp_path, model_dir):
     plan = read_plan(write_plan(tmp_path, _plan(tmp_path, model_dir, resume=True)))
     folder = tmp_path / "run" / "checkpoints" / "step-3"
     folder.mkdir(parents=True)
-    old = ckpt.plan_subset({**plan, "train": {**plan["train"], "batch_size": 4}})
+    old = ckpt.plan_subset(replace(plan, train=replace(plan.train, batch_size=4)))
     (folder / "state.json").write_text(
         json.dumps({"step": 3, "plan_hash": ckpt.subset_hash(old), "plan_subset": old})
     )
     with pytest.raises(EngineError) as err:
-        preflight(plan)
+        check_inputs(plan)
     assert err.value.code == "RESUME_MISMATCH" and "train" in err.value.message

@@ -152,8 +152,8 @@ def test_schema_check_agrees_with_jsonschema(name):
 
 
 def test_schema_check_is_what_the_engine_validates_with():
-    plan_errors = protocol.schema_errors("plan", {"version": 2, "run_dir": 5})
-    assert "version: 1 was expected" in plan_errors
+    plan_errors = protocol.schema_errors("plan", {"version": 1, "run_dir": 5})  # a plan of another version
+    assert "version: 2 was expected" in plan_errors
     assert "run_dir: 5 is not of type 'string'" in plan_errors
     assert "(top level): 'model' is a required property" in plan_errors
     assert protocol.schema_errors("control", {"type": "stop"}) == []

@@ -12,9 +12,11 @@ import torch
 from prepared import CHATGLM3, TARGETS, losses, make_plan, memorize_set, of_type, run_engine, write_plan
 from safetensors import safe_open
 
-from lorakit_engine import train as train_mod
+from lorakit_engine import loss as loss_mod
 from lorakit_engine.generate import _cut, greedy
-from lorakit_engine.protocol import EngineError, read_plan, schema_errors
+from lorakit_engine.plan import read_plan
+from lorakit_engine.protocol import EngineError, schema_errors
+from lorakit_engine.run import check_inputs, run
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +30,10 @@ def run_inprocess(tmp_path, model_dir, **over):
 
     def emit(e):
         assert schema_errors("event", e) == [], e
+        assert "{" not in e.get("title", "") + e.get("fix", ""), e  # every template key in the evidence
         events.append(e)
 
-    return train_mod.run(plan, emit), events, plan
+    return run(plan, emit), events, plan
 
 
 # ---------------------------------------------------------------- the real subprocess
@@ -104,7 +107,7 @@ def test_adapter_files_must_be_plain_names_of_existing_files(tmp_path, model_dir
     def refused(files: dict) -> str:
         plan = read_plan(write_plan(tmp_path, make_plan(tmp_path, model_dir, adapter_files=files)))
         with pytest.raises(EngineError) as e:
-            train_mod.preflight(plan)
+            check_inputs(plan)
         assert e.value.code == "PLAN_INVALID"
         return str(e.value)
 
@@ -174,7 +177,7 @@ def test_train_loss_and_update_do_not_depend_on_accumulation(tmp_path, model_dir
 def test_train_unknown_lora_targets_name_the_linear_modules(tmp_path, model_dir):
     with pytest.raises(EngineError) as err:
         run_inprocess(tmp_path, model_dir, **{"lora.targets": ["query_key_value"], "samples.before": False})
-    assert err.value.code == "LORA_TARGETS_NOT_FOUND"
+    assert err.value.code == "MODEL_TARGETS_NOT_FOUND"
     assert "query_key_value" in err.value.message and "q_proj" in err.value.message
     assert "lm_head" in err.value.message
 
@@ -189,18 +192,31 @@ def test_train_adapter_that_never_moved_is_reported(tmp_path, model_dir):
 
 
 def test_train_nonfinite_loss_stops_without_saving(tmp_path, model_dir, monkeypatch):
-    real = train_mod.token_ce_sum
+    real = loss_mod.token_ce_sum
     calls = []
 
-    def poisoned(model, batch, device=None):
+    def poisoned(model, batch, device):
         calls.append(1)
         ce = real(model, batch, device)
         return ce * float("nan") if len(calls) > 8 else ce  # steps 1-4 fine (2 micro-batches each)
 
-    monkeypatch.setattr(train_mod, "token_ce_sum", poisoned)
+    monkeypatch.setattr(loss_mod, "token_ce_sum", poisoned)
+    events: list[dict] = []
+    plan = read_plan(
+        write_plan(tmp_path, make_plan(tmp_path, model_dir, eval=False, **{"train.save_every": 2}))
+    )
     with pytest.raises(EngineError) as err:
-        run_inprocess(tmp_path, model_dir, eval=False, **{"train.save_every": 2, "samples.before": False})
+        run(plan, events.append)
     assert err.value.code == "TRAIN_NONFINITE_LOSS"
+    # detected once, by the monitor: one finding, with the last good step and the losses before it
+    (found,) = [e for e in of_type(events, "finding") if e["code"] == "TRAIN_NONFINITE_LOSS"]
+    assert found["evidence"]["step"] == 5 and found["evidence"]["last_good_step"] == 4
+    assert len(found["evidence"]["recent_losses"]) == 4 and [e["step"] for e in of_type(events, "step")] == [
+        1,
+        2,
+        3,
+        4,
+    ]
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert ckpts == ["step-2", "step-4"]
     assert not (tmp_path / "run" / "adapter").exists()
@@ -226,10 +242,10 @@ def test_train_relative_plan_paths_resolve_against_the_plan(tmp_path, model_dir)
     write_plan(tmp_path / "a", plan)
     shutil.move(tmp_path / "a", tmp_path / "b")  # copied elsewhere, it still runs
     resolved = read_plan(tmp_path / "b" / "plan.json")
-    assert resolved["run_dir"] == str(tmp_path / "b" / "run")
-    assert resolved["data"]["train"]["dir"] == str(tmp_path / "b" / "prepared" / "train")
-    assert resolved["adapter_files"]["tokenizer.model"] == str(tmp_path / "b" / "tok" / "tokenizer.model")
-    result = train_mod.run(resolved, lambda e: None)
+    assert resolved.run_dir == tmp_path / "b" / "run"
+    assert resolved.data.train.dir == tmp_path / "b" / "prepared" / "train"
+    assert resolved.adapter_files["tokenizer.model"] == tmp_path / "b" / "tok" / "tokenizer.model"
+    result = run(resolved, lambda e: None)
     assert result.adapter_dir == tmp_path / "b" / "run" / "adapter"
     assert (result.adapter_dir / "tokenizer.model").read_bytes() == b"\x00\xffbinary"
 
@@ -258,7 +274,7 @@ def test_train_chatglm3_native(tmp_path, fixtures_dir):
         },
     )
     events: list[dict] = []
-    result = train_mod.run(read_plan(write_plan(tmp_path, plan)), events.append)
+    result = run(read_plan(write_plan(tmp_path, plan)), events.append)
     assert not [e for e in events if e["type"] == "finding" and e["severity"] == "error"]
     assert of_type(events, "start")[0]["lora_modules"] == 2
     assert len(of_type(events, "sample")) == 4 and result.reload.ok and not result.reload.structural
@@ -302,7 +318,7 @@ def test_train_overfitting_stops_early_and_keeps_the_best_checkpoint(tmp_path, m
 
 
 @pytest.mark.parametrize(("accum", "ckpt"), [(1, False), (2, False), (2, "low_memory")])
-def test_train_chatglm3_fast_path_matches_the_padded_loop(tmp_path, fixtures_dir, monkeypatch, accum, ckpt):
+def test_train_chatglm3_fast_path_matches_the_padded_loop(tmp_path, fixtures_dir, accum, ckpt):
     """The training loop through lorakit_engine.kernels (packed rows, fused loss, fused LoRA) gives the padded
     loop's losses, gradient norms, eval losses and adapter (float32, dropout 0). Forced on the CPU here, where
     packed attention is SDPA with a block mask; on CUDA it is varlen attention. With `gradient_checkpointing:
@@ -316,14 +332,13 @@ def test_train_chatglm3_fast_path_matches_the_padded_loop(tmp_path, fixtures_dir
         "train.gradient_checkpointing": ckpt,
     }
     runs = {}
-    for mode in ("0", "1"):
-        monkeypatch.setenv("LORAKIT_FAST", mode)
-        root = tmp_path / f"fast-{mode}"
-        plan = make_plan(root, model_dir, **over)
+    for fast_path in (False, True):
+        root = tmp_path / f"fast-{fast_path}"
+        plan = make_plan(root, model_dir, **over, **{"train.fast_path": fast_path})
         events: list[dict] = []
-        result = train_mod.run(read_plan(write_plan(root, plan)), events.append)
-        runs[mode] = (events, result)
-    (plain, r0), (fast, r1) = runs["0"], runs["1"]
+        result = run(read_plan(write_plan(root, plan)), events.append)
+        runs[fast_path] = (events, result)
+    (plain, r0), (fast, r1) = runs[False], runs[True]
     mode = {False: "none", "low_memory": "low_memory"}[ckpt]
     assert any(
         "fast path: packed rows" in e.get("message", "")
@@ -346,21 +361,16 @@ def test_train_chatglm3_fast_path_matches_the_padded_loop(tmp_path, fixtures_dir
         torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
 
 
-def test_profile_of_chosen_steps_is_written_per_rank(tmp_path, fixtures_dir, monkeypatch):
-    """LORAKIT_PROFILE=<dir> with LORAKIT_PROFILE_STEPS=first:count writes profile-rank0.txt over those steps,
-    also when training ends inside them; a malformed value is a clear error before training."""
+def test_profile_of_chosen_steps_is_written_per_rank(tmp_path, fixtures_dir):
+    """The plan's profile {dir, first_step, steps} writes profile-rank0.txt over those steps, also when
+    training ends inside them (relative to the plan, like every path in it)."""
     model_dir = fixtures_dir / "models" / "tiny-llama"
     root = tmp_path / "run"
-    plan = read_plan(write_plan(root, make_plan(root, model_dir, **{"train.total_steps": 3})))
-    monkeypatch.setenv("LORAKIT_PROFILE", str(tmp_path / "prof"))
-    monkeypatch.setenv("LORAKIT_PROFILE_STEPS", "2:5")  # past the last step: written at the end
-    train_mod.run(plan, lambda e: None)
-    text = (tmp_path / "prof" / "profile-rank0.txt").read_text()
+    profile = {"dir": "prof", "first_step": 2, "steps": 5}  # past the last step: written at the end
+    plan = make_plan(root, model_dir, **{"train.total_steps": 3, "profile": profile})
+    run(read_plan(write_plan(root, plan)), lambda e: None)
+    text = (root / "prof" / "profile-rank0.txt").read_text()
     assert text.startswith("rank 0, steps 2..3") and "step wall ms: 2: " in text and ", 3: " in text
-    monkeypatch.setenv("LORAKIT_PROFILE_STEPS", "11")
-    with pytest.raises(EngineError, match="LORAKIT_PROFILE_STEPS='11'") as e:
-        train_mod.run(plan, lambda e: None)
-    assert e.value.code == "BAD_ENVIRONMENT"
 
 
 def test_a_stop_during_the_last_step_finishes_the_run(tmp_path, model_dir):
@@ -377,7 +387,7 @@ def test_a_stop_during_the_last_step_finishes_the_run(tmp_path, model_dir):
         if e["type"] == "step" and e["step"] == 2:  # read when step 3, the last, starts
             controls.put("stop")
 
-    result = train_mod.run(plan, emit, controls)
+    result = run(plan, emit, controls)
     done = events[-1]
     assert done["type"] == "done" and done["step"] == 3 and done["stopped_early"] is False
     assert not result.stopped_early and of_type(events, "eval")
@@ -401,7 +411,7 @@ def test_a_stop_during_a_step_ends_the_run_after_that_step(tmp_path, model_dir):
     root = tmp_path / "run"
     plan = read_plan(write_plan(root, make_plan(root, model_dir, **{"train.total_steps": 8})))
     events: list[dict] = []
-    result = train_mod.run(plan, events.append, StopDuringStep3())
+    result = run(plan, events.append, StopDuringStep3())
     assert [e["step"] for e in of_type(events, "step")] == [1, 2, 3]
     assert of_type(events, "checkpoint")[-1]["step"] == 3
     done = events[-1]

@@ -8,7 +8,8 @@ import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { type LoadedConfig, loadConfig } from "../config/load.js";
 import type { Plan } from "../config/schema.js";
-import { type Finding, renderFinding } from "../doctor/finding.js";
+import type { Finding } from "../findings/index.js";
+import { pct } from "../format.js";
 import { type ModelIdentity, modelIdentity } from "../models/identity.js";
 import { renderCompare } from "../report/compare.js";
 import {
@@ -17,19 +18,19 @@ import {
   findingCounts,
   originText,
   type RunSummary,
-  showValue,
   summarize,
   verdict,
 } from "../runs/compare.js";
+import { configValueText } from "../runs/facts.js";
 import { type RunRow, RunStore } from "../runs/store.js";
 import { runRoad } from "../train/road.js";
 import { defineCommand } from "./command.js";
+import { renderFinding } from "./findings-view.js";
 import { withInterrupt } from "./interrupt.js";
 import { colors, err, out, userPath } from "./io.js";
 import { eventPrinter, stoppedLine } from "./progress.js";
 
 const fmt = (x: number | null, digits = 4) => (x === null ? "—" : x.toFixed(digits));
-const pct = (x: number | null) => (x === null ? "—" : `${(100 * x).toFixed(1)}%`);
 const sha256 = (file: string) => createHash("sha256").update(readFileSync(file)).digest("hex");
 
 /** What has changed in the config file (and its data files) since a stored run was trained with it. */
@@ -41,7 +42,7 @@ function staleness(loaded: LoadedConfig, run: RunRow): string[] {
       .split(".")
       .reduce<unknown>((v, k) => (v && typeof v === "object" ? (v as Record<string, unknown>)[k] : undefined), o);
   const changes = changedKeys(then, now).map(
-    (k) => `${k} ${showValue(get(then, k))} then, ${showValue(get(now, k))} now`,
+    (k) => `${k} ${configValueText(get(then, k))} then, ${configValueText(get(now, k))} now`,
   );
   if (run.plan_json) {
     try {

@@ -1,10 +1,10 @@
 // `lorakit data run.yaml`: prepare (or reuse) the run's data and show what will be trained —
 // counts, lengths, truncation, trained share — and samples token by token.
 import { loadConfig } from "../config/load.js";
-import { pickConversations, viewSample } from "../data/prepare.js";
-import { loadTokenizer } from "../data/tokenizer.js";
+import { loadTokenizer, pickConversations, viewSample } from "../data/index.js";
 import { LorakitError } from "../errors.js";
-import { inspectModel } from "../models/inspect.js";
+import { pct } from "../format.js";
+import { readCheckpoint } from "../models/checkpoint.js";
 import { prepareForRun } from "../train/prepare-run.js";
 import { defineCommand } from "./command.js";
 import { DataProgress } from "./data-progress.js";
@@ -43,7 +43,7 @@ export const command = defineCommand({
   async run({ values, positionals }, io) {
     const configPath = positionals[0] as string;
     const loaded = await loadConfig(configPath, io.cwd, io.env);
-    const model = inspectModel(loaded.modelDir);
+    const model = readCheckpoint(loaded.modelDir);
     const tokenizer = await loadTokenizer(loaded.modelDir);
     const progress = new DataProgress(io);
     const prepared = await prepareForRun(
@@ -64,7 +64,6 @@ export const command = defineCommand({
       out(io, JSON.stringify({ dir: result.dir, manifest: result.manifest, eval: result.eval?.stats ?? null }));
       return 0;
     }
-    const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
     out(
       io,
       `lengths     min ${stats.length.min}, p50 ${stats.length.p50}, p95 ${stats.length.p95}, max ${stats.length.max} tokens (max_length ${loaded.config.data.max_length})`,

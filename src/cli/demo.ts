@@ -8,10 +8,11 @@ import { loadConfig } from "../config/load.js";
 import type { RunConfigInput } from "../config/schema.js";
 import { ensureDemoModel } from "../demo/model.js";
 import { makeTask, toJsonl } from "../demo/task.js";
-import { renderFinding } from "../doctor/finding.js";
 import { ensurePython } from "../engine/python.js";
+import { exactMatchText } from "../runs/exact-match.js";
 import { runRoad } from "../train/road.js";
 import { badArgs, defineCommand } from "./command.js";
+import { renderFinding } from "./findings-view.js";
 import { withInterrupt } from "./interrupt.js";
 import { colors, err, out, userPath } from "./io.js";
 import { eventPrinter, stoppedLine } from "./progress.js";
@@ -101,10 +102,9 @@ export const command = defineCommand({
     }
     if (result.error) throw result.error;
     const c = colors(io);
-    const pct = (x: number | null) => (x === null ? "—" : `${(100 * x).toFixed(1)}%`);
     const em = result.exactMatch;
     out(io, "");
-    out(io, c.bold(`held-out exact match: before ${pct(em.before)} → after ${pct(em.after)} (${em.n} samples)`));
+    out(io, c.bold(`held-out exact match: ${exactMatchText(em)}`));
     out(io, `adapter     ${result.adapterDir}`);
     if (result.usage)
       out(io, `use it      from Python: the snippet in ${path.join(result.adapterDir ?? "", "README.md")}`);

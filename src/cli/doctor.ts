@@ -1,10 +1,12 @@
 // `lorakit doctor run.yaml [--json]`: every check that can run before training, as numbered steps with
 // ✓/✗ and the findings under each; `--json` prints `{findings, summary}`. Exit 1 when any finding is an error.
 import { loadConfig } from "../config/load.js";
-import { countFindings, renderFinding, sortFindings, toJson } from "../doctor/finding.js";
 import type { StepResult } from "../doctor/index.js";
-import { prepareAndCheck } from "../train/preflight.js";
+import { countFindings, sortFindings } from "../findings/index.js";
+import { plural } from "../format.js";
+import { prepareAndCheck } from "../train/prepare-and-check.js";
 import { defineCommand } from "./command.js";
+import { renderFinding, toJson } from "./findings-view.js";
 import { withInterrupt } from "./interrupt.js";
 import { colors, err, type Io, out } from "./io.js";
 
@@ -52,7 +54,7 @@ export const command = defineCommand({
     const loaded = await loadConfig(configPath, io.cwd, io.env);
     if (!json) out(io, `lorakit doctor  ${loaded.file}\n`);
     // The data is prepared (or reused) so that every check runs on exact counts and real tokens.
-    const { preflight: result } = await withInterrupt(
+    const { doctor: result } = await withInterrupt(
       io,
       (signal) =>
         prepareAndCheck(loaded, {
@@ -80,7 +82,6 @@ export const command = defineCommand({
       );
     } else {
       const c = colors(io);
-      const plural = (n: number, w: string) => `${n} ${w}${n === 1 ? "" : "s"}`;
       const tail = `${plural(counts.errors, "error")}, ${plural(counts.warnings, "warning")}, ${counts.info} info`;
       out(io, "");
       out(

@@ -1,10 +1,10 @@
 // The lorakit command line: one file per command under src/cli/, each a `Command` (src/cli/command.ts),
 // dispatched from here. Nothing imports this module but the entry point and the tests.
 import { Writable } from "node:stream";
-import { errorFindings, stageOfCode } from "../doctor/catalogue.js";
-import { toJson } from "../doctor/finding.js";
 import { formatError, LorakitError, nearest, usageError } from "../errors.js";
+import { findingsOfError, stageOf } from "../findings/index.js";
 import { type Command, parseCommandArgs, renderHelp, usageLine } from "./command.js";
+import { toJson } from "./findings-view.js";
 import { err, type Io, out } from "./io.js";
 
 export { endOnClosedOutput } from "./interrupt.js";
@@ -91,7 +91,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
 
 /** The `{findings, summary}` document for an error that ended a command; returns its exit code. */
 function answerError(io: Io, command: string, e: LorakitError): number {
-  out(io, JSON.stringify(toJson(errorFindings(e), { command }), null, 2));
+  out(io, JSON.stringify(toJson(findingsOfError(e), { command }), null, 2));
   return e.exitCode;
 }
 
@@ -159,7 +159,7 @@ export async function runJson(command: AnyCommand, name: string, args: string[],
           title: `lorakit ${name} failed unexpectedly: ${bug.message}`,
           evidence: { stack: bug.stack ?? String(bug) },
           fix: "This is a bug in lorakit: please report it with the command and this stack trace.",
-          stage: stageOfCode("INTERNAL_ERROR"),
+          stage: stageOf("INTERNAL_ERROR"),
         },
       ],
       { command: name },

@@ -3,22 +3,8 @@
 // (step, loss, lr, tok/s, elapsed, memory where measured) stays in the scrollback. Not a terminal: the
 // summary lines alone. Lines that must stay (evals, checkpoints, findings) go through `line`.
 import type { Event, EventOf } from "../config/schema.js";
+import { fmtBytes, formatDuration } from "../format.js";
 import { colors, type Io } from "./io.js";
-
-export function formatDuration(s: number): string {
-  if (!Number.isFinite(s) || s < 0) return "?";
-  const h = Math.floor(s / 3600);
-  const m = Math.floor((s % 3600) / 60);
-  const sec = Math.floor(s % 60);
-  if (h > 0) return `${h}h${String(m).padStart(2, "0")}m`;
-  if (m > 0) return `${m}m${String(sec).padStart(2, "0")}s`;
-  return `${sec}s`;
-}
-
-export function formatBytes(n: number): string {
-  if (n >= 1 << 30) return `${(n / (1 << 30)).toFixed(1)} GiB`;
-  return `${(n / (1 << 20)).toFixed(0)} MiB`;
-}
 
 const fmtLoss = (x: number | null) => (x === null ? "NaN" : x.toFixed(4));
 const fmtRate = (x: number) => `${Math.round(x).toLocaleString("en-US")} tok/s`;
@@ -98,7 +84,7 @@ export class Progress {
   }
 
   private memory(e: EventOf<"step">): string | null {
-    return e.memory_bytes === null ? null : `${this.memoryLabel} ${formatBytes(e.memory_bytes)}`;
+    return e.memory_bytes === null ? null : `${this.memoryLabel} ${fmtBytes(e.memory_bytes)}`;
   }
 
   step(e: EventOf<"step">): void {
@@ -196,7 +182,7 @@ export function eventPrinter(
         progress.line(c.dim(`checkpoint  step ${e.step} → ${e.path}`));
         break;
       case "finding":
-        break; // printed through the road's onFinding, with the preflight and output findings
+        break; // printed through the road's onFinding, with the doctor's and the outputs' findings
       case "log":
         if (e.level !== "debug") progress.line(c.dim(e.message));
         break;

@@ -1,10 +1,10 @@
-// `lorakit protocol`: export the zod schema as JSON Schema under protocol/, and the code tables of the
-// README from the catalogue (src/doctor/catalogue.ts); `--check` says whether either is stale.
+// `lorakit protocol`: write protocol/ (the zod schema as JSON Schema, the code catalogue and the family
+// registry as JSON) and the code tables of the README; `--check` says whether any of it is stale.
 import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { withCatalogue } from "../doctor/catalogue.js";
 import { staleProtocolFiles, writeProtocol } from "../engine/protocol.js";
 import { ROOT } from "../engine/python.js";
+import { withCatalogue } from "../findings/index.js";
 import { defineCommand } from "./command.js";
 import { err, out } from "./io.js";
 
@@ -19,14 +19,18 @@ export function currentReadme(): { text: string; stale: boolean } {
 
 export const command = defineCommand({
   name: "protocol",
-  summary: "export the config/plan/event schema as JSON Schema (protocol/) and the README's code tables",
+  summary: "export the boundary (schemas, codes, families) under protocol/ and the README's code tables",
   description:
     "The zod schema in src/config/schema.ts is the one definition of the run config, the engine's plan, its " +
-    "events and control lines; the engine validates against its export under protocol/. The README's tables " +
-    "of codes are generated from the catalogue (src/doctor/catalogue.ts). Without options, says whether " +
-    "either is current (exit 1 when not).",
+    "events and its control line; the engine validates against its export under protocol/. The codes " +
+    "(findings.json: stage, severity, title and fix of each) and the model families (families.json) are " +
+    "exported beside it for the engine to read, and the README's tables of codes are generated from the same " +
+    "catalogue. Without options, says whether all of it is current (exit 1 when not).",
   options: {
-    write: { type: "boolean", description: "write protocol/*.schema.json and the README's code tables" },
+    write: {
+      type: "boolean",
+      description: "write protocol/ (*.schema.json, findings.json, families.json) and the README's code tables",
+    },
     check: { type: "boolean", description: "only check that both are current (the default)" },
   },
   examples: [

@@ -5,13 +5,17 @@
 // prompt included. FILE holds one conversation in any data format, a bare OpenAI message array, or a data
 // file (JSON array or JSONL) whose record `--sample N` is shown.
 import { readFileSync } from "node:fs";
-import { type Conversation, normalizeRecords } from "../data/formats.js";
-import { viewSample } from "../data/prepare.js";
-import { type RawRecord, readSamples } from "../data/read.js";
-import { chooseTemplate } from "../data/template.js";
-import { loadTokenizer } from "../data/tokenizer.js";
+import {
+  type Conversation,
+  chooseTemplate,
+  loadTokenizer,
+  normalizeRecords,
+  type RawRecord,
+  readSamples,
+  viewSample,
+} from "../data/index.js";
 import { LorakitError } from "../errors.js";
-import { inspectModel } from "../models/inspect.js";
+import { readCheckpoint } from "../models/checkpoint.js";
 import { badArgs, defineCommand } from "./command.js";
 import { out, userPath } from "./io.js";
 import { printTokens, tokenTexts } from "./tokens-view.js";
@@ -111,7 +115,7 @@ export const command = defineCommand({
     if (values.chat) {
       const file = userPath(io, values.chat);
       const { conv, of } = chatConversation(file, values.chat, sample);
-      const model = inspectModel(modelDir);
+      const model = readCheckpoint(modelDir);
       const template = chooseTemplate({ template: "auto", tokenizer, modelDir, modelType: model.modelType });
       const which = of > 1 ? `record ${sample} of ${of}; ` : "";
       if (conv.messages[conv.messages.length - 1]?.role !== "assistant") {

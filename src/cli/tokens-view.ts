@@ -3,8 +3,8 @@
 // pieces are decoded by carrying bytes from token to token, so each character is shown once, by the token
 // that completes it; a token holding only part of a character shows its bytes (<e4 bd>).
 
-import { lenientUtf8, utf8CharLen } from "../data/tokenizer/utf8.js";
-import type { Tokenizer } from "../data/tokenizer.js";
+import type { Tokenizer } from "../data/index.js";
+import { lenientUtf8, utf8CharLen } from "../data/index.js";
 import { colors, type Io, out } from "./io.js";
 
 /** Characters a terminal shows as nothing or as a plain space: controls, format characters (U+FEFF, U+200B,

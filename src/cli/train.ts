@@ -1,9 +1,10 @@
 // `lorakit train run.yaml`: the whole road, supervised, with a live progress display.
 import { loadConfig } from "../config/load.js";
-import { renderFinding } from "../doctor/finding.js";
-import { LorakitError } from "../errors.js";
+import { errorOfFindings } from "../findings/index.js";
+import { exactMatchText } from "../runs/exact-match.js";
 import { runRoad } from "../train/road.js";
 import { defineCommand } from "./command.js";
+import { renderFinding } from "./findings-view.js";
 import { withInterrupt } from "./interrupt.js";
 import { out } from "./io.js";
 import { eventPrinter, stoppedLine } from "./progress.js";
@@ -66,11 +67,7 @@ export const command = defineCommand({
       progress,
     ).finally(() => progress.end());
     if (result.exactMatch.n > 0 && result.exactMatch.after !== null) {
-      const pct = (x: number | null) => (x === null ? "—" : `${(100 * x).toFixed(1)}%`);
-      out(
-        io,
-        `held-out exact match: before ${pct(result.exactMatch.before)} → after ${pct(result.exactMatch.after)} (${result.exactMatch.n} samples)`,
-      );
+      out(io, `held-out exact match: ${exactMatchText(result.exactMatch)}`);
     }
     if (result.status !== "stopped") out(io, `run         ${result.outcome}`);
     out(io, `report      ${result.reportPath}`);
@@ -86,7 +83,7 @@ export const command = defineCommand({
     if (result.error) throw result.error;
     if (result.errorFindings.length > 0) {
       // The run finished, but the doctor found errors in it: say so in the exit code too.
-      throw LorakitError.fromList(result.errorFindings.map((f) => new LorakitError(f.code, f.title, { hint: f.fix })));
+      throw errorOfFindings(result.errorFindings);
     }
     return 0;
   },

@@ -1,6 +1,6 @@
 // The one source of truth for what crosses a boundary: the run config a person writes,
 // the plan the product hands the engine, the events the engine writes back and the control
-// lines it reads. Exported as JSON Schema under protocol/ (`lorakit protocol --write`); the
+// line it reads. Exported as JSON Schema under protocol/ (`lorakit protocol --write`); the
 // engine validates plans against that export and a test fails when the export is stale.
 import { z } from "zod";
 
@@ -10,7 +10,7 @@ const fraction = z.number().min(0).max(1);
 
 export const PRECISIONS = ["auto", "bf16", "fp16", "fp32"] as const;
 export const SCHEDULERS = ["cosine", "linear", "constant"] as const;
-export const SHARD_MODES = ["auto", "none", "fsdp"] as const;
+export const SHARD_MODES = ["none", "fsdp"] as const;
 export const DATA_FORMATS = ["auto", "alpaca", "messages", "sharegpt", "conversations"] as const;
 export const TEMPLATES = ["auto", "chatglm3", "chatml", "llama3", "deepseek", "jinja"] as const;
 
@@ -82,9 +82,12 @@ const TrainFields = z.strictObject({
   /** Processes (GPUs) to train on: more than 1 launches data-parallel training through torchrun. */
   devices: positiveInt.default(1),
   /** With devices > 1: "fsdp" splits the base over the devices (FSDP2) instead of copying it to each, for a
-   * base that does not fit one device; "none" copies it. "auto" is "none" for now (choosing by the doctor's
-   * memory estimate is not wired into the plan). */
-  shard: z.enum(SHARD_MODES).default("auto"),
+   * base that does not fit one device; "none" copies it. */
+  shard: z.enum(SHARD_MODES).default("none"),
+  /** The engine's fast path (packed rows without padding, fused loss and LoRA; families built natively, i.e.
+   * ChatGLM3): "auto" takes it on CUDA; true takes it on any device (on the CPU attention falls back to SDPA
+   * with a block mask); false never. Families built through transformers have none: true changes nothing. */
+  fast_path: z.union([z.literal("auto"), z.boolean()]).default("auto"),
 });
 
 /** The train section: its fields, and the checks across them. */
@@ -139,54 +142,78 @@ export const PlanSample = z.strictObject({
   prompt_ids: z.array(nonNegInt).min(1),
 });
 
+export const RESOLVED_PRECISIONS = ["bf16", "fp16", "fp32"] as const;
+export const DEVICES = ["cpu", "cuda"] as const;
+
+/** The train section of a plan: the run config's settings the engine uses as they are, and the values the
+ * product resolved for this machine and this data (the engine derives none of them again). */
+const PlanTrain = TrainFields.pick({
+  epochs: true,
+  batch_size: true,
+  grad_accum: true,
+  pack_tokens: true,
+  scheduler: true,
+  weight_decay: true,
+  max_grad_norm: true,
+  seed: true,
+  gradient_checkpointing: true,
+  log_every: true,
+  eval_every: true,
+  save_every: true,
+  keep_checkpoints: true,
+  patience: true,
+  devices: true,
+}).extend({
+  /** Optimizer steps of the whole run (max_steps applied). */
+  total_steps: positiveInt,
+  /** Optimizer steps of one epoch: micro-batches (rows with pack_tokens) per device / grad_accum, rounded up. */
+  steps_per_epoch: positiveInt,
+  lr: z.number().positive(),
+  warmup_steps: nonNegInt,
+  precision: z.enum(RESOLVED_PRECISIONS),
+  device: z.enum(DEVICES),
+  shard: z.enum(SHARD_MODES),
+  /** Whether the engine trains through its fast path (packed rows built directly, fused loss and LoRA). */
+  fast_path: z.boolean(),
+});
+
+export const PlanProfile = z.strictObject({
+  /** Where torch.profiler's tables go (one per rank). */
+  dir: z.string(),
+  /** The first optimizer step profiled (1-based) and how many. */
+  first_step: positiveInt,
+  steps: positiveInt,
+});
+
+/** Plans carry the version of this schema; the engine refuses any other. */
+export const PLAN_VERSION = 2;
+
 export const Plan = z.strictObject({
-  version: z.literal(1),
+  version: z.literal(PLAN_VERSION),
   run_dir: z.string(),
   model: z.strictObject({
     path: z.string(),
     family: z.string(),
     model_type: z.string(),
     vocab_size: positiveInt,
+    /** Decoder layers, from config.json through the family's layer keys. */
+    layers: positiveInt,
   }),
   data: z.strictObject({
-    train: PreparedRef,
+    train: PreparedRef.extend({
+      /** With train.pack_tokens: `rows-<pack_tokens>.safetensors` beside the tokens, `starts` (int64, rows + 1
+       * sample indices in file order: row i holds samples starts[i] … starts[i+1] - 1); null without. */
+      rows: z.string().nullable(),
+    }),
     eval: PreparedRef.nullable(),
     pad_id: nonNegInt,
   }),
-  lora: z.strictObject({
-    r: positiveInt,
-    alpha: z.number().positive(),
-    dropout: z.number().min(0).max(0.9),
+  lora: LoraConfig.pick({ r: true, alpha: true, dropout: true }).extend({
     targets: z.array(z.string()).min(1),
   }),
-  train: z.strictObject({
-    total_steps: positiveInt,
-    epochs: z.number().positive(),
-    batch_size: positiveInt,
-    grad_accum: positiveInt,
-    /** Micro-batches are rows of whole samples up to this many tokens (see the run config). */
-    pack_tokens: positiveInt.optional(),
-    lr: z.number().positive(),
-    scheduler: z.enum(SCHEDULERS),
-    warmup_steps: nonNegInt,
-    weight_decay: z.number().min(0),
-    max_grad_norm: z.number().positive(),
-    seed: nonNegInt,
-    precision: z.enum(PRECISIONS),
-    gradient_checkpointing: z.union([z.boolean(), z.literal("low_memory")]),
-    log_every: positiveInt,
-    eval_every: nonNegInt,
-    save_every: nonNegInt,
-    keep_checkpoints: positiveInt,
-    patience: nonNegInt.optional(),
-    device: z.enum(["auto", "cpu", "cuda"]),
-    devices: positiveInt,
-    /** "fsdp": the base is sharded over the devices (FSDP2); absent in older plans: "none". */
-    shard: z.enum(["none", "fsdp"]).optional(),
-  }),
-  samples: z.strictObject({
+  train: PlanTrain,
+  samples: SamplesConfig.pick({ max_new_tokens: true }).extend({
     items: z.array(PlanSample),
-    max_new_tokens: positiveInt,
     stop_ids: z.array(nonNegInt).min(1),
     /** Generate from the base model before training, as well as after. */
     before: z.boolean(),
@@ -198,8 +225,8 @@ export const Plan = z.strictObject({
   /** Files copied next to the adapter, name → source path: the base's tokenizer files, so that a tokenizer
    * loads from the adapter folder. */
   adapter_files: z.record(z.string(), z.string()),
-  /** Test hook: make the engine fail on purpose at this optimizer step (crash tests). */
-  fail_at_step: nonNegInt.optional(),
+  /** torch.profiler over a few optimizer steps (`LORAKIT_PROFILE`), or null. */
+  profile: PlanProfile.nullable(),
 });
 export type Plan = z.infer<typeof Plan>;
 
@@ -249,7 +276,7 @@ export const Event = z.discriminatedUnion("type", [
   }),
   z.strictObject({
     type: z.literal("sample"),
-    phase: z.enum(["before", "during", "after"]), // during: asked for by the `sample` control
+    phase: z.enum(["before", "after"]),
     index: z.number().int(),
     output_ids: z.array(nonNegInt),
     stopped: z.boolean(), // ended on a stop token rather than max_new_tokens
@@ -285,11 +312,8 @@ export type EventOf<T extends Event["type"]> = Extract<Event, { type: T }>;
 
 // ---------------------------------------------------------------- control (product → engine stdin)
 
-export const Control = z.discriminatedUnion("type", [
-  z.strictObject({ type: z.literal("stop") }), // save a checkpoint and exit cleanly
-  z.strictObject({ type: z.literal("save") }), // save a checkpoint now and go on
-  z.strictObject({ type: z.literal("sample") }), // generate the held-out samples now
-]);
+/** The one control line: save a checkpoint after the step in progress and exit cleanly (Ctrl-C). */
+export const Control = z.strictObject({ type: z.literal("stop") });
 export type Control = z.infer<typeof Control>;
 
 /** Everything exported under protocol/, by file name. */

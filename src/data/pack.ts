@@ -1,11 +1,12 @@
 // `train.pack_tokens`: whole samples grouped into rows of at most pack_tokens tokens, one row a micro-batch.
-// The rows are cut once, in file order (greedy: a row closes when the next sample does not fit), so their
-// count, and with it the plan's total_steps, depends on neither seed nor epoch; the engine shuffles the rows
-// each epoch. engine/lorakit_engine/data.py `pack_rows` cuts the same rows: both are held to
-// tests/fixtures/pack-rows-golden.json.
-import { closeSync, openSync, readSync } from "node:fs";
+// The rows are cut once, here, in file order (greedy: a row closes when the next sample does not fit), so their
+// count, and with it the plan's total_steps, depends on neither seed nor epoch. They are written beside the
+// prepared tokens (rows-<pack_tokens>.safetensors) for the engine, which shuffles them each epoch and never
+// packs again. tests/fixtures/pack-rows-golden.json holds the cut.
+import { existsSync, renameSync } from "node:fs";
 import path from "node:path";
 import { LorakitError } from "../errors.js";
+import { flat, readSafetensors, writeSafetensors } from "./safetensors.js";
 
 /** Sample indices per row. A sample longer than `packTokens` gets a row of its own here (for counting); the
  * doctor reports it (`longSamples`) and the engine refuses it. */
@@ -40,35 +41,53 @@ export function longSamples(
   return found;
 }
 
-/** Token lengths of a prepared split's samples, from the `offsets` of `<dir>/tokens.safetensors` (only the
- * header and that tensor are read). */
+function damaged(dir: string, file: string, what: string): LorakitError {
+  return new LorakitError("DATA_INVALID", `prepared data ${dir}: ${what}`, {
+    where: { file },
+    hint: "Prepare the data again (delete the prepared/<hash>/ folder; lorakit writes it anew).",
+  });
+}
+
+/** Token lengths of a prepared split's samples, from the `offsets` of `<dir>/tokens.safetensors`. */
 export function preparedLengths(dir: string): number[] {
   const file = path.join(dir, "tokens.safetensors");
-  const bad = (what: string) =>
-    new LorakitError("DATA_INVALID", `prepared data ${dir}: ${what}`, {
-      where: { file },
-      hint: "Prepare the data again (delete the prepared/<hash>/ folder; lorakit writes it anew).",
-    });
-  const fd = openSync(file, "r");
+  let offsets: BigInt64Array;
   try {
-    const read = (bytes: number, at: number) => {
-      const buf = new Uint8Array(bytes);
-      if (readSync(fd, buf, 0, bytes, at) !== bytes) throw bad("tokens.safetensors is cut short");
-      return buf;
-    };
-    const n = Number(Buffer.from(read(8, 0)).readBigUInt64LE(0));
-    const header = JSON.parse(Buffer.from(read(n, 8)).toString("utf8")) as Record<
-      string,
-      { dtype: string; data_offsets: [number, number] }
-    >;
-    const spec = header.offsets;
-    if (spec?.dtype !== "I64") throw bad("tokens.safetensors has no int64 offsets");
-    const [a, b] = spec.data_offsets;
-    const offsets = new BigInt64Array(read(b - a, 8 + n + a).buffer);
-    const out: number[] = [];
-    for (let i = 1; i < offsets.length; i++) out.push(Number((offsets[i] as bigint) - (offsets[i - 1] as bigint)));
-    return out;
-  } finally {
-    closeSync(fd);
+    const t = readSafetensors(file).tensors.offsets;
+    if (t?.dtype !== "I64") throw damaged(dir, file, "tokens.safetensors has no int64 offsets");
+    offsets = t.data as BigInt64Array;
+  } catch (e) {
+    throw e instanceof LorakitError && e.code === "DATA_INVALID" ? e : damaged(dir, file, (e as Error).message);
   }
+  const out: number[] = [];
+  for (let i = 1; i < offsets.length; i++) out.push(Number((offsets[i] as bigint) - (offsets[i - 1] as bigint)));
+  return out;
+}
+
+/** The rows file of a prepared split for `packTokens`. */
+export function rowsFile(dir: string, packTokens: number): string {
+  return path.join(dir, `rows-${packTokens}.safetensors`);
+}
+
+/** Where each row starts: sample indices, rows + 1 of them (row i holds samples starts[i] … starts[i+1] - 1). */
+export function rowStarts(rows: readonly (readonly number[])[]): BigInt64Array {
+  const starts = new BigInt64Array(rows.length + 1);
+  let at = 0;
+  rows.forEach((row, i) => {
+    starts[i] = BigInt(at);
+    at += row.length;
+  });
+  starts[rows.length] = BigInt(at);
+  return starts;
+}
+
+/** Writes the rows of a prepared split (`starts`, int64) unless they are there already; returns the file.
+ * Same split, same lengths, same rows: the file is written once, under a temporary name and renamed. */
+export function writeRows(dir: string, lengths: readonly number[], packTokens: number): string {
+  const file = rowsFile(dir, packTokens);
+  if (existsSync(file)) return file;
+  const tmp = `${file}.tmp-${process.pid}`;
+  writeSafetensors(tmp, { starts: flat(rowStarts(packRows(lengths, packTokens))) });
+  renameSync(tmp, file);
+  return file;
 }

@@ -2,22 +2,11 @@
 // exact answers (so held-out exact-match is a fair score), a base chat model gets the format
 // wrong, and a few dozen LoRA steps teach it. The held-out split uses sentence shapes that
 // training never shows, so a rise in score is generalization, not recall.
+import { rng } from "../rng.js";
 
 export interface TaskSample {
   prompt: string;
   answer: string;
-}
-
-/** mulberry32: a small seeded PRNG, so the dataset is the same on every machine. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 const NAMES = [

@@ -4,12 +4,12 @@
 import { readFileSync } from "node:fs";
 import type { LoadedConfig } from "../config/load.js";
 import type { RunConfig } from "../config/schema.js";
-import { longSamples, packRows } from "../data/pack.js";
-import type { SplitManifest } from "../data/prepare.js";
+import { longSamples, type SplitManifest } from "../data/index.js";
 import { nearest } from "../errors.js";
+import { type Finding, makeFinding } from "../findings/index.js";
 import { FAMILIES, type Family } from "../models/families.js";
+import { plannedSteps } from "../plan/index.js";
 import type { Hardware } from "./env.js";
-import { type Finding, makeFinding } from "./finding.js";
 
 /** Sample and token counts of the run's data: exact from prepared data, else estimated from the files. */
 export interface DatasetFacts {
@@ -34,25 +34,6 @@ export const LR_VERY_HIGH = 5e-3;
 export const LR_LOW = 1e-5;
 export const SMALL_DATASET = 1000;
 export const MIN_STEPS = 20;
-
-/** Optimizer steps of a run (the plan's total_steps): a micro-batch is batch_size per device × devices, or with
- * train.pack_tokens one row per device (src/data/pack.ts; without the lengths, at least tokens / pack_tokens). */
-export function plannedSteps(
-  data: Pick<DatasetFacts, "trainSamples" | "trainTokens" | "trainLengths">,
-  c: RunConfig["train"],
-): number {
-  const pack = c.pack_tokens;
-  const micro =
-    pack === undefined
-      ? Math.ceil(data.trainSamples / (c.batch_size * c.devices))
-      : Math.ceil(
-          (data.trainLengths ? packRows(data.trainLengths, pack).length : Math.ceil(data.trainTokens / pack)) /
-            c.devices,
-        );
-  const perEpoch = Math.ceil(micro / c.grad_accum);
-  const total = Math.max(1, Math.ceil(perEpoch * c.epochs));
-  return c.max_steps !== undefined ? Math.min(total, c.max_steps) : total;
-}
 
 // ---------------------------------------------------------------- a rough count of the data
 

@@ -1,11 +1,10 @@
 // The doctor's data stage: the catalogue's data rows read off the prepared data's statistics and
 // manifest — role markers typed as text, end of turn not learned, prompt trained, nothing trained,
 // truncation, template mismatch, vocabulary, bad lines, encoding, duplicates and train/eval overlap.
-import type { PrepareResult } from "../data/prepare.js";
-import type { DataStats } from "../data/stats.js";
-import { readChatTemplate } from "../data/template.js";
-import type { Tokenizer } from "../data/tokenizer.js";
-import { type Finding, makeFinding } from "./finding.js";
+import type { DataStats, PrepareResult, Tokenizer } from "../data/index.js";
+import { readChatTemplate } from "../data/index.js";
+import { type Finding, makeFinding } from "../findings/index.js";
+import { pct } from "../format.js";
 
 export interface DataCheckInput {
   result: PrepareResult;
@@ -17,7 +16,6 @@ export interface DataCheckInput {
   thresholds?: { truncatedShare?: number; stopShare?: number; promptShare?: number };
 }
 
-const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
 /** file:line, and the record's index in its file (every record of a one-line JSON array is on line 1). */
 const where = (o: { file: string; line: number; sample?: number }) =>
   `${o.file}:${o.line}${o.sample !== undefined ? ` (sample ${o.sample})` : ""}`;

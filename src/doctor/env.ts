@@ -1,68 +1,11 @@
 // The environment check: runs the engine's probe (`python -m lorakit_engine.probe`) and explains which layer
 // fails — the driver library (NVML), the torch build, or the devices made visible — and, for a run on the CPU,
 // how long training would take and how that figure was derived. Also free disk against what the run writes.
-import { spawn } from "node:child_process";
-import { type PythonEnv, spawnEnv } from "../engine/python.js";
-import { type Finding, makeFinding } from "./finding.js";
-import { fmtBytes, type Precision } from "./memory.js";
-
-// ---------------------------------------------------------------- running an engine module
-
-export interface EngineJson<T> {
-  json: T | null;
-  error: string | null;
-  stderrTail: string;
-}
-
-/** Runs `python -m <module> ...args` and parses the JSON object it prints as its last stdout line. */
-export function runEngineJson<T>(
-  py: PythonEnv,
-  module: string,
-  args: string[],
-  opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv; signal?: AbortSignal } = {},
-): Promise<EngineJson<T>> {
-  return new Promise((resolve) => {
-    const child = spawn(py.python, ["-m", module, ...args], {
-      env: spawnEnv(py, opts.env),
-      stdio: ["ignore", "pipe", "pipe"],
-      ...(opts.signal ? { signal: opts.signal, killSignal: "SIGKILL" as const } : {}),
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d) => {
-      stdout += d;
-    });
-    child.stderr.on("data", (d) => {
-      stderr = (stderr + d).slice(-8000);
-    });
-    const timer = setTimeout(() => child.kill("SIGKILL"), opts.timeoutMs ?? 120_000);
-    const tail = () => stderr.trim().split("\n").slice(-12).join("\n");
-    child.on("error", (e) => {
-      clearTimeout(timer);
-      resolve({ json: null, error: `cannot run ${py.python}: ${e.message}`, stderrTail: "" });
-    });
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      const line = stdout
-        .split("\n")
-        .map((l) => l.trim())
-        .filter((l) => l.startsWith("{"))
-        .pop();
-      if (code === 0 && line) {
-        try {
-          resolve({ json: JSON.parse(line) as T, error: null, stderrTail: tail() });
-          return;
-        } catch (e) {
-          resolve({ json: null, error: `unreadable output: ${(e as Error).message}`, stderrTail: tail() });
-          return;
-        }
-      }
-      const how = signal ? `killed by ${signal}` : `exit code ${code}`;
-      const last = tail().split("\n").pop() ?? "";
-      resolve({ json: null, error: `${module} failed (${how})${last ? `: ${last}` : ""}`, stderrTail: tail() });
-    });
-  });
-}
+import type { PythonEnv } from "../engine/python.js";
+import { runEngineJson } from "../engine/supervisor.js";
+import { type Finding, makeFinding } from "../findings/index.js";
+import { fmtBytes } from "../format.js";
+import type { Precision } from "../plan/index.js";
 
 // ---------------------------------------------------------------- the probe's JSON (engine/lorakit_engine/probe.py)
 
@@ -174,7 +117,7 @@ export function cudaUsable(p: Probe): boolean {
   return p.cuda.is_available === true && (p.cuda.device_count ?? 0) > 0;
 }
 
-/** The device the engine will pick (as train.py resolves `train.device`) and what the doctor knows of it. */
+/** The device a run trains on (as the plan resolves `train.device`) and what the doctor knows of it. */
 export function hardwareOf(p: Probe, want: DeviceWanted): Hardware {
   const cores = p.cpu.usable ?? p.cpu.count ?? 1;
   const dev = p.cuda.devices[0];
@@ -198,13 +141,6 @@ export function hardwareOf(p: Probe, want: DeviceWanted): Hardware {
     total: p.memory.total ?? null,
     cores,
   };
-}
-
-/** The precision the engine will train in (train.py resolve_dtype). */
-export function resolvePrecision(precision: "auto" | Precision, hw: Hardware): Precision {
-  if (precision !== "auto") return precision;
-  if (hw.device !== "cuda") return "fp32";
-  return hw.bf16 === false ? "fp16" : "bf16";
 }
 
 // ---------------------------------------------------------------- CUDA_VISIBLE_DEVICES

@@ -1,29 +1,34 @@
-// The doctor's front door: `runPreflight` runs every check that can run before training — environment,
+// The doctor's front door: `runDoctor` runs every check that can run before training — environment,
 // config, memory, data (hook), model — and returns all findings at once, as numbered steps.
-import { readFileSync } from "node:fs";
 import type { LoadedConfig } from "../config/load.js";
 import { ensurePython, type PythonEnv } from "../engine/python.js";
 import { LorakitError } from "../errors.js";
-import { type Family, familyFor, supportedModelTypes } from "../models/families.js";
-import { errorFindings } from "./catalogue.js";
-import { configFindings, type DatasetFacts, estimateDataset, plannedSteps } from "./config.js";
-import { envFindings, envSummary, type Hardware, hardwareOf, type Probe, resolvePrecision, runProbe } from "./env.js";
-import { countFindings, type Finding, findingsError, makeFinding } from "./finding.js";
+import { countFindings, type Finding, findingsOfError, makeFinding } from "../findings/index.js";
+import { fmtBytes } from "../format.js";
+import { type ModelInfo, readCheckpoint } from "../models/checkpoint.js";
+import { supportedModelTypes } from "../models/families.js";
+import { loraParams, modelShape } from "../models/shape.js";
+import { fastPathSetting, plannedSteps, resolveDevice, resolveFastPath, resolvePrecision } from "../plan/index.js";
+import { configFindings, type DatasetFacts, estimateDataset } from "./config.js";
+import { envFindings, envSummary, type Hardware, hardwareOf, type Probe, runProbe } from "./env.js";
 import {
   diskNeed,
   estimateMemory,
-  fmtBytes,
   gpuUseFindings,
-  loraParams,
   type MemoryEstimate,
   type MemoryInputs,
   memoryFindings,
-  modelShape,
 } from "./memory.js";
-import { type InspectFacts, inspectModel, modelSummary, remoteCodeFindings, type TemplateSamples } from "./model.js";
+import {
+  type InspectFacts,
+  modelSummary,
+  remoteCodeFindings,
+  runModelInspection,
+  type TemplateSamples,
+} from "./model.js";
 
-export type { Finding, Stage } from "./finding.js";
-export { findingsError, hasErrors, renderFindings, renderFindingsHtml, toJson } from "./finding.js";
+export { dataFindings } from "./data.js";
+export type { TemplateSamples } from "./model.js";
 export { outputFindings } from "./outputs.js";
 
 /** The data stage: the prepared data and the function that turns it into DATA_* findings (src/doctor/data.ts). */
@@ -43,7 +48,7 @@ export interface StepResult {
   findings: Finding[];
 }
 
-export interface PreflightOptions {
+export interface DoctorOptions {
   loaded: LoadedConfig;
   /** The engine's interpreter; made with ensurePython({env}) when absent. */
   py?: PythonEnv;
@@ -51,7 +56,7 @@ export interface PreflightOptions {
   env?: NodeJS.ProcessEnv;
   /** Exact counts from prepared data; estimated from the data files when absent. */
   dataset?: DatasetFacts;
-  /** Data checks on the prepared data (src/train/preflight.ts passes them). */
+  /** Data checks on the prepared data (src/train/prepare-and-check.ts passes them). */
   data?: DataHook;
   /** A few samples formatted with the run's template, and the same text plain (template-mismatch check). */
   templateSamples?: TemplateSamples;
@@ -59,12 +64,12 @@ export interface PreflightOptions {
   skipModel?: boolean;
   /** Called as each step finishes (the CLI prints it). */
   onStep?: (step: StepResult) => void;
-  /** Ctrl-C: the check running is killed and runPreflight throws INTERRUPTED (no finding is made of it). */
+  /** Ctrl-C: the check running is killed and runDoctor throws INTERRUPTED (no finding is made of it). */
   signal?: AbortSignal;
   log?: (line: string) => void;
 }
 
-export interface PreflightResult {
+export interface DoctorReport {
   findings: Finding[];
   steps: StepResult[];
   ok: boolean;
@@ -80,26 +85,22 @@ function status(findings: readonly Finding[]): StepResult["status"] {
   return c.errors > 0 ? "fail" : c.warnings > 0 ? "warn" : "ok";
 }
 
-function readModelConfig(dir: string): { config: Record<string, unknown>; family: Family } | { error: Finding } {
-  let config: Record<string, unknown>;
+/** The checkpoint as read before loading it, or the reason it cannot be read as a finding. */
+function readModel(dir: string): { info: ModelInfo } | { error: Finding } {
   try {
-    config = JSON.parse(readFileSync(`${dir}/config.json`, "utf8")) as Record<string, unknown>;
+    return { info: readCheckpoint(dir) };
   } catch (e) {
-    return {
-      error: makeFinding("MODEL_LOAD_FAILED", { error: `cannot read ${dir}/config.json: ${(e as Error).message}` }),
-    };
-  }
-  const family = familyFor(String(config.model_type ?? ""));
-  if (!family) {
+    if (!(e instanceof LorakitError)) throw e;
+    if (e.code !== "MODEL_UNSUPPORTED") return { error: makeFinding("MODEL_LOAD_FAILED", { error: e.message }) };
+    const supported = supportedModelTypes();
     return {
       error: makeFinding(
         "MODEL_LOAD_FAILED",
-        { error: `model_type '${String(config.model_type)}' is not supported`, supported: supportedModelTypes() },
-        { fix: `Use a checkpoint of a supported family: ${supportedModelTypes().join(", ")}.` },
+        { error: e.message, supported },
+        { fix: `Use a checkpoint of a supported family: ${supported.join(", ")}.` },
       ),
     };
   }
-  return { config, family };
 }
 
 export function stoppedDuringChecks(): LorakitError {
@@ -114,7 +115,7 @@ export function stoppedDuringChecks(): LorakitError {
 }
 
 /** Every check that can run before training, all findings at once. Never throws for what it finds. */
-export async function runPreflight(o: PreflightOptions): Promise<PreflightResult> {
+export async function runDoctor(o: DoctorOptions): Promise<DoctorReport> {
   const { loaded } = o;
   const c = loaded.config;
   const steps: StepResult[] = [];
@@ -132,9 +133,9 @@ export async function runPreflight(o: PreflightOptions): Promise<PreflightResult
     o.onStep?.(s);
   };
 
-  const model = readModelConfig(loaded.modelDir);
-  const family = "family" in model ? model.family : null;
-  const shape = "family" in model ? modelShape(model.config, model.family) : null;
+  const model = readModel(loaded.modelDir);
+  const family = "info" in model ? model.info.family : null;
+  const shape = "info" in model ? modelShape(model.info.config, model.info.family) : null;
   const targets = c.lora.targets ?? family?.targets ?? [];
 
   let dataset: DatasetFacts | null = o.dataset ?? null;
@@ -157,7 +158,7 @@ export async function runPreflight(o: PreflightOptions): Promise<PreflightResult
     } catch (e) {
       if (!(e instanceof LorakitError)) throw e;
       // The interpreter cannot run the engine (packages missing or too old, no Python): that error, as a finding.
-      envOut.push(...errorFindings(e));
+      envOut.push(...findingsOfError(e));
     }
   }
   if (py) {
@@ -166,11 +167,11 @@ export async function runPreflight(o: PreflightOptions): Promise<PreflightResult
     if (r.finding) envOut.push(r.finding);
   }
   const hardware = probe ? hardwareOf(probe, c.train.device) : null;
-  const precision = hardware
-    ? resolvePrecision(c.train.precision, hardware)
-    : c.train.precision === "auto"
-      ? "fp32"
-      : c.train.precision;
+  // As the plan resolves them (src/plan): what trains is what is checked.
+  const precision = resolvePrecision(c.train.precision, {
+    device: resolveDevice(c.train.device, hardware),
+    bf16: hardware?.bf16 ?? null,
+  });
   const lora = shape ? loraParams(shape, targets, c.lora.r) : 0;
   if (probe) {
     const steps = dataset ? plannedSteps(dataset, c.train) : null;
@@ -216,9 +217,7 @@ export async function runPreflight(o: PreflightOptions): Promise<PreflightResult
   let memSummary = "skipped: the model's shape is unknown";
   if (shape) {
     const device = hardware?.device ?? "cpu";
-    const env = o.env ?? process.env;
-    // The engine's fast path: its native model (ChatGLM3) on CUDA, unless LORAKIT_FAST=0 (train.py use_fast_path).
-    const fast = family?.builder === "native" && device === "cuda" && env.LORAKIT_FAST !== "0";
+    const fast = family ? resolveFastPath(fastPathSetting(c.train, o.env ?? process.env), family, device) : false;
     const runSteps = dataset ? plannedSteps(dataset, c.train) : null;
     const inputs: MemoryInputs = {
       shape,
@@ -263,8 +262,8 @@ export async function runPreflight(o: PreflightOptions): Promise<PreflightResult
   // 5. model
   let facts: InspectFacts | null = null;
   const modelOut: Finding[] = [];
-  if (!("family" in model)) modelOut.push(model.error);
-  else modelOut.push(...remoteCodeFindings(model.config));
+  if ("error" in model) modelOut.push(model.error);
+  else modelOut.push(...remoteCodeFindings(model.info.config));
   const tooBig = memory && hardware?.free != null && memory.weights > hardware.free;
   if (o.skipModel || !py || !family || tooBig) {
     const why = o.skipModel
@@ -276,7 +275,7 @@ export async function runPreflight(o: PreflightOptions): Promise<PreflightResult
           : "skipped: no engine environment";
     step("model", why, modelOut, true);
   } else {
-    const r = await inspectModel(py, {
+    const r = await runModelInspection(py, {
       modelDir: loaded.modelDir,
       targets,
       r: c.lora.r,
@@ -304,9 +303,4 @@ export async function runPreflight(o: PreflightOptions): Promise<PreflightResult
     dataset,
     model: facts,
   };
-}
-
-/** The road's stop: the error findings as one LorakitError, or null when none. */
-export function preflightError(result: PreflightResult): LorakitError | null {
-  return findingsError(result.findings);
 }

@@ -7,7 +7,7 @@
 // The largest micro-batch comes from the prepared data's real lengths (worstMicroBatch): the row plan is known
 // before training. The footprint per token depends on the engine's path; footprint() is the one place that
 // states the arithmetic: the fast path (lorakit's native ChatGLM3 on CUDA: packed rows without padding, fused
-// loss, Triton kernels, fused LoRA) and the padded path (transformers' models, the CPU, LORAKIT_FAST=0).
+// loss, Triton kernels, fused LoRA) and the padded path (transformers' models, the CPU, train.fast_path: false).
 //
 // Calibration, ChatGLM3-6B shape, bf16, q|k|v r8 α32 dropout 0.1, one H200, torch.cuda.max_memory_allocated,
 // held by tests/doctor-memory.test.ts:
@@ -17,39 +17,14 @@
 // - padded path (every micro-batch full max_length): 4×512 with checkpointing 13.7 GiB … all linear layers r16
 //   76.0 GiB, within −3% … +5% over six settings.
 import type { RunConfig } from "../config/schema.js";
-import { packRows } from "../data/pack.js";
-import type { Family } from "../models/families.js";
-import { type DatasetFacts, plannedSteps } from "./config.js";
-import { type Finding, makeFinding } from "./finding.js";
+import { packRows } from "../data/index.js";
+import { type Finding, makeFinding } from "../findings/index.js";
+import { fmtBytes } from "../format.js";
+import { loraParams, type ModelShape, targetModule } from "../models/shape.js";
+import { type Precision, plannedSteps } from "../plan/index.js";
+import { rng } from "../rng.js";
+import type { DatasetFacts } from "./config.js";
 
-export interface ModuleShape {
-  in: number;
-  out: number;
-  /** One per decoder layer (false: the output layer). */
-  perLayer: boolean;
-}
-
-export interface ModelShape {
-  modelType: string;
-  layers: number;
-  hidden: number;
-  ffn: number;
-  heads: number;
-  kvHeads: number;
-  headDim: number;
-  vocab: number;
-  tied: boolean;
-  /** All parameters. */
-  params: number;
-  /** Parameters in matrix products (every layer's linears and the output layer): FLOPs = 2 × this per token. */
-  matmulParams: number;
-  /** Linear modules by leaf name. */
-  modules: Record<string, ModuleShape>;
-}
-
-export type Precision = "bf16" | "fp16" | "fp32";
-
-const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
 /** Memory the CUDA context holds outside torch's allocator. */
 const CUDA_CONTEXT = 512 * MiB;
@@ -59,100 +34,6 @@ const FRAGMENTATION = 0.05;
 const LOGIT_BYTES = 12;
 /** fp32 LoRA weight + gradient + AdamW's two moments. */
 const LORA_BYTES_PER_PARAM = 16;
-
-export function fmtBytes(n: number): string {
-  if (n >= GiB) return `${(n / GiB).toFixed(1)} GiB`;
-  if (n >= MiB) return `${(n / MiB).toFixed(0)} MiB`;
-  return `${Math.max(0, Math.round(n / 1024))} KiB`;
-}
-
-function num(config: Record<string, unknown>, ...keys: string[]): number | undefined {
-  for (const k of keys) {
-    const v = config[k];
-    if (typeof v === "number" && Number.isFinite(v)) return v;
-  }
-  return undefined;
-}
-
-/** The shape of a checkpoint from its config.json (null when a needed key is missing). */
-export function modelShape(config: Record<string, unknown>, family: Family): ModelShape | null {
-  const native = family.builder === "native";
-  const hidden = num(config, "hidden_size");
-  const layers = num(config, ...family.layerKeys);
-  const heads = num(config, "num_attention_heads");
-  const ffn = num(config, native ? "ffn_hidden_size" : "intermediate_size");
-  const vocab = num(config, "padded_vocab_size", "vocab_size");
-  if (!hidden || !layers || !heads || !ffn || !vocab) return null;
-  const headDim = num(config, native ? "kv_channels" : "head_dim") ?? hidden / heads;
-  const kvHeads = native
-    ? config.multi_query_attention
-      ? (num(config, "multi_query_group_num") ?? heads)
-      : heads
-    : (num(config, "num_key_value_heads") ?? heads);
-  const q = heads * headDim;
-  const kv = kvHeads * headDim;
-  const tied = config.tie_word_embeddings === true;
-  const modules: Record<string, ModuleShape> = {};
-  const add = (name: string, i: number, o: number, perLayer = true) => {
-    modules[name] = { in: i, out: o, perLayer };
-  };
-  if (native) {
-    add("query_key_value", hidden, q + 2 * kv);
-    add("dense", q, hidden);
-    add("dense_h_to_4h", hidden, 2 * ffn);
-    add("dense_4h_to_h", ffn, hidden);
-    add("output_layer", hidden, vocab, false);
-  } else {
-    add("q_proj", hidden, q);
-    add("k_proj", hidden, kv);
-    add("v_proj", hidden, kv);
-    add("o_proj", q, hidden);
-    if (family.allLinear.includes("gate_up_proj")) add("gate_up_proj", hidden, 2 * ffn);
-    else {
-      add("gate_proj", hidden, ffn);
-      add("up_proj", hidden, ffn);
-    }
-    add("down_proj", ffn, hidden);
-    add("lm_head", hidden, vocab, false);
-  }
-  const perLayer = Object.values(modules)
-    .filter((m) => m.perLayer)
-    .reduce((s, m) => s + m.in * m.out, 0);
-  const matmulParams = layers * perLayer + vocab * hidden;
-  // Biases: ChatGLM3's query_key_value (add_qkv_bias), Qwen2's q/k/v.
-  const qkvBias = native ? config.add_qkv_bias === true || config.add_bias_linear === true : family.name === "qwen2";
-  const bias = qkvBias ? q + 2 * kv : 0;
-  const params = vocab * hidden + layers * (perLayer + bias + 2 * hidden) + hidden + (tied ? 0 : vocab * hidden);
-  return {
-    modelType: String(config.model_type ?? family.name),
-    layers,
-    hidden,
-    ffn,
-    heads,
-    kvHeads,
-    headDim,
-    vocab,
-    tied,
-    params,
-    matmulParams,
-    modules,
-  };
-}
-
-/** The modules a target name stands for (its last dotted part is the leaf name). */
-function targetModule(shape: ModelShape, target: string): ModuleShape | undefined {
-  return shape.modules[target.split(".").pop() ?? target];
-}
-
-/** LoRA parameters: r × (in + out) for every adapted module. Unknown names count nothing. */
-export function loraParams(shape: ModelShape, targets: readonly string[], r: number): number {
-  let n = 0;
-  for (const t of new Set(targets)) {
-    const m = targetModule(shape, t);
-    if (m) n += r * (m.in + m.out) * (m.perLayer ? shape.layers : 1);
-  }
-  return n;
-}
 
 export function dtypeBytes(p: Precision): number {
   return p === "fp32" ? 4 : 2;
@@ -210,18 +91,6 @@ export interface MemoryEstimate {
 }
 
 // ---------------------------------------------------------------- the largest micro-batch
-
-/** A small seeded generator (mulberry32): the same simulated batches on every machine. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Simulated runs whose largest micro-batch is taken (the engine shuffles with its own generator). */
 const REPLICATES = 8;
@@ -331,7 +200,7 @@ export interface Footprint {
  *   kernel's float bias (5·T² bytes).
  * Fixed: the weights, and the LoRA parameters with their gradients and AdamW's two moments (16 bytes each).
  *
- * Padded path (transformers' models, the CPU, LORAKIT_FAST=0), counted tensor by tensor with autograd's
+ * Padded path (transformers' models, the CPU, train.fast_path: false), counted tensor by tensor with autograd's
  * saved-tensor hooks: per token and layer both RMSNorm inputs in fp32 (2·4·h), q and the output, k/v-sized
  * tensors five times (k, v, the rotated k, the grouped copies SDPA reads), the gated MLP's 3·f, each adapted
  * module's input cast to the fp32 adapter (4·in, peft casts it) and its 1-byte dropout mask; checkpointing keeps

@@ -7,9 +7,9 @@ import os from "node:os";
 import path from "node:path";
 import { FindingEvent } from "../config/schema.js";
 import type { PythonEnv } from "../engine/python.js";
-import { runEngineJson } from "./env.js";
-import { type Finding, fromEvent, makeFinding } from "./finding.js";
-import type { Precision } from "./memory.js";
+import { runEngineJson } from "../engine/supervisor.js";
+import { type Finding, fromEvent, makeFinding } from "../findings/index.js";
+import type { Precision } from "../plan/index.js";
 
 /** Formatted samples (ids + labels, -100 = no loss) and the same text without the template. */
 export interface TemplateSamples {
@@ -59,7 +59,7 @@ export interface InspectOptions {
 
 const TORCH_DTYPE: Record<Precision, string> = { bf16: "bfloat16", fp16: "float16", fp32: "float32" };
 
-export async function inspectModel(
+export async function runModelInspection(
   py: PythonEnv,
   o: InspectOptions,
 ): Promise<{ facts: InspectFacts | null; findings: Finding[] }> {

@@ -1,10 +1,10 @@
 // After the run: the held-out samples generated before and after training. A model that learned its
 // end-of-turn stops on its own; an adapter that learned anything changes some answers.
-import { type Finding, makeFinding } from "./finding.js";
+import { type Finding, makeFinding } from "../findings/index.js";
 
 /** A generated sample: the run store's sample row, or a decoded `sample` event. */
 export interface OutputSample {
-  phase: "before" | "during" | "after";
+  phase: "before" | "after";
   idx: number;
   /** Text, or the generated ids. */
   output: string | readonly number[];

@@ -1,6 +1,7 @@
-// Supervision of one engine process: spawn `python -m lorakit_engine <command> --plan …`, read its
-// JSON-lines events, send control lines, turn Ctrl-C into a clean `stop`, and turn a crash into
-// an error that shows the tail of the traceback.
+// The engine's processes, all started here in its environment (spawnEnv): a supervised run
+// (`python -m lorakit_engine <command> --plan …`: JSON-lines events read, Ctrl-C turned into a clean `stop`,
+// a crash into an error that shows the tail of the traceback), and a module that answers with one JSON
+// object (the probe, the model inspection).
 import { spawn } from "node:child_process";
 import { createWriteStream } from "node:fs";
 import { createInterface } from "node:readline";
@@ -141,5 +142,63 @@ export function engineFailure(result: EngineResult, logFile?: string): LorakitEr
   return new LorakitError("ENGINE_CRASH", `the engine exited with code ${result.exitCode}${tail ? `:\n${tail}` : ""}`, {
     where,
     hint: "the run is marked failed and its checkpoints are kept: fix the cause above, then `lorakit train <config> --resume`",
+  });
+}
+
+// ---------------------------------------------------------------- a module's one JSON answer
+
+export interface EngineJson<T> {
+  json: T | null;
+  error: string | null;
+  stderrTail: string;
+}
+
+/** Runs `python -m <module> ...args` and parses the JSON object it prints as its last stdout line. */
+export function runEngineJson<T>(
+  py: PythonEnv,
+  module: string,
+  args: string[],
+  opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv; signal?: AbortSignal } = {},
+): Promise<EngineJson<T>> {
+  return new Promise((resolve) => {
+    const child = spawn(py.python, ["-m", module, ...args], {
+      env: spawnEnv(py, opts.env),
+      stdio: ["ignore", "pipe", "pipe"],
+      ...(opts.signal ? { signal: opts.signal, killSignal: "SIGKILL" as const } : {}),
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d) => {
+      stdout += d;
+    });
+    child.stderr.on("data", (d) => {
+      stderr = (stderr + d).slice(-8000);
+    });
+    const timer = setTimeout(() => child.kill("SIGKILL"), opts.timeoutMs ?? 120_000);
+    const tail = () => stderr.trim().split("\n").slice(-12).join("\n");
+    child.on("error", (e) => {
+      clearTimeout(timer);
+      resolve({ json: null, error: `cannot run ${py.python}: ${e.message}`, stderrTail: "" });
+    });
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      const line = stdout
+        .split("\n")
+        .map((l) => l.trim())
+        .filter((l) => l.startsWith("{"))
+        .pop();
+      if (code === 0 && line) {
+        try {
+          resolve({ json: JSON.parse(line) as T, error: null, stderrTail: tail() });
+          return;
+        } catch (e) {
+          resolve({ json: null, error: `unreadable output: ${(e as Error).message}`, stderrTail: tail() });
+          return;
+        }
+      }
+      const how = signal ? `killed by ${signal}` : `exit code ${code}`;
+      const last = tail().split("\n").pop() ?? "";
+      resolve({ json: null, error: `${module} failed (${how})${last ? `: ${last}` : ""}`, stderrTail: tail() });
+    });
   });
 }

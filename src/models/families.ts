@@ -1,6 +1,7 @@
 // The model family registry, keyed by config.json `model_type`: how each family is built
 // (natively or through transformers), its default LoRA targets and learning rate, its chat
-// template and stop tokens, and the pitfalls the doctor knows about.
+// template, stop tokens and where config.json keeps its layer count. The one list of families:
+// exported to protocol/families.json, which the engine's models/registry.py reads.
 
 export interface Family {
   /** Registry name (the engine's name for the builder). */
@@ -19,9 +20,8 @@ export interface Family {
   template: "chatglm3" | "chatml" | "llama3" | "deepseek";
   /** Token spellings that end generation (looked up in the tokenizer; missing ones are skipped). */
   stopTokens: string[];
-  /** config.json keys giving the layer count. */
+  /** config.json keys giving the layer count, the first present wins. */
   layerKeys: string[];
-  pitfalls: string[];
 }
 
 const LLAMA_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj"];
@@ -38,12 +38,6 @@ export const FAMILIES: Family[] = [
     template: "chatglm3",
     stopTokens: ["</s>", "<|user|>", "<|observation|>"],
     layerKeys: ["num_layers"],
-    pitfalls: [
-      "LoRA targets are named query_key_value, not q_proj/v_proj.",
-      "Role markers (<|user|>…) written as text are not the special tokens.",
-      "float16 weights with float16 adapters drive the loss to 0 or NaN: keep adapters in float32, prefer bf16.",
-      "The checkpoint's remote code breaks on newer transformers; lorakit never runs it.",
-    ],
   },
   {
     name: "llama",
@@ -55,32 +49,20 @@ export const FAMILIES: Family[] = [
     template: "llama3",
     stopTokens: ["<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "<｜end▁of▁sentence｜>", "</s>"],
     layerKeys: ["num_hidden_layers"],
-    pitfalls: ["pad == eos masks the end-of-turn token unless labels are built explicitly."],
   },
-  {
-    name: "qwen2",
-    modelTypes: ["qwen2"],
-    builder: "transformers",
-    targets: LLAMA_ALL,
-    allLinear: LLAMA_ALL,
-    lr: 1e-4,
-    template: "chatml",
-    stopTokens: ["<|im_end|>", "<|endoftext|>"],
-    layerKeys: ["num_hidden_layers"],
-    pitfalls: ["The base (non-instruct) checkpoint never saw <|im_end|> as end of turn."],
-  },
-  {
-    name: "qwen3",
-    modelTypes: ["qwen3"],
-    builder: "transformers",
-    targets: LLAMA_ALL,
-    allLinear: LLAMA_ALL,
-    lr: 1e-4,
-    template: "chatml",
-    stopTokens: ["<|im_end|>", "<|endoftext|>"],
-    layerKeys: ["num_hidden_layers"],
-    pitfalls: ["The checkpoint's template adds <think> blocks; train and serve with the same template."],
-  },
+  ...(["qwen2", "qwen3"] as const).map(
+    (name): Family => ({
+      name,
+      modelTypes: [name],
+      builder: "transformers",
+      targets: LLAMA_ALL,
+      allLinear: LLAMA_ALL,
+      lr: 1e-4,
+      template: "chatml",
+      stopTokens: ["<|im_end|>", "<|endoftext|>"],
+      layerKeys: ["num_hidden_layers"],
+    }),
+  ),
   {
     name: "mistral",
     modelTypes: ["mistral"],
@@ -91,20 +73,22 @@ export const FAMILIES: Family[] = [
     template: "chatml",
     stopTokens: ["</s>", "<|im_end|>"],
     layerKeys: ["num_hidden_layers"],
-    pitfalls: [],
   },
-  {
-    name: "glm4",
-    modelTypes: ["glm", "glm4"],
-    builder: "transformers",
-    targets: LLAMA_PROJ,
-    allLinear: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"],
-    lr: 1e-4,
-    template: "chatml",
-    stopTokens: ["<|user|>", "<|observation|>", "<|endoftext|>"],
-    layerKeys: ["num_hidden_layers"],
-    pitfalls: ["GLM-4 checkpoints in transformers' layout split query_key_value into q_proj/k_proj/v_proj."],
-  },
+  // GLM-4 in transformers' layout: glm-4-9b-chat-hf is GlmForCausalLM, the GLM-4-0414 models Glm4ForCausalLM
+  // (two more norms a layer). Both split ChatGLM3's query_key_value into q_proj/k_proj/v_proj.
+  ...(["glm", "glm4"] as const).map(
+    (name): Family => ({
+      name,
+      modelTypes: [name],
+      builder: "transformers",
+      targets: LLAMA_PROJ,
+      allLinear: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"],
+      lr: 1e-4,
+      template: "chatml",
+      stopTokens: ["<|user|>", "<|observation|>", "<|endoftext|>"],
+      layerKeys: ["num_hidden_layers"],
+    }),
+  ),
 ];
 
 export function familyFor(modelType: string): Family | undefined {
@@ -113,4 +97,27 @@ export function familyFor(modelType: string): Family | undefined {
 
 export function supportedModelTypes(): string[] {
   return FAMILIES.flatMap((f) => f.modelTypes);
+}
+
+/** Whether the engine has a fast path for the family (packed rows, fused loss and LoRA): its native builds. */
+export function hasFastPath(family: Family): boolean {
+  return family.builder === "native";
+}
+
+/** protocol/families.json: the registry as the engine reads it. */
+export function familiesJson(): unknown {
+  return {
+    version: 1,
+    families: FAMILIES.map((f) => ({
+      name: f.name,
+      model_types: f.modelTypes,
+      builder: f.builder,
+      targets: f.targets,
+      all_linear: f.allLinear,
+      lr: f.lr,
+      template: f.template,
+      stop_tokens: f.stopTokens,
+      layer_keys: f.layerKeys,
+    })),
+  };
 }

@@ -2,17 +2,14 @@
 // how the two runs were obtained, what differs between them and what is the same, the loss curves, the
 // findings of each run by name, and the samples after training beside the reference answer.
 
-import type { Finding } from "../doctor/finding.js";
-import {
-  ASPECTS,
-  type Difference,
-  type FactDiff,
-  findingCounts,
-  originText,
-  type RunSummary,
-} from "../runs/compare.js";
+import type { Finding } from "../findings/index.js";
+import { pct } from "../format.js";
+import { type Difference, type FactDiff, findingCounts, originText, type RunSummary } from "../runs/compare.js";
+import { ASPECTS } from "../runs/facts.js";
 import type { SampleRow } from "../runs/store.js";
-import { CHART_CSS, cumulativeTokens, escapeHtml, lineChart } from "./html.js";
+import { escapeHtml } from "./escape.js";
+import { findingsTable } from "./findings-table.js";
+import { CHART_CSS, cumulativeTokens, lineChart } from "./html.js";
 
 export interface CompareInput {
   a: RunSummary;
@@ -22,7 +19,6 @@ export interface CompareInput {
 }
 
 const fmt = (x: number | null, digits = 4) => (x === null ? "—" : x.toFixed(digits));
-const pct = (x: number | null) => (x === null ? "—" : `${(100 * x).toFixed(1)}%`);
 
 function diffRows(list: readonly Difference[]): string {
   return list
@@ -93,15 +89,10 @@ export function renderCompare({ a, b, diff, verdict }: CompareInput): string {
     ...a.findings.map((f): [string, Finding] => [inB.has(key(f)) ? "both" : a.label, f]),
     ...b.findings.filter((f) => !inA.has(key(f))).map((f): [string, Finding] => [b.label, f]),
   ];
-  const findings =
-    findingRows.length === 0
-      ? `<p class="ok">No findings in either run.</p>`
-      : `<table class="findings"><tr><th>run</th><th>severity</th><th>code</th><th>finding</th><th>fix</th></tr>${findingRows
-          .map(
-            ([run, f]) =>
-              `<tr class="${f.severity}"><td>${escapeHtml(run)}</td><td>${f.severity}</td><td><code>${escapeHtml(f.code)}</code></td><td>${escapeHtml(f.title)}</td><td>${escapeHtml(f.fix)}</td></tr>`,
-          )
-          .join("")}</table>`;
+  const findings = findingsTable(
+    findingRows.map(([, f]) => f),
+    { empty: "No findings in either run.", runs: findingRows.map(([run]) => run) },
+  );
 
   const after = (r: RunSummary, i: number) => r.samples.find((s) => s.phase === "after" && s.idx === i);
   const idx = [...new Set([...a.samples, ...b.samples].filter((s) => s.phase === "after").map((s) => s.idx))]

@@ -1,6 +1,9 @@
 // runs/<name>/report.html: one self-contained page (no scripts, no network) with the loss and
 // learning-rate charts, the findings, the resolved config and the samples before/after.
+import { fromRow } from "../findings/index.js";
 import type { FindingRow, MetricRow, SampleRow } from "../runs/store.js";
+import { escapeHtml } from "./escape.js";
+import { findingsTable } from "./findings-table.js";
 import { formatCount, formatTick, linearAxis, logAxis, spansDecades } from "./ticks.js";
 
 export interface ReportInput {
@@ -14,13 +17,6 @@ export interface ReportInput {
   findings: FindingRow[];
   samples: SampleRow[];
   summary: Record<string, string>;
-}
-
-export function escapeHtml(s: string): string {
-  return s.replace(
-    /[&<>"']/g,
-    (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c] as string,
-  );
 }
 
 export interface Series {
@@ -203,18 +199,9 @@ export function renderReport(r: ReportInput): string {
     [{ label: "lr", color: "#059669", points: train.map((m) => [m.step, m.lr ?? Number.NaN]) }],
     { yLabel: "learning rate", scale: "linear", zero: true, tokens, height: 260 },
   );
-  const findings =
-    r.findings.length === 0
-      ? `<p class="ok">No findings.</p>`
-      : `<table><tr><th>severity</th><th>code</th><th>finding</th><th>evidence</th><th>fix</th></tr>${r.findings
-          .map(
-            (f) =>
-              `<tr class="${f.severity}"><td>${f.severity}</td><td><code>${escapeHtml(f.code)}</code></td><td>${escapeHtml(f.title)}</td><td><pre>${escapeHtml(JSON.stringify(JSON.parse(f.evidence_json), null, 1).slice(0, 1500))}</pre></td><td>${escapeHtml(f.fix)}</td></tr>`,
-          )
-          .join("")}</table>`;
+  const findings = findingsTable(r.findings.map(fromRow), { empty: "No findings.", evidence: true });
   const byIdx = new Map<number, { before?: SampleRow; after?: SampleRow }>();
   for (const s of r.samples) {
-    if (s.phase === "during") continue;
     const e = byIdx.get(s.idx) ?? {};
     e[s.phase] = s;
     byIdx.set(s.idx, e);

@@ -8,7 +8,7 @@ import path from "node:path";
 import type { LoadedConfig } from "../config/load.js";
 import type { Plan } from "../config/schema.js";
 import { ROOT } from "../engine/python.js";
-import type { ModelInfo } from "../models/inspect.js";
+import type { ModelInfo } from "../models/checkpoint.js";
 import type { RunStore } from "../runs/store.js";
 import type { PreparedRun } from "../train/prepare-run.js";
 

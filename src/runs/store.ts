@@ -4,7 +4,7 @@ import { mkdirSync } from "node:fs";
 import path from "node:path";
 import Database from "better-sqlite3";
 import type { Event } from "../config/schema.js";
-import { stageOf } from "../doctor/finding.js";
+import { stageOf } from "../findings/index.js";
 
 export type RunStatus = "running" | "completed" | "failed" | "stopped";
 
@@ -41,7 +41,7 @@ export interface FindingRow {
 }
 
 export interface SampleRow {
-  phase: "before" | "during" | "after";
+  phase: "before" | "after";
   idx: number;
   prompt: string;
   output: string;

@@ -2,12 +2,17 @@
 // pick the held-out prompts sampled before and after training.
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
-import { plainPrepareProgress } from "../cli/data-progress.js";
 import type { LoadedConfig } from "../config/load.js";
-import { preparedLengths } from "../data/pack.js";
-import { type PrepareProgress, type PrepareResult, prepareDataset } from "../data/prepare.js";
-import type { Tokenizer } from "../data/tokenizer.js";
-import type { ModelInfo } from "../models/inspect.js";
+import {
+  type PrepareProgress,
+  type PrepareResult,
+  plainPrepareProgress,
+  prepareDataset,
+  preparedLengths,
+  type Tokenizer,
+  writeRows,
+} from "../data/index.js";
+import type { ModelInfo } from "../models/checkpoint.js";
 
 export interface HeldOutItem {
   index: number;
@@ -24,6 +29,8 @@ export interface PreparedRun {
   eval: { dir: string; samples: number; tokens: number } | null;
   /** Tokens of each training sample, in order (the rows of train.pack_tokens and the memory estimate). */
   trainLengths: number[] | null;
+  /** With train.pack_tokens: the rows file beside the prepared tokens (src/data/pack.ts); else null. */
+  rows: string | null;
   heldOut: HeldOutItem[];
   stopIds: number[];
   padId: number;
@@ -124,11 +131,14 @@ export async function prepareForRun(
     )}\n`,
   };
   if (result.template.name === "jinja") extras["chat_template.jinja"] = result.template.source;
+  const trainLengths = preparedLengths(result.train.dir);
+  const pack = loaded.config.train.pack_tokens;
   return {
     result,
     train: result.train,
     eval: result.eval,
-    trainLengths: preparedLengths(result.train.dir),
+    trainLengths,
+    rows: pack !== undefined ? writeRows(result.train.dir, trainLengths, pack) : null,
     heldOut,
     stopIds: result.template.stopIds,
     padId,

@@ -5,19 +5,19 @@ import path from "node:path";
 import { stringify as toYaml } from "yaml";
 import type { LoadedConfig } from "../config/load.js";
 import type { Event, Plan } from "../config/schema.js";
-import type { Tokenizer } from "../data/tokenizer.js";
-import { plannedSteps } from "../doctor/config.js";
-import { type Finding, findingsError, fromEvent, makeFinding } from "../doctor/finding.js";
-import { outputFindings } from "../doctor/outputs.js";
+import type { Tokenizer } from "../data/index.js";
+import { outputFindings } from "../doctor/index.js";
 import { ensurePython, type PythonEnv } from "../engine/python.js";
 import { engineFailure, spawnEngine } from "../engine/supervisor.js";
 import { LorakitError } from "../errors.js";
-import type { ModelInfo } from "../models/inspect.js";
+import { type Finding, findingsError, fromEvent, makeFinding } from "../findings/index.js";
+import { plural } from "../format.js";
+import { buildPlan, smokePlan, type TrainCounts } from "../plan/index.js";
 import { renderReport } from "../report/html.js";
 import { modelCardFacts, writeModelCard } from "../report/model-card.js";
-import { RunStore, type SampleRow } from "../runs/store.js";
-import { prepareAndCheck } from "./preflight.js";
-import type { PreparedRun } from "./prepare-run.js";
+import { exactMatchShare, exactMatchText } from "../runs/exact-match.js";
+import { RunStore } from "../runs/store.js";
+import { prepareAndCheck } from "./prepare-and-check.js";
 
 export interface RoadOptions {
   resume?: boolean;
@@ -28,43 +28,26 @@ export interface RoadOptions {
   /** Overrides for tests: the engine's environment. */
   py?: PythonEnv;
   env?: NodeJS.ProcessEnv;
-  /** Test hook passed to the plan. */
-  failAtStep?: number;
   /** The smoke run before the real one (default on). */
   smoke?: boolean;
   /** Start over: delete an earlier run's checkpoints and adapter under the same name. */
   fresh?: boolean;
-  /** Every finding as it is made: preflight, smoke, training, outputs. */
+  /** Every finding as it is made: the doctor's, the smoke run's, training's, the outputs'. */
   onFinding?: (f: Finding) => void;
 }
 
-/** The smoke plan: 2 optimizer steps on a slice, one sample, save + reload check; null when it passed. */
-export async function smokeRun(py: PythonEnv, plan: Plan, runDir: string, opts: RoadOptions): Promise<Finding | null> {
+/** The smoke run (smokePlan: 2 optimizer steps on a slice, one sample, save + reload check); null when it passed. */
+export async function smokeRun(
+  py: PythonEnv,
+  plan: Plan,
+  counts: TrainCounts,
+  runDir: string,
+  opts: RoadOptions,
+): Promise<Finding | null> {
   const dir = path.join(runDir, "smoke");
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
-  const micro = Math.min(plan.train.batch_size, 2);
-  const smoke: Plan = {
-    ...plan,
-    run_dir: dir,
-    train: {
-      ...plan.train,
-      total_steps: 2,
-      epochs: 1,
-      batch_size: micro,
-      grad_accum: 1,
-      warmup_steps: 0,
-      eval_every: 0,
-      save_every: 1,
-      keep_checkpoints: 1,
-      devices: 1,
-      shard: "none",
-    },
-    data: { ...plan.data, eval: null },
-    samples: { ...plan.samples, items: plan.samples.items.slice(0, 1), max_new_tokens: 4, before: false },
-    resume: false,
-  };
-  delete smoke.fail_at_step;
+  const smoke = smokePlan(plan, dir, counts);
   const planPath = path.join(dir, "plan.json");
   writeFileSync(planPath, `${JSON.stringify(smoke, null, 2)}\n`);
   const logFile = path.join(dir, "engine.log");
@@ -127,7 +110,7 @@ export function outcomeText(status: RoadResult["status"], errorFindings: readonl
   if (status !== "completed" || errorFindings.length === 0) return status;
   const codes = [...new Set(errorFindings.map((f) => f.code))];
   const n = errorFindings.length;
-  return `completed with ${n} error finding${n === 1 ? "" : "s"}: ${codes.join(", ")}`;
+  return `completed with ${plural(n, "error finding")}: ${codes.join(", ")}`;
 }
 
 /** Decodes generated ids; ids the tokenizer does not know (a model's padded vocabulary) show as ⟨id N⟩. */
@@ -144,83 +127,6 @@ export function decodeGenerated(tokenizer: Tokenizer, ids: readonly number[]): s
     run = [];
   }
   return text + tokenizer.decode(run, { skipSpecial: true });
-}
-
-/** Share of scored samples of a phase whose output equals the reference exactly (null when none is scored). */
-export function exactMatchShare(samples: readonly SampleRow[], phase: "before" | "after"): number | null {
-  const scored = samples.filter((s) => s.phase === phase && s.reference !== null);
-  if (scored.length === 0) return null;
-  return scored.filter((s) => s.output.trim() === (s.reference as string).trim()).length / scored.length;
-}
-
-export function buildPlan(
-  loaded: LoadedConfig,
-  model: ModelInfo,
-  prepared: PreparedRun,
-  runDir: string,
-  opts: { resume: boolean; failAtStep?: number },
-): Plan {
-  const c = loaded.config;
-  const total = plannedSteps(
-    {
-      trainSamples: prepared.train.samples,
-      trainTokens: prepared.train.tokens,
-      trainLengths: prepared.trainLengths ?? undefined,
-    },
-    c.train,
-  );
-  return {
-    version: 1,
-    run_dir: runDir,
-    model: { path: model.dir, family: model.family.name, model_type: model.modelType, vocab_size: model.vocabSize },
-    data: {
-      train: { dir: prepared.train.dir, samples: prepared.train.samples, tokens: prepared.train.tokens },
-      eval: prepared.eval
-        ? { dir: prepared.eval.dir, samples: prepared.eval.samples, tokens: prepared.eval.tokens }
-        : null,
-      pad_id: prepared.padId,
-    },
-    lora: {
-      r: c.lora.r,
-      alpha: c.lora.alpha,
-      dropout: c.lora.dropout,
-      targets: c.lora.targets ?? model.family.targets,
-    },
-    train: {
-      total_steps: total,
-      epochs: c.train.epochs,
-      batch_size: c.train.batch_size,
-      grad_accum: c.train.grad_accum,
-      ...(c.train.pack_tokens !== undefined ? { pack_tokens: c.train.pack_tokens } : {}),
-      lr: c.train.lr ?? model.family.lr,
-      scheduler: c.train.scheduler,
-      warmup_steps: Math.round(c.train.warmup_ratio * total),
-      weight_decay: c.train.weight_decay,
-      max_grad_norm: c.train.max_grad_norm,
-      seed: c.train.seed,
-      precision: c.train.precision,
-      gradient_checkpointing: c.train.gradient_checkpointing,
-      log_every: c.train.log_every,
-      eval_every: c.train.eval_every,
-      save_every: c.train.save_every,
-      keep_checkpoints: c.train.keep_checkpoints,
-      patience: c.train.patience,
-      device: c.train.device,
-      devices: c.train.devices,
-      // "auto" stays unsharded until the doctor's memory estimate reaches the plan (see TrainConfig.shard).
-      shard: c.train.shard === "fsdp" ? "fsdp" : "none",
-    },
-    samples: {
-      items: prepared.heldOut.map((s) => ({ index: s.index, prompt_ids: s.promptIds })),
-      max_new_tokens: c.samples.max_new_tokens,
-      stop_ids: prepared.stopIds,
-      before: true,
-    },
-    resume: opts.resume,
-    adapter_extras: prepared.adapterExtras,
-    adapter_files: prepared.adapterFiles,
-    ...(opts.failAtStep !== undefined ? { fail_at_step: opts.failAtStep } : {}),
-  };
 }
 
 export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<RoadResult> {
@@ -247,7 +153,7 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
 
   // Everything before the GPU: model, tokenizer, data, and the doctor's checks on them.
   const py = opts.py ?? (await ensurePython({ env: opts.env ?? process.env, log }));
-  const { model, tokenizer, prepared, preflight } = await prepareAndCheck(loaded, {
+  const { model, tokenizer, prepared, doctor } = await prepareAndCheck(loaded, {
     py,
     env: opts.env ?? process.env,
     ...(opts.signal ? { signal: opts.signal } : {}),
@@ -259,13 +165,21 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
   });
   log(`model       ${loaded.modelDir} (${model.modelType}, family ${model.family.name}, ${model.layers} layers)`);
   if (opts.signal?.aborted) throw stoppedBeforeTraining();
-  const refused = findingsError(preflight.findings);
+  const refused = findingsError(doctor.findings);
   if (refused && !opts.force) {
     throw new LorakitError(refused.code, `the doctor found ${refused.all().length} error(s); training did not start`, {
       hint: "fix them (details above, or run `lorakit doctor <config>`), or pass --force to train anyway (recorded in the run)",
       more: refused.all(),
     });
   }
+
+  // The plan before anything is written: a value it cannot resolve (LORAKIT_PROFILE_STEPS) stops the road here.
+  const plan = buildPlan(loaded, model, prepared, {
+    runDir,
+    resume: Boolean(opts.resume),
+    found: doctor.hardware,
+    env: opts.env ?? process.env,
+  });
 
   // Store and run directory.
   mkdirSync(runDir, { recursive: true });
@@ -276,19 +190,20 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
     forced: Boolean(opts.force && refused),
   });
   if (opts.resume) store.clearFindings(run.id); // the checks run again; the engine reports its own again
-  for (const f of preflight.findings) store.addFinding(run.id, f.stage, f);
+  for (const f of doctor.findings) store.addFinding(run.id, f.stage, f);
   writeFileSync(path.join(runDir, "config.yaml"), resolvedYaml);
-  const plan = buildPlan(loaded, model, prepared, runDir, {
-    resume: Boolean(opts.resume),
-    failAtStep: opts.failAtStep,
-  });
   const planPath = path.join(runDir, "plan.json");
   writeFileSync(planPath, `${JSON.stringify(plan, null, 2)}\n`);
   store.setPlan(run.id, JSON.stringify(plan));
 
   // The smoke run: a few steps on a small slice, save, reload, generate — before the real run.
   if (opts.smoke !== false && !opts.resume) {
-    const smoke = await smokeRun(py, plan, runDir, opts);
+    const counts = {
+      trainSamples: prepared.train.samples,
+      trainTokens: prepared.train.tokens,
+      trainLengths: prepared.trainLengths ?? undefined,
+    };
+    const smoke = await smokeRun(py, plan, counts, runDir, opts);
     if (smoke) {
       store.addFinding(run.id, smoke.stage, smoke);
       opts.onFinding?.(smoke);
@@ -360,7 +275,6 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
     after: exactMatchShare(store.samples(run.id), "after"),
     n: prepared.heldOut.filter((s) => s.reference !== null).length,
   };
-  const pct = (x: number | null) => (x === null ? "—" : `${(100 * x).toFixed(1)}%`);
   const reportPath = path.join(runDir, "report.html");
   writeFileSync(
     reportPath,
@@ -378,7 +292,7 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
         data: `${prepared.train.samples} train / ${prepared.eval?.samples ?? 0} eval samples, ${prepared.train.tokens} train tokens`,
         steps: `${plan.train.total_steps} optimizer steps, ${c.train.pack_tokens !== undefined ? `rows of ≤ ${c.train.pack_tokens} tokens` : `batch ${c.train.batch_size}`} × accumulation ${c.train.grad_accum}, lr ${plan.train.lr}`,
         lora: `r ${plan.lora.r}, alpha ${plan.lora.alpha}, dropout ${plan.lora.dropout} on ${plan.lora.targets.join(", ")}`,
-        "held-out exact match": `before ${pct(exactMatch.before)} → after ${pct(exactMatch.after)} (${exactMatch.n} samples)`,
+        "held-out exact match": exactMatchText(exactMatch),
         ...(error ? { error: `${error.code}: ${error.message.split("\n")[0]}` } : {}),
       },
     }),

@@ -1,11 +1,12 @@
 """lorakit's fast paths for training: padding-free packing, fused output projection + cross-entropy, fused
-elementwise ops, low-memory checkpointing. The training loop's side:
+elementwise ops, low-memory checkpointing. The training loop's side (lorakit_engine.batches builds the rows
+from prepared data):
 
-    from lorakit_engine.kernels import configure_fast_path, pack_batch, plan_packs
+    from lorakit_engine.kernels import configure_fast_path, pack_batch
 
     configure_fast_path(model, compile=True, fused_lora=True)        # once, after peft wraps the model
-    for idx in plan_packs(lengths, max_tokens=16384):                 # sample indices per micro-batch
-        batch = pack_batch([samples[i] for i in idx]).to(device)      # one row, cu_seqlens, positions
+    for samples in micro_batches:                                     # (input_ids, labels) pairs
+        batch = pack_batch(samples).to(device)                        # one row, cu_seqlens, positions
         out = model(**batch.model_inputs(), loss_reduction="sum")     # out.loss = Σ CE, out.n_tokens
         (out.loss / window_trained_tokens).backward()                 # normalise over the accumulation window
 
@@ -23,7 +24,7 @@ from .attention import BACKENDS, PackedAttention, make_packed_attention, packed_
 from .lora import fuse_lora, lora_linear
 from .loss import linear_cross_entropy, shift_labels
 from .options import CHECKPOINTING, FastOptions
-from .packing import PackedBatch, pack_batch, plan_packs
+from .packing import PackedBatch, pack_batch
 
 __all__ = [
     "BACKENDS",
@@ -39,7 +40,6 @@ __all__ = [
     "make_packed_attention",
     "pack_batch",
     "packed_attention",
-    "plan_packs",
     "shift_labels",
     "varlen_available",
 ]

@@ -62,7 +62,7 @@ _once_depth = [0]
 def rounding_once():
     """Within it the eager ops compute in float32 and round once at the end, as the fused kernels (Triton,
     torch.compile) do, instead of after every product: the same function rounded another way. The adapter
-    reload check runs the base both ways to measure how far rounding alone moves the logits (train.py)."""
+    reload check runs the base both ways to measure how far rounding alone moves the logits (verify/)."""
     _once_depth[0] += 1
     try:
         yield

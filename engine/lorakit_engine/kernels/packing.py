@@ -10,7 +10,7 @@ losses.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -34,6 +34,14 @@ class PackedBatch:
     @property
     def n_samples(self) -> int:
         return self.cu_seqlens.numel() - 1
+
+    @property
+    def trained_tokens(self) -> int:  # the names a padded batch (batches.Batch) gives the same counts
+        return self.n_tokens
+
+    @property
+    def real_tokens(self) -> int:
+        return self.n_real
 
     def pinned(self) -> PackedBatch:
         """The same row in pinned host memory: its copy to a GPU then never waits for the GPU's queue."""
@@ -118,23 +126,6 @@ def pack_batch(
         n_tokens=int((label_t != IGNORE).sum()),
         n_real=n_real,
     )
-
-
-def plan_packs(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """Group sample indices, in order, into packs of at most `max_tokens` tokens (greedy, order kept so
-    that data order and resumption stay simple). A sample longer than `max_tokens` gets a pack of its own."""
-    packs: list[list[int]] = []
-    current: list[int] = []
-    used = 0
-    for i, n in enumerate(lengths):
-        if current and used + n > max_tokens:
-            packs.append(current)
-            current, used = [], 0
-        current.append(i)
-        used += n
-    if current:
-        packs.append(current)
-    return packs
 
 
 def positions_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:

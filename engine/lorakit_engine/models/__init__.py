@@ -1,7 +1,8 @@
 """The model front door: `load_model(path)` builds any supported family from a local folder.
 
-`model_type` in config.json picks the family (registry.py): ChatGLM3 is built natively (chatglm.py), the
-others with transformers' own classes. Nothing is fetched and no code shipped in the folder is run.
+`model_type` in config.json picks the family (registry.py, from protocol/families.json): ChatGLM3 is built
+natively (chatglm.py), the others with transformers' own classes. Nothing is fetched and no code shipped in
+the folder is run.
 """
 
 from __future__ import annotations
@@ -11,16 +12,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, find_weights, read_config
-from .registry import FAMILIES, Family, get_family, layer_count, linear_module_names, supported_model_types
+from .checkpoint import read_config
+from .registry import Family, builder_of, families, get_family, layer_count, supported_model_types
 
 __all__ = [
-    "FAMILIES",
-    "CheckpointError",
     "Family",
+    "families",
     "get_family",
     "layer_count",
-    "linear_module_names",
     "load_model",
     "read_config",
     "supported_model_types",
@@ -30,18 +29,7 @@ __all__ = [
 def load_model(
     path: Path | str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
 ) -> nn.Module:
-    """The model in `path`, weights cast to `dtype` on `device`, in eval mode. Raises CheckpointError
-    (a ValueError with `code`, `path`, `hint`) for an unknown model_type or damaged files."""
+    """The model in `path`, weights cast to `dtype` on `device`, in eval mode. Raises EngineError
+    MODEL_LOAD_FAILED (the file named, a hint) for an unknown model_type or damaged files."""
     folder = Path(path)
-    family = get_family(read_config(folder).get("model_type"))
-    if family.builder == "native":
-        from .chatglm import ChatGLMForConditionalGeneration
-
-        return ChatGLMForConditionalGeneration.from_pretrained(folder, dtype=dtype, device=device)
-    find_weights(folder)  # the same shard and layout errors for every family
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=dtype, trust_remote_code=False, local_files_only=True
-    )
-    return model.to(device).eval()
+    return builder_of(get_family(read_config(folder).get("model_type")))(folder, dtype, device)

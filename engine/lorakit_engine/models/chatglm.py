@@ -35,7 +35,7 @@ from ..kernels.packing import positions_from_cu_seqlens
 from ..kernels.rmsnorm import rms_norm as triton_rms_norm
 from ..kernels.rotary import rotary as triton_rotary
 from ..kernels.swiglu import swiglu as triton_swiglu
-from .checkpoint import CheckpointError, find_weights, load_weights, read_config
+from .checkpoint import find_weights, load_error, load_weights, read_config
 
 INV_FREQ = "transformer.rotary_pos_emb.inv_freq"  # saved by the official code, recomputed here
 _REQUIRED = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "kv_channels")
@@ -90,11 +90,7 @@ class ChatGLMConfig:
         _reject_unsupported(raw, path)
         missing = [k for k in _REQUIRED if k not in raw]
         if missing:
-            raise CheckpointError(
-                "checkpoint.bad_config",
-                f"config.json lacks {', '.join(missing)} for a ChatGLM model",
-                path=path,
-            )
+            raise load_error(f"config.json lacks {', '.join(missing)} for a ChatGLM model", path)
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in raw.items() if k in names}
         if known.get("rope_ratio") is None:
@@ -146,26 +142,29 @@ class ChatGLMConfig:
 
 def _reject_unsupported(raw: dict[str, Any], path: Path | str | None) -> None:
     def fail(what: str, hint: str) -> None:
-        raise CheckpointError("model.unsupported_variant", what, path=path, hint=hint)
+        raise load_error(what, path, hint)
 
     if "position_encoding_2d" in raw or "inner_hidden_size" in raw:
         fail(
             "this is a first-generation ChatGLM-6B checkpoint (2D positions, GLM-130B layout), "
             "a different architecture from ChatGLM2/3",
-            "use ChatGLM3-6B (THUDM/chatglm3-6b) or a transformers-format GLM-4",
+            "Use ChatGLM3-6B (THUDM/chatglm3-6b) or a transformers-format GLM-4.",
         )
     if raw.get("quantization_bit"):
         fail(
             f"the weights are quantized to {raw['quantization_bit']} bits by the checkpoint's own code",
-            "use the float16 checkpoint (chatglm3-6b, not -int4/-int8)",
+            "Use the float16 checkpoint (chatglm3-6b, not -int4/-int8).",
         )
     if raw.get("pre_seq_len"):
         fail(
             "the config enables P-tuning v2 prefixes (pre_seq_len)",
-            "set pre_seq_len to null: lorakit trains LoRA adapters",
+            "Set pre_seq_len to null in config.json: lorakit trains LoRA adapters.",
         )
     if raw.get("original_rope") is False:
-        fail("original_rope is false: only the original rotary embedding is implemented", "")
+        fail(
+            "original_rope is false: only the original rotary embedding is implemented",
+            "Use a checkpoint with the original rotary embedding (ChatGLM2/3).",
+        )
 
 
 class RMSNorm(nn.Module):

@@ -1,6 +1,6 @@
 """Read a local checkpoint folder: `config.json` and the weight layouts of the hub (one file, or an index and
 its shards; safetensors or PyTorch `.bin`), checked name by name and shape by shape against the model that
-will hold them. Errors carry a code, the file, and a hint, so that the engine can report them as they are.
+will hold them. Every problem is a MODEL_LOAD_FAILED EngineError that names the file and says what to do.
 
 `.bin` files are read with `torch.load(weights_only=True)`: tensors only, no code. Nothing in the folder is
 ever executed.
@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..protocol import EngineError
+
 # Looked for in this order: safetensors before pickled .bin, the index before a single file.
 LAYOUTS = (
     ("model.safetensors.index.json", True),
@@ -26,23 +28,12 @@ LAYOUTS = (
 _SHOWN = 5  # names listed in an error before "… and N more"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint lorakit cannot load. `code` is stable (the engine emits it), `path` names the file."""
+_HINT = "Point model at a complete local checkpoint folder (config.json and its weights)."
 
-    def __init__(self, code: str, message: str, *, path: Path | str | None = None, hint: str | None = None):
-        self.code = code
-        self.message = message
-        self.path = str(path) if path is not None else None
-        self.hint = hint
-        super().__init__(str(self))
 
-    def __str__(self) -> str:
-        text = self.message
-        if self.path:
-            text += f" [{self.path}]"
-        if self.hint:
-            text += f"\nhint: {self.hint}"
-        return text
+def load_error(message: str, path: Path | str | None = None, hint: str = _HINT) -> EngineError:
+    """MODEL_LOAD_FAILED: a checkpoint lorakit cannot load, with the file (`path`) named in the message."""
+    return EngineError("MODEL_LOAD_FAILED", message + (f" [{path}]" if path is not None else ""), hint)
 
 
 def few(names, shown: int = _SHOWN) -> str:
@@ -54,20 +45,17 @@ def few(names, shown: int = _SHOWN) -> str:
 def read_config(folder: Path | str) -> dict:
     path = Path(folder) / "config.json"
     if not path.is_file():
-        raise CheckpointError(
-            "checkpoint.no_config",
+        raise load_error(
             "no config.json in the model folder",
-            path=Path(folder),
-            hint="point the model path at the folder that holds config.json and the weights",
+            Path(folder),
+            hint="Point model at the folder that holds config.json and the weights.",
         )
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested beyond the parser
-        raise CheckpointError(
-            "checkpoint.bad_config", f"config.json is not valid JSON: {e}", path=path
-        ) from e
+        raise load_error(f"config.json is not valid JSON: {e}", path=path) from e
     if not isinstance(config, dict):
-        raise CheckpointError("checkpoint.bad_config", "config.json is not a JSON object", path=path)
+        raise load_error("config.json is not a JSON object", path=path)
     return config
 
 
@@ -92,30 +80,25 @@ def find_weights(folder: Path | str) -> WeightFiles:
             weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
             assert isinstance(weight_map, dict)
         except (ValueError, RecursionError, KeyError, TypeError, AssertionError) as e:
-            raise CheckpointError(
-                "checkpoint.bad_index", "the index has no valid `weight_map`", path=path
-            ) from e
+            raise load_error("the index has no valid `weight_map`", path=path) from e
         # Checked before dict.fromkeys, which cannot take a list or an object as a shard name.
         bad = [s for s in weight_map.values() if not isinstance(s, str) or Path(s).name != s]
         if bad:
-            raise CheckpointError(
-                "checkpoint.bad_index",
+            raise load_error(
                 f"the index names shard files outside the folder: {few(map(repr, bad))}",
                 path=path,
             )
         shards = list(dict.fromkeys(weight_map.values()))
         missing = [s for s in shards if not (folder / s).is_file()]
         if missing:
-            raise CheckpointError(
-                "checkpoint.missing_shard",
+            raise load_error(
                 f"{len(missing)} of {len(shards)} shard files named by {name} are missing: {few(missing)}",
                 path=path,
-                hint="the download is incomplete: fetch the missing shards into the same folder",
+                hint="The download is incomplete: fetch the missing shards into the same folder.",
             )
         return WeightFiles(folder, [folder / s for s in shards], path, weight_map)
     present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-    raise CheckpointError(
-        "checkpoint.no_weights",
+    raise load_error(
         f"no weights found: expected one of {', '.join(n for n, _ in LAYOUTS)}; "
         f"the folder holds: {few(present) or 'nothing'}",
         path=folder,
@@ -123,19 +106,19 @@ def find_weights(folder: Path | str) -> WeightFiles:
 
 
 def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) of one weight file, read lazily where the format allows. A file that cannot be read is a
-    CheckpointError naming it (safetensors and torch's unpickler fail on a damaged file in their own ways)."""
+    """(name, tensor) of one weight file, read lazily where the format allows. A file that cannot be read is
+    MODEL_LOAD_FAILED naming it (safetensors and torch's unpickler each fail on a damaged file their own
+    way)."""
     try:
         yield from _iter_tensors(path)
-    except CheckpointError:
+    except EngineError:
         raise
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(
-            "checkpoint.bad_file",
+        raise load_error(
             f"the weights cannot be read ({type(e).__name__}: {first[:300]})",
             path=path,
-            hint="the file is damaged or incomplete (a Git LFS pointer is not the weights): fetch it again",
+            hint="The file is damaged or incomplete (a Git LFS pointer is not the weights): fetch it again.",
         ) from e
 
 
@@ -153,9 +136,7 @@ def _iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
         # Files written before torch's zip format cannot be memory-mapped.
         state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(
-            "checkpoint.bad_file", "the file does not hold a flat dict of tensors", path=path
-        )
+        raise load_error("the file does not hold a flat dict of tensors", path=path)
     yield from state.items()
 
 
@@ -176,10 +157,8 @@ def load_weights(
     expected.update((n, b) for n, b in model.named_buffers() if _is_persistent(model, n))
     if weights.weight_map is not None:
         names = {n for n in weights.weight_map if not ignore(n)}
-        _check_names(expected.keys() - names, "missing_tensors", "not in the index", weights.index)
-        _check_names(
-            names - expected.keys(), "unexpected_tensors", "in the index but not in the model", weights.index
-        )
+        _check_names(expected.keys() - names, "not in the index", weights.index)
+        _check_names(names - expected.keys(), "in the index but not in the model", weights.index)
     loaded: set[str] = set()
     for path in weights.files:
         unexpected = []
@@ -191,33 +170,31 @@ def load_weights(
                 unexpected.append(name)
                 continue
             if tuple(tensor.shape) != tuple(target.shape):
-                raise CheckpointError(
-                    "checkpoint.shape_mismatch",
+                raise load_error(
                     f"tensor {name} has shape {list(tensor.shape)} in the file; "
                     f"config.json implies {list(target.shape)}",
                     path=path,
-                    hint="config.json and the weights come from different models",
+                    hint="Use a folder whose config.json and weights come from the same model.",
                 )
             tensor = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
             _assign(model, name, tensor)
             loaded.add(name)
-        _check_names(unexpected, "unexpected_tensors", "in the file but not in the model", path)
+        _check_names(unexpected, "in the file but not in the model", path)
     missing = expected.keys() - loaded
     if missing:
         where = weights.files[0] if len(weights.files) == 1 else weights.index
         if weights.weight_map is not None:
             files = sorted({weights.weight_map[n] for n in missing if n in weights.weight_map})
             where = weights.folder / files[0] if len(files) == 1 else where
-        _check_names(missing, "missing_tensors", "not found in the weights", where)
+        _check_names(missing, "not found in the weights", where)
 
 
-def _check_names(names, what: str, where: str, path: Path | None) -> None:
+def _check_names(names, where: str, path: Path | None) -> None:
     if names:
-        raise CheckpointError(
-            f"checkpoint.{what}",
+        raise load_error(
             f"{len(names)} tensor name(s) {where}: {few(names)}",
             path=path,
-            hint="config.json and the weights come from different models, or the files are damaged",
+            hint="Use config.json and weights of one model; download damaged files again.",
         )
 
 

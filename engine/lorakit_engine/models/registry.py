@@ -1,145 +1,103 @@
-"""The model families lorakit supports, keyed by config.json `model_type`: how each is built, where LoRA
-goes by default, how to count its layers, and the pitfalls the doctor warns about. No torch at import."""
+"""The model families lorakit supports, keyed by config.json `model_type`. The list is the product's, exported
+to protocol/families.json (names, model types, builder kind, default LoRA targets, layer keys, …); the only
+fact kept here is which function builds a family. No torch at import.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
 
-if TYPE_CHECKING:
-    from torch import nn
-
-_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+from ..protocol import protocol_file
 
 
 @dataclass(frozen=True)
 class Family:
-    model_type: str
+    """One entry of protocol/families.json, the keys the engine reads."""
+
+    name: str
+    model_types: tuple[str, ...]
     builder: Literal["native", "transformers"]
-    lora_targets: tuple[str, ...]  # leaf module names, as peft's `target_modules`
-    layer_count_key: str  # the config.json key holding the number of decoder layers
-    pitfalls: tuple[str, ...] = ()
+    targets: tuple[str, ...]  # default LoRA targets: leaf module names, as peft's `target_modules`
+    layer_keys: tuple[
+        str, ...
+    ]  # config.json keys that hold the number of decoder layers, the first present wins
 
 
-FAMILIES: dict[str, Family] = {
-    f.model_type: f
-    for f in (
-        Family(
-            "chatglm",
-            "native",
-            ("query_key_value",),
-            "num_layers",
-            (
-                "config.json auto_map points at remote code: lorakit builds the model natively",
-                "role tokens written as text ('<|user|>') are not special tokens: insert them by id",
-                "float16 base with newer peft drove the loss to 0 in copies of the Self-LLM recipe: "
-                "keep adapter weights in float32 or load the base in bfloat16",
-                "padded_vocab_size (65024) exceeds the tokenizer (64798 ids): extra logits are never targets",
-                "glm-4-9b-chat (remote-code release) also says chatglm: same blocks, rope_ratio 500, "
-                "another tokenizer and template",
-                "first-generation ChatGLM-6B, -int4/-int8 quantized folders and P-tuning (pre_seq_len) "
-                "are not supported",
-            ),
-        ),
-        Family(
-            "llama",
-            "transformers",
-            _ATTENTION,
-            "num_hidden_layers",
-            (
-                "the tokenizer has no pad token: pad with eos and mask padding out of the labels",
-                "Llama-3 chat turns end with <|eot_id|>, not the tokenizer's eos: stop on both",
-            ),
-        ),
-        Family(
-            "qwen2",
-            "transformers",
-            _ATTENTION,
-            "num_hidden_layers",
-            (
-                "small Qwen2/2.5 models tie the output layer to the embedding (tie_word_embeddings)",
-                "chat turns end with <|im_end|>; the base models' eos is <|endoftext|>",
-            ),
-        ),
-        Family(
-            "qwen3",
-            "transformers",
-            _ATTENTION,
-            "num_hidden_layers",
-            (
-                "the chat template adds <think> blocks; data without them changes thinking behaviour",
-                "chat turns end with <|im_end|>",
-            ),
-        ),
-        Family(
-            "mistral",
-            "transformers",
-            _ATTENTION,
-            "num_hidden_layers",
-            (
-                "the tokenizer has no pad token: pad with eos and mask padding out of the labels",
-                "the [INST] template of v0.1 has no system role",
-            ),
-        ),
-        Family(
-            "glm",
-            "transformers",
-            _ATTENTION,
-            "num_hidden_layers",
-            (
-                "transformers-format GLM-4 (glm-4-9b-chat-hf): q/k/v are separate, unlike chatglm's "
-                "query_key_value, so adapters do not transfer between the two releases",
-                "eos is a list (151329, 151336, 151338): stop on all of them",
-            ),
-        ),
-        Family(
-            "glm4",
-            "transformers",
-            _ATTENTION,
-            "num_hidden_layers",
-            (
-                "GLM-4-0414 models: extra post_self_attn_layernorm / post_mlp_layernorm in every layer",
-                "eos is a list: stop on all of its ids",
-            ),
-        ),
-    )
-}
+@cache
+def families() -> dict[str, Family]:
+    """Every family by each of its model types, in the file's order."""
+    out: dict[str, Family] = {}
+    for f in protocol_file("families.json")["families"]:
+        family = Family(
+            f["name"], tuple(f["model_types"]), f["builder"], tuple(f["targets"]), tuple(f["layer_keys"])
+        )
+        out.update((t, family) for t in family.model_types)
+    return out
 
 
 def supported_model_types() -> list[str]:
-    return list(FAMILIES)
+    return list(families())
 
 
 def get_family(model_type: str | None) -> Family:
-    family = FAMILIES.get(model_type or "")
+    family = families().get(model_type or "")
     if family is None:
-        from .checkpoint import CheckpointError
+        from .checkpoint import load_error
 
-        raise CheckpointError(
-            "model.unsupported_type",
-            f"model_type {model_type!r} is not supported; supported: {', '.join(FAMILIES)}",
-            hint="check config.json `model_type`",
+        raise load_error(
+            f"model_type {model_type!r} is not supported; supported: {', '.join(families())}",
+            hint="Point model at a checkpoint of a supported family (config.json `model_type`).",
         )
     return family
 
 
-def layer_count(config: dict) -> int:
-    return int(config[get_family(config.get("model_type")).layer_count_key])
+def layer_count(config: dict[str, Any]) -> int:
+    """The decoder layers config.json declares, under the first of its family's layer keys present."""
+    family = get_family(config.get("model_type"))
+    for key in family.layer_keys:
+        if isinstance(config.get(key), int):
+            return config[key]
+    from .checkpoint import load_error
+
+    raise load_error(f"config.json has none of {', '.join(family.layer_keys)} (the number of layers)")
 
 
-def linear_module_names(model: nn.Module) -> list[str]:
-    """Distinct leaf names of the nn.Linear modules, in model order (candidates for `target_modules`).
-    On a peft-wrapped model the LoRA internals are skipped and wrapped layers keep their own name."""
-    from torch import nn
+# ---------------------------------------------------------------- builders
 
-    names: dict[str, None] = {}
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear):
-            continue
-        parts = name.split(".")
-        if any(p.startswith("lora_") for p in parts):
-            continue
-        if parts[-1] == "base_layer":
-            parts = parts[:-1]
-        names[parts[-1]] = None
-    return list(names)
+
+def _native_chatglm(folder: Path, dtype, device):
+    from .chatglm import ChatGLMForConditionalGeneration
+
+    return ChatGLMForConditionalGeneration.from_pretrained(folder, dtype=dtype, device=device)
+
+
+def _transformers(folder: Path, dtype, device):
+    from transformers import AutoModelForCausalLM
+
+    from .checkpoint import find_weights
+
+    find_weights(folder)  # the same shard and layout errors for every family
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=dtype, trust_remote_code=False, local_files_only=True
+    )
+    return model.to(device).eval()
+
+
+NATIVE_BUILDERS: dict[str, Callable] = {"chatglm": _native_chatglm}  # by family name
+
+
+def builder_of(family: Family) -> Callable:
+    """The function that builds `family`'s model: (folder, dtype, device) → the model in eval mode."""
+    if family.builder == "transformers":
+        return _transformers
+    if family.name not in NATIVE_BUILDERS:
+        from .checkpoint import load_error
+
+        raise load_error(
+            f"protocol/families.json builds {family.name} natively, but the engine has no builder"
+        )
+    return NATIVE_BUILDERS[family.name]

@@ -2,20 +2,17 @@
 // doctor's checks (environment, config, memory, data, model) on exact counts. Shared by
 // `lorakit doctor` and the train road, so both see the same findings.
 import type { LoadedConfig } from "../config/load.js";
-import { type PrepareProgress, pickConversations, viewSample } from "../data/prepare.js";
-import { loadTokenizer, type Tokenizer } from "../data/tokenizer.js";
-import { dataFindings } from "../doctor/data.js";
-import { type PreflightResult, runPreflight, type StepResult } from "../doctor/index.js";
-import type { TemplateSamples } from "../doctor/model.js";
+import { loadTokenizer, type PrepareProgress, pickConversations, type Tokenizer, viewSample } from "../data/index.js";
+import { type DoctorReport, dataFindings, runDoctor, type StepResult, type TemplateSamples } from "../doctor/index.js";
 import type { PythonEnv } from "../engine/python.js";
-import { inspectModel, type ModelInfo } from "../models/inspect.js";
+import { type ModelInfo, readCheckpoint } from "../models/checkpoint.js";
 import { type PreparedRun, prepareForRun } from "./prepare-run.js";
 
 export interface Checked {
   model: ModelInfo;
   tokenizer: Tokenizer;
   prepared: PreparedRun;
-  preflight: PreflightResult;
+  doctor: DoctorReport;
 }
 
 /** A few training samples rendered with the run's template, and the same words without it. */
@@ -55,10 +52,10 @@ export async function prepareAndCheck(
     onDataProgress?: (p: PrepareProgress) => void;
   },
 ): Promise<Checked> {
-  const model = inspectModel(loaded.modelDir);
+  const model = readCheckpoint(loaded.modelDir);
   const tokenizer = await loadTokenizer(loaded.modelDir);
   const prepared = await prepareForRun(loaded, model, tokenizer, opts.log, opts.onDataProgress);
-  const preflight = await runPreflight({
+  const doctor = await runDoctor({
     loaded,
     ...(opts.py ? { py: opts.py } : {}),
     env: opts.env ?? process.env,
@@ -84,5 +81,5 @@ export async function prepareAndCheck(
     ...(opts.signal ? { signal: opts.signal } : {}),
     log: opts.log,
   });
-  return { model, tokenizer, prepared, preflight };
+  return { model, tokenizer, prepared, doctor };
 }

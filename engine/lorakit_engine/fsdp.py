@@ -1,25 +1,17 @@
-"""FSDP2 sharding (`train.shard: fsdp`, under torchrun): the base is split over the ranks instead of copied to
-each, for a base that does not fit one device.
+"""FSDP2 mechanics for `train.shard: fsdp` (parallel.Sharded says when each is used): the base split over the
+ranks instead of copied to each, for a base that does not fit one device.
 
-What changes against plain data parallelism (distributed.py), and why:
-
-- The base loads on the CPU of every rank; `shard` then applies `fully_shard` to each decoder layer and to the
-  causal LM itself, which moves each rank's slice of every parameter to its device: no device ever holds the
-  whole base. Frozen base weights and fp32 LoRA weights share a layer's group (FSDP2 takes mixed dtypes and
-  mixed requires_grad), dtypes as loaded.
-- Every forward all-gathers a layer's weights: every rank must run the same number of forwards. A rank left
-  without a micro-batch (the tail of an epoch, of the eval split) runs `idle_batch`, one padding token with no
-  trained label (zero loss, zero gradient), its RNG untouched (`rng_kept`), so that dropout masks stay those
-  of an unsharded run. Samples are generated on every rank (greedy, the same prompts: the same tokens
-  everywhere; transformers' `generate` with `synced_gpus`), rank 0 alone emitting them.
+- `shard` applies `fully_shard` to each decoder layer and to the causal LM itself, which moves each rank's
+  slice of every parameter (the base loaded on the CPU) to its device: no device ever holds the whole base.
+  Frozen base weights and fp32 LoRA weights share a layer's group (FSDP2 takes mixed dtypes and mixed
+  requires_grad), dtypes as loaded.
 - FSDP reduce-scatters the LoRA gradients itself. The engine backpropagates `ce_local / tokens_global`, whose
   gradients must be summed, not averaged: every group gets divide factor 1 and plain sum reductions (gloo has
-  no pre-multiplied sum). `Dist.sum_grads` is skipped; only the summed loss is all-reduced, for the log.
-- Checkpoints and the adapter hold full tensors, written by rank 0 as without sharding (`full_adapter_state`,
-  `full_optimizer_state`, gathered by every rank): a checkpoint resumes sharded or not. Loading one shards it
-  again (`shard_optimizer_state`; the adapter's plain tensors go through FSDP2's own load hooks).
-- The reload check loads the written adapter under a second name onto the same sharded base (a fresh base
-  would not fit one device either); the process group stays open until that last forward.
+  no pre-multiplied sum).
+- Checkpoints and the adapter hold whole tensors (`full_adapter_state`, `full_optimizer_state`, gathered by
+  every rank), the files an unsharded run writes: a checkpoint resumes sharded or not. Loading one cuts the
+  optimizer state into this rank's slices again (`shard_optimizer_state`; the adapter's plain tensors go
+  through FSDP2's own load hooks).
 """
 
 from __future__ import annotations
@@ -27,27 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .data import IGNORE, Batch
-from .distributed import Dist
-from .protocol import Emit, EngineError, log
-
-
-def wanted(plan: dict, dist: Dist, emit: Emit, dtype: torch.dtype) -> bool:
-    """Whether this run shards: `train.shard` is "fsdp" (absent in older plans: "none") and there is more
-    than one process. A single process has nothing to shard over: a log line says so and training goes on."""
-    if plan["train"].get("shard", "none") != "fsdp":
-        return False
-    if dist.world == 1:
-        log(emit, "train.shard is fsdp but this is one process: nothing to shard over, the model stays whole")
-        return False
-    if dtype == torch.float16:  # fp16 asked for, or `auto` on a GPU without bf16
-        raise EngineError(
-            "SHARD_UNSUPPORTED",
-            f"train.shard fsdp does not support fp16 (precision {plan['train']['precision']}; its loss "
-            "scaler would skip steps rank by rank)",
-            "Set train.precision to bf16 (or fp32), or train.shard to none.",
-        )
-    return True
+from .protocol import EngineError
 
 
 def decoder_layers(model) -> nn.ModuleList:
@@ -96,12 +68,6 @@ def is_sharded(model) -> bool:
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(p, DTensor) for p in model.parameters())
-
-
-def idle_batch(pad_id: int) -> Batch:
-    """A micro-batch that trains nothing: one padding token without a label (its loss and gradients are 0)."""
-    one = torch.full((1, 1), pad_id, dtype=torch.long)
-    return Batch(one, torch.ones_like(one), torch.full_like(one, IGNORE))
 
 
 def rng_kept(device: torch.device):

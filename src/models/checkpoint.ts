@@ -1,5 +1,5 @@
-// A local checkpoint folder as lorakit sees it before loading any weights: config.json's
-// model_type, the family that serves it, vocabulary rows and layer count.
+// A local checkpoint folder as lorakit sees it before loading any weights: config.json's model_type, the
+// family that serves it, vocabulary rows and the layer count (counted here, once; the plan carries it).
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { LorakitError } from "../errors.js";
@@ -14,7 +14,16 @@ export interface ModelInfo {
   config: Record<string, unknown>;
 }
 
-export function inspectModel(dir: string): ModelInfo {
+/** Decoder layers: the first of the family's layer keys config.json has (0 when none). */
+export function layerCount(config: Record<string, unknown>, family: Family): number {
+  for (const k of family.layerKeys) {
+    const v = config[k];
+    if (typeof v === "number" && Number.isInteger(v) && v > 0) return v;
+  }
+  return 0;
+}
+
+export function readCheckpoint(dir: string): ModelInfo {
   const cfgPath = path.join(dir, "config.json");
   let config: Record<string, unknown>;
   try {
@@ -34,6 +43,5 @@ export function inspectModel(dir: string): ModelInfo {
     });
   }
   const vocabSize = Number(config.padded_vocab_size ?? config.vocab_size ?? 0);
-  const layers = Number(family.layerKeys.map((k) => config[k]).find((v) => v !== undefined) ?? 0);
-  return { dir, modelType, family, vocabSize, layers, config };
+  return { dir, modelType, family, vocabSize, layers: layerCount(config, family), config };
 }

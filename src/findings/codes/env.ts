@@ -1,0 +1,127 @@
+// Finding codes of the environment stage: the driver, torch, the devices, disk, the CPU time estimate, and memory
+// against what the probe found free.
+// Codes are stable: a rename is listed in RENAMED (error-codes.ts). `{key}` in a title or fix is filled from the
+// evidence; `when` is the README's description, `severityNote` its severity where the config changes it.
+import type { CodeSpec } from "../spec.js";
+
+export const ENV_CODES = {
+  ENV_PROBE_FAILED: {
+    stage: "env",
+    severity: "error",
+    row: "no GPU",
+    title: "the environment probe did not run: {error}",
+    fix: "Run `lorakit env` to set up the engine's Python environment, then run the doctor again.",
+    when: "the engine's probe could not run (the interpreter cannot start it, a crash)",
+  },
+  ENV_TORCH_MISSING: {
+    stage: "env",
+    severity: "error",
+    row: "no GPU",
+    title: "torch cannot be imported: {error}",
+    fix: "Reinstall the engine's requirements (`lorakit env`), or point LORAKIT_PYTHON at an interpreter with torch.",
+    when: "`import torch` fails in the engine's interpreter",
+  },
+  ENV_NO_CUDA: {
+    stage: "env",
+    severity: "info",
+    severityNote: "info (error with `train.device: cuda`)",
+    row: "no GPU",
+    title: "no CUDA device: {explanation}",
+    fix: "Train on a machine with an NVIDIA GPU (driver, CUDA build of torch, NVIDIA container runtime) for real models.",
+    when: "neither NVML nor torch.cuda finds a GPU: no driver library, a CPU build of torch, a container without the NVIDIA runtime",
+  },
+  ENV_NVML_FAILED: {
+    stage: "env",
+    severity: "warning",
+    row: "NVML",
+    title: "NVML fails but torch.cuda works: {explanation}",
+    fix: "Reboot after a driver upgrade (or reinstall the driver so library and kernel module match); nvidia-smi must work.",
+    when: "torch.cuda works but NVML cannot be loaded or initialised (driver library missing from the container, driver/kernel mismatch after an upgrade: `Can't initialize NVML`)",
+  },
+  ENV_CUDA_INIT_FAILED: {
+    stage: "env",
+    severity: "warning",
+    severityNote: "warning (error with `device: cuda`)",
+    row: "NVML",
+    title: "the driver sees GPUs but torch.cuda cannot use them: {explanation}",
+    fix: "Install a torch build for CUDA {driver_cuda} or older, or update the NVIDIA driver; check with `nvidia-smi`.",
+    when: "the driver library is there but CUDA is unusable: `nvmlInit_v2` fails (e.g. 18, `LIB_RM_VERSION_MISMATCH`), or the driver's CUDA version is older than torch's build",
+  },
+  ENV_TORCH_CPU_BUILD: {
+    stage: "env",
+    severity: "warning",
+    severityNote: "warning (error with `device: cuda`)",
+    row: "no GPU",
+    title: "this torch is a CPU build ({torch}) but the driver sees {gpus} GPU(s)",
+    fix: "Install a CUDA build of torch (pip install torch --index-url https://download.pytorch.org/whl/cu124).",
+    when: "the driver lists GPUs but torch is a CPU build (`torch.version.cuda` is None)",
+  },
+  ENV_DEVICES_HIDDEN: {
+    stage: "env",
+    severity: "warning",
+    severityNote: "warning (error with `device: cuda`)",
+    row: "NVML",
+    title: "CUDA_VISIBLE_DEVICES={visible} hides every GPU the driver lists: {explanation}",
+    fix: "Set CUDA_VISIBLE_DEVICES to indices or UUIDs from `nvidia-smi -L` (MIG instances: their MIG- UUIDs), or unset it.",
+    when: "the driver lists GPUs but `CUDA_VISIBLE_DEVICES` resolves to none (empty, `-1`, an index past the last, an unknown UUID, a MIG UUID where MIG is off)",
+  },
+  ENV_NO_BF16: {
+    stage: "env",
+    severity: "info",
+    row: "no bf16",
+    title:
+      "{device} has no bf16 (compute capability {capability}): training runs in fp16 with fp32 adapters and loss scaling",
+    fix: "Prefer an Ampere or newer GPU (compute capability 8.0+); keep precision auto or fp16 on this one.",
+    when: "the GPU has no bf16 (compute capability < 8.0) and precision is `auto`: fp16 with fp32 adapters and loss scaling",
+  },
+  ENV_LOW_DISK: {
+    stage: "env",
+    severity: "warning",
+    severityNote: "warning; error below the need",
+    row: "disk",
+    title: "{free} free at {path}; checkpoints and the adapter need about {need}",
+    fix: "Free disk space, lower train.keep_checkpoints, or set output_dir on a larger disk.",
+    when: "free disk at `output_dir` under twice what the run writes (kept checkpoints + one being written, adapter, prepared tokens)",
+  },
+  ENV_CPU_ESTIMATE: {
+    stage: "env",
+    severity: "info",
+    row: "no GPU",
+    title: "training on the CPU takes about {duration}",
+    fix: "Nothing to do for a small model; for a real one, train on a GPU.",
+    when: "the run trains on the CPU: estimated time = tokens × FLOPs per token ÷ (measured matmul GFLOP/s × 0.5)",
+  },
+  ENV_CPU_SLOW: {
+    stage: "env",
+    severity: "warning",
+    row: "no GPU",
+    title: "training on the CPU would take about {duration}",
+    fix: "Train on a machine with a CUDA GPU, or cut the work (train.max_steps, a smaller model, shorter data.max_length).",
+    when: "the same estimate is above one hour",
+  },
+  MEMORY_WONT_FIT: {
+    stage: "env",
+    severity: "error",
+    row: "memory",
+    title: "the estimated peak of {need} does not fit in {free} free on {device}",
+    fix: "{suggestion}",
+    when: "the estimated need (peak + 5% + CUDA context) exceeds free memory; the fix names the micro-batch and accumulation that fit",
+  },
+  MEMORY_TIGHT: {
+    stage: "env",
+    severity: "warning",
+    row: "memory",
+    title: "the estimated peak of {need} uses most of the {free} free on {device}",
+    fix: "{suggestion}",
+    when: "the need is above 90% of free memory",
+  },
+  MEMORY_GPU_UNDERUSED: {
+    stage: "env",
+    severity: "info",
+    row: "memory",
+    title:
+      "micro-batches of {batch_size} samples hold ~{row_tokens} tokens: the GPU waits on the host; train.pack_tokens: {pack_tokens} fills it ({samples_then} samples an optimizer step instead of {samples_now}, {steps_then} steps instead of {steps_now})",
+    fix: "Set train.pack_tokens: {pack_tokens} and train.grad_accum: {grad_accum} (rows of whole samples without padding; peak ≈ {peak}). On an H200, ChatGLM3-6B trains at ~23,000 tokens/s in 8k-token rows, 10,000–16,000 in the recipe's batches of 4.",
+    when: "the fast path without `train.pack_tokens` would run micro-batches of under 4,096 tokens (the GPU waits on the host): the `pack_tokens` that fills it, with the samples per optimizer step and the steps it gives",
+  },
+} as const satisfies Record<string, CodeSpec>;
