@@ -132,7 +132,7 @@ describe("after training, how to use the adapter", () => {
         `r 8, alpha ${plan.lora.alpha}, dropout ${plan.lora.dropout} on \`${plan.lora.targets[0]}\``,
       );
       expect(card).toContain(`| learning rate | 0.01, ${plan.train.scheduler} schedule`);
-      expect(card).toMatch(/\| precision \| auto \(ran as \S+ on cpu\) \|/);
+      expect(card).toMatch(/\| precision \| auto → fp32 \(ran as \S+ on cpu\) \|/); // the setting, then what the plan resolved
       expect(card).toContain(
         `| final train loss | ${((train.at(-1) as { loss: number }).loss).toFixed(4)} (step ${plan.train.total_steps}) |`,
       );

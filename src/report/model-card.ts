@@ -7,10 +7,10 @@ import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import type { LoadedConfig } from "../config/load.js";
 import type { Plan } from "../config/schema.js";
+import type { PrepareResult } from "../data/index.js";
 import { ROOT } from "../engine/python.js";
 import type { ModelInfo } from "../models/checkpoint.js";
 import type { RunStore } from "../runs/store.js";
-import type { PreparedRun } from "../train/prepare-run.js";
 
 export interface Message {
   role: "system" | "user";
@@ -48,6 +48,8 @@ export interface CardFacts {
     system: string | null;
   };
   plan: Pick<Plan, "lora" | "train">;
+  /** train.precision as the run config says it (`auto`, or what was asked): the plan holds the resolved one. */
+  precisionSetting: string;
   /** What the engine resolved: device and dtype (null when it never started). */
   engine: { device: string; dtype: string } | null;
   metrics: {
@@ -247,7 +249,12 @@ ${rows([
     `${t.total_steps} (${t.epochs} epochs, ${batch} × accumulation ${t.grad_accum} × ${t.devices} device(s))`,
   ],
   ["learning rate", `${t.lr}, ${t.scheduler} schedule, ${t.warmup_steps} warmup steps, weight decay ${t.weight_decay}`],
-  ["precision", `${t.precision}${f.engine ? ` (ran as ${f.engine.dtype} on ${f.engine.device})` : ""}`],
+  [
+    "precision",
+    `${f.precisionSetting === t.precision ? t.precision : `${f.precisionSetting} → ${t.precision}`}${
+      f.engine ? ` (ran as ${f.engine.dtype} on ${f.engine.device})` : ""
+    }`,
+  ],
   ["seed", String(t.seed)],
 ])}
 
@@ -288,7 +295,11 @@ ${tokenizerNote} \`lorakit_template.json\` names the template, its special token
 export function modelCardFacts(a: {
   loaded: LoadedConfig;
   model: ModelInfo;
-  prepared: PreparedRun;
+  prepared: {
+    result: PrepareResult;
+    train: { samples: number; tokens: number };
+    eval: { samples: number; tokens: number } | null;
+  };
   plan: Plan;
   store: RunStore;
   runId: number;
@@ -339,6 +350,7 @@ export function modelCardFacts(a: {
       system: c.data.system ?? null,
     },
     plan: { lora: plan.lora, train: plan.train },
+    precisionSetting: c.train.precision,
     engine,
     metrics: {
       finalLoss: last ? { step: last.step, loss: last.loss as number } : null,
