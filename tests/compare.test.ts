@@ -1,42 +1,11 @@
-// `lorakit compare` on the tiny fixtures, through the in-process CLI: the verdict follows from what differs
-// between the runs (the same recipe on two models; one setting on one model), the terminal names what
-// differs, each finding and where each run came from; the page is loaded in headless Chromium, read back
-// through its DOM by a script in a copy of it, and photographed.
-import { spawnSync } from "node:child_process";
-import { closeSync, cpSync, existsSync, openSync, readFileSync, statSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, cpSync, openSync, readFileSync, statSync, writeFileSync, writeSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { modelIdentity } from "../src/models/identity.js";
 import { diffFacts, type RunSummary, verdict } from "../src/runs/compare.js";
 import type { Aspect, Fact } from "../src/runs/facts.js";
+import { chromium } from "./browser.js";
 import { fixture, runCli, tmpDir } from "./helpers.js";
-
-const CHROMIUM = process.env.LORAKIT_CHROMIUM ?? "/usr/bin/chromium";
-
-function chromium(args: string[]): string {
-  if (!existsSync(CHROMIUM))
-    throw new Error(
-      `no Chromium at ${CHROMIUM}: install Debian's chromium (apt-get install chromium), as .ci/run does`,
-    );
-  const r = spawnSync(
-    CHROMIUM,
-    [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      `--user-data-dir=${tmpDir("lorakit-chromium-")}`,
-      ...args,
-    ],
-    { encoding: "utf8", timeout: 60_000 },
-  );
-  if (r.status !== 0) throw new Error(`chromium failed: ${r.stderr}`);
-  return r.stdout;
-}
 
 /** What the page shows, read by a script in a copy of it (the page itself runs none). */
 interface Probe {

@@ -1,39 +1,12 @@
-// The report in a real browser: headless Chromium loads report.html and we read back the DOM it
-// rendered (charts, findings, samples), so a page that only looks right as text fails here.
-import { spawnSync } from "node:child_process";
-import { existsSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { renderReport } from "../src/report/html.js";
+import { chromium } from "./browser.js";
 import { tmpDir } from "./helpers.js";
 
-const CHROMIUM = process.env.LORAKIT_CHROMIUM ?? "/usr/bin/chromium";
-
 function renderInBrowser(file: string): string {
-  if (!existsSync(CHROMIUM)) {
-    throw new Error(
-      `no Chromium at ${CHROMIUM}: install Debian's chromium (apt-get install chromium), as .ci/run does`,
-    );
-  }
-  const r = spawnSync(
-    CHROMIUM,
-    [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      `--user-data-dir=${tmpDir("lorakit-chromium-")}`,
-      "--dump-dom",
-      `file://${file}`,
-    ],
-    { encoding: "utf8", timeout: 60_000 },
-  );
-  if (r.status !== 0) throw new Error(`chromium failed: ${r.stderr}`);
-  return r.stdout;
+  return chromium(["--dump-dom", `file://${file}`]);
 }
 
 describe("report.html", () => {
