@@ -9,6 +9,7 @@
 //
 //   npx vite-node bench/gen-chat-jsonl.ts -- --samples 1000000 --out /tmp/chat-1m.jsonl   (≈1 GB, ~1 min)
 import { closeSync, openSync, writeSync } from "node:fs";
+import { rng } from "../src/rng.js";
 
 const ZH_SEED = `臣妾参见皇上，皇上万福金安。嬛嬛，你过来，让朕好好瞧瞧你。回皇上的话，臣妾不过是尽了本分罢了。
 小主，夜深了，您该歇着了。罢了罢了，本宫累了，你们都退下吧。这碎玉轩虽偏僻些，倒也清静，正合我的心意。
@@ -57,18 +58,6 @@ how the algorithm works and why it is efficient. Each sample is rendered with th
 labelled so that only the answers are learned. The report shows the loss curve, the evaluation results and a
 few generated samples before and after training. Please note that these numbers are estimates and may vary
 depending on the hardware and the software versions you use.`;
-
-/** mulberry32: a small seeded generator, good enough for synthetic text. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A bigram chain over units (characters or words): next unit drawn from those that followed the last one. */
 class Chain {
