@@ -17,7 +17,7 @@
 #   The machine's own python3 (CUDA torch, transformers, peft) is the engine's interpreter (LORAKIT_PYTHON):
 #   lorakit names any package it lacks, with the one command that adds only those.
 # --dry: the same script on the CPU with a tiny shape (2 layers, hidden 64), fp32, a few steps: the plumbing.
-# --stages: a comma list of recipe, pack, faults, noise, gpus (default: all but gpus; --gpus 2 adds gpus).
+# --stages: a comma list of recipe, pack, resume, faults, noise, gpus (default: all but gpus; --gpus 2 adds gpus).
 #   On a 2-GPU machine, `--gpus 2 --stages gpus` runs the data-parallel pack run alone.
 # $OUT (the device call's output folder, at most 8 files come back; else /tmp/lorakit-e2e-out) receives
 # summary.txt, summary.json, e2e.log and logs.tar.gz (every log: doctor JSON, train output, engine.log, the
@@ -41,7 +41,7 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$TOKENIZER" ] && [ -f "$TOKENIZER/tokenizer.model" ] || { echo "--tokenizer DIR with tokenizer.model is required" >&2; exit 2; }
 TOKENIZER=$(cd "$TOKENIZER" && pwd)
-[ -n "$STAGES" ] || { STAGES=recipe,pack,faults,noise; [ "$GPUS" -ge 2 ] && STAGES=$STAGES,gpus; }
+[ -n "$STAGES" ] || { STAGES=recipe,pack,resume,faults,noise; [ "$GPUS" -ge 2 ] && STAGES=$STAGES,gpus; }
 want() { [[ ",$STAGES," == *",$1,"* ]]; }
 OUTDIR=${OUT:-/tmp/lorakit-e2e-out}
 WORK=${E2E_WORK:-/tmp/lorakit-e2e}
@@ -102,6 +102,37 @@ run_cli() {  # doctor --json, then train --fresh (the smoke run on), for one run
 want recipe && run_cli recipe
 if want pack; then if before 330; then run_cli pack; else log "time: pack skipped"; fi; fi
 
+# ---------------------------------------------------------------- kill -9 mid-run, then --resume (issue 10 on CUDA)
+# The recipe with checkpoints (resume.yaml) is started in its own process group; once its second checkpoint is
+# on disk the whole group (the CLI and the engine) gets SIGKILL, as a crash would; then `lorakit train --resume`
+# must settle the dead run, take over its lock and finish it from the last checkpoint, with the numbers of the
+# recipe run never interrupted (bench/e2e_make.py resume-compare).
+if want resume && before 380; then
+  if [ -f "$LOGS/train-recipe.rc" ]; then
+    log "lorakit train resume.yaml --fresh, killed (-9, CLI and engine) after its second checkpoint"
+    CK=$(python3 -c "import json;t=json.load(open('$WORK/resume.yaml'))['train'];print(t['save_every']*2)")
+    # setsid runs in place (a background job is no group leader): KPID leads the new group, the engine is in it.
+    (cd "$WORK" && exec setsid "${LORAKIT[@]}" train resume.yaml --fresh >"$LOGS/train-resume-killed.log" 2>&1) &
+    KPID=$!
+    for _ in $(seq 1 3000); do
+      [ -d "$WORK/runs/resume/checkpoints/step-$CK" ] && break
+      kill -0 $KPID 2>/dev/null || break
+      sleep 0.1
+    done
+    [ "$(ps -o pgid= -p $KPID 2>/dev/null | tr -d ' ')" = "$KPID" ] && kill -9 -- "-$KPID" 2>/dev/null
+    wait $KPID 2>/dev/null
+    log "  killed at: $(ls "$WORK/runs/resume/checkpoints" 2>/dev/null | paste -sd' ') on disk; store says: $(python3 -c "
+import sqlite3;c=sqlite3.connect('file:$WORK/runs/lorakit.db?mode=ro',uri=True);print(c.execute(\"SELECT status FROM runs WHERE name='resume'\").fetchone())")"
+    log "lorakit train resume.yaml --resume"
+    (cd "$WORK" && "${LORAKIT[@]}" train resume.yaml --resume >"$LOGS/train-resume.log" 2>&1)
+    echo $? >"$LOGS/train-resume.rc"
+    log "  exit $(cat "$LOGS/train-resume.rc"): $(grep -E '^run  ' "$LOGS/train-resume.log" | tail -1)"
+    [ -f "$WORK/runs/resume/engine.log" ] && cp "$WORK/runs/resume/engine.log" "$LOGS/engine-resume.log"
+    "$PY" bench/e2e_make.py resume-compare --work "$WORK" >"$LOGS/resume-compare.txt" 2>&1
+    tail -1 "$LOGS/resume-compare.txt" | tee -a "$LOGS/e2e.log"
+  else log "resume: needs the recipe run (its reference numbers)"; fi
+elif want resume; then log "time: resume skipped"; fi
+
 # ---------------------------------------------------------------- the reload check's planted faults, on CUDA
 if want faults && before 420; then
   log "planted faults: pytest engine/tests/test_reload_check.py (CUDA cases when a GPU is there)"
@@ -128,6 +159,7 @@ done
 log "summary ($SECONDS s)"
 DONE=$(for r in $RUNS; do [ -f "$LOGS/train-$r.rc" ] && echo "$r"; done | paste -sd,)
 "$PY" bench/e2e_make.py report --work "$WORK" --logs "$LOGS" --runs "${DONE:-recipe}" | tee -a "$LOGS/e2e.log"
+[ -f "$LOGS/resume-compare.txt" ] && tail -1 "$LOGS/resume-compare.txt" | tee -a "$LOGS/e2e.log"
 [ -f "$LOGS/faults.rc" ] && echo "planted-fault test: exit $(cat "$LOGS/faults.rc"), $(tail -1 "$LOGS/faults.log")" | tee -a "$LOGS/e2e.log"
 log "done in $SECONDS s"
 cp "$LOGS/summary.txt" "$LOGS/summary.json" "$LOGS/e2e.log" "$OUTDIR/" 2>/dev/null

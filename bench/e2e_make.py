@@ -4,6 +4,7 @@ safetensors-shard layout, a huanhuan-shaped dataset, the run configs, and the su
     python3 bench/e2e_make.py checkpoint --tokenizer DIR --out DIR [--shape 6b|tiny] [--device cuda]
     python3 bench/e2e_make.py dataset --tokenizer DIR --out FILE [--records 3729]
     python3 bench/e2e_make.py configs --work DIR --model DIR --data FILE [--steps 40] [--gpus 2]
+    python3 bench/e2e_make.py resume-compare --work DIR [--ref recipe] [--run resume]
     python3 bench/e2e_make.py report --work DIR --logs DIR --runs recipe,pack
 
 checkpoint: config.json as shared/design/CHATGLM3.md (the official one when the tokenizer folder has it),
@@ -259,8 +260,9 @@ def make_dataset(tokenizer: Path, out: Path, records: int, seed: int = 0) -> Non
 def write_configs(
     work: Path, model: Path, data: Path, steps: int, pack_steps: int, gpus: int, tiny: bool
 ) -> list[str]:
-    """recipe.yaml (the Self-LLM recipe), pack.yaml (the same with train.pack_tokens: 8192) and, with
-    gpus ≥ 2, pack2gpu.yaml (that on 2 GPUs, data parallel). JSON is YAML."""
+    """recipe.yaml (the Self-LLM recipe), pack.yaml (the same with train.pack_tokens: 8192), resume.yaml (the
+    recipe with checkpoints, for the kill-and-resume stage) and, with gpus ≥ 2, pack2gpu.yaml (that on 2 GPUs,
+    data parallel). JSON is YAML."""
     base = {
         "model": str(model),
         "output_dir": "runs",
@@ -283,6 +285,11 @@ def write_configs(
     pack = json.loads(json.dumps(base))
     pack["train"].update(pack_tokens=1024 if tiny else 8192, max_steps=pack_steps)
     runs["pack"] = pack
+    # The recipe again under another name, a checkpoint every quarter: the resume stage kills it (kill -9 of the
+    # CLI and the engine) after the second checkpoint and resumes it; its numbers are compared with the recipe's.
+    resume = json.loads(json.dumps(base))
+    resume["train"]["save_every"] = max(1, steps // 4)
+    runs["resume"] = resume
     if gpus >= 2:
         two = json.loads(json.dumps(pack))
         two["train"]["devices"] = gpus
@@ -397,6 +404,38 @@ def report(work: Path, out: Path, names: list[str]) -> int:
     return 0
 
 
+def resume_compare(work: Path, ref: str, resumed: str) -> int:
+    """The metrics of the run killed and resumed against those of the same recipe never interrupted, step by
+    step (train: loss, lr, grad norm; eval: loss), and the run's final status. Prints one line and a table."""
+    con = sqlite3.connect(f"file:{work / 'runs' / 'lorakit.db'}?mode=ro", uri=True)
+    status = con.execute("SELECT status, error FROM runs WHERE name=?", (resumed,)).fetchone()
+
+    def metrics(name: str) -> dict:
+        q = "SELECT m.kind, m.step, m.loss, m.lr, m.grad_norm FROM metrics m JOIN runs r ON r.id=m.run_id WHERE r.name=?"
+        return {(k, st): (lo, lr, g) for k, st, lo, lr, g in con.execute(q, (name,))}
+
+    a, b = metrics(ref), metrics(resumed)
+    common = sorted(set(a) & set(b), key=lambda k: (k[0], k[1]))
+    worst = 0.0
+    print(f"{'kind':6} {'step':>4} {'loss ' + ref:>14} {'loss ' + resumed:>14} {'rel diff':>9}")
+    for key in common:
+        la, lb = a[key][0], b[key][0]
+        rel = abs(la - lb) / max(abs(la), 1e-12) if la is not None and lb is not None else 0.0
+        worst = max(worst, rel)
+        for i in (1, 2):  # lr and grad norm too: a schedule that jumped on resume shows here
+            x, y = a[key][i], b[key][i]
+            if x is not None and y is not None:
+                worst = max(worst, abs(x - y) / max(abs(x), 1e-12))
+        print(f"{key[0]:6} {key[1]:>4} {la!s:>14.14} {lb!s:>14.14} {rel:>9.2e}")
+    missing = sorted(set(a) - set(b))
+    print(
+        f"resume: run {resumed} {status[0] if status else 'not recorded'}"
+        f"{' (' + status[1] + ')' if status and status[1] else ''}; {len(common)} metric rows compared with {ref}, "
+        f"max relative difference {worst:.2e}; {len(missing)} of {ref}'s rows missing"
+    )
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -422,6 +461,10 @@ def main() -> int:
     r.add_argument("--work", type=Path, required=True)
     r.add_argument("--logs", type=Path, required=True)
     r.add_argument("--runs", required=True)
+    rc = sub.add_parser("resume-compare")
+    rc.add_argument("--work", type=Path, required=True)
+    rc.add_argument("--ref", default="recipe")
+    rc.add_argument("--run", default="resume")
     a = ap.parse_args()
     if a.what == "checkpoint":
         make_checkpoint(a.tokenizer, a.out, a.shape, a.device, a.shards)
@@ -429,6 +472,8 @@ def main() -> int:
         make_dataset(a.tokenizer, a.out, a.records)
     elif a.what == "configs":
         print(" ".join(write_configs(a.work, a.model, a.data, a.steps, a.pack_steps, a.gpus, a.tiny)))
+    elif a.what == "resume-compare":
+        return resume_compare(a.work, a.ref, a.run)
     else:
         return report(a.work, a.logs, a.runs.split(","))
     return 0
