@@ -285,8 +285,9 @@ def write_configs(
     pack = json.loads(json.dumps(base))
     pack["train"].update(pack_tokens=1024 if tiny else 8192, max_steps=pack_steps)
     runs["pack"] = pack
-    # The recipe again under another name, a checkpoint every quarter: the resume stage kills it (kill -9 of the
-    # CLI and the engine) after the second checkpoint and resumes it; its numbers are compared with the recipe's.
+    # The recipe again under another name, a checkpoint every quarter: the resume stage kills it (kill -9 of
+    # the CLI and the engine) after the second checkpoint and resumes it; its numbers are compared with the
+    # recipe's.
     resume = json.loads(json.dumps(base))
     resume["train"]["save_every"] = max(1, steps // 4)
     runs["resume"] = resume
@@ -411,7 +412,10 @@ def resume_compare(work: Path, ref: str, resumed: str) -> int:
     status = con.execute("SELECT status, error FROM runs WHERE name=?", (resumed,)).fetchone()
 
     def metrics(name: str) -> dict:
-        q = "SELECT m.kind, m.step, m.loss, m.lr, m.grad_norm FROM metrics m JOIN runs r ON r.id=m.run_id WHERE r.name=?"
+        q = (
+            "SELECT m.kind, m.step, m.loss, m.lr, m.grad_norm FROM metrics m JOIN runs r ON r.id=m.run_id"
+            " WHERE r.name=?"
+        )
         return {(k, st): (lo, lr, g) for k, st, lo, lr, g in con.execute(q, (name,))}
 
     a, b = metrics(ref), metrics(resumed)
@@ -428,9 +432,9 @@ def resume_compare(work: Path, ref: str, resumed: str) -> int:
                 worst = max(worst, abs(x - y) / max(abs(x), 1e-12))
         print(f"{key[0]:6} {key[1]:>4} {la!s:>14.14} {lb!s:>14.14} {rel:>9.2e}")
     missing = sorted(set(a) - set(b))
+    state = (status[0] + (f" ({status[1]})" if status[1] else "")) if status else "not recorded"
     print(
-        f"resume: run {resumed} {status[0] if status else 'not recorded'}"
-        f"{' (' + status[1] + ')' if status and status[1] else ''}; {len(common)} metric rows compared with {ref}, "
+        f"resume: run {resumed} {state}; {len(common)} metric rows compared with {ref}, "
         f"max relative difference {worst:.2e}; {len(missing)} of {ref}'s rows missing"
     )
     return 0
