@@ -1,7 +1,7 @@
 """Prepared data, as the product writes it: `<dir>/tokens.safetensors` (flat `input_ids` and `labels` int32,
 -100 = no loss; `offsets` int64, n_samples + 1), `manifest.json` and `SHA256SUMS` (files.py). Memory-mapped;
 read sample by sample (batches.py makes micro-batches of them). A run trains only on files that match their
-SHA256SUMS (`verify`: the whole file hashed, ~0.6 s per GB, no more than the token-id scan costs).
+SHA256SUMS (`verify`: the whole file hashed, ~0.8 s per GiB, about what the token-id scan costs).
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ hand). It is written last, before the folder is renamed into place; reading the 
 that does not match is named. And a full disk mid-write is one DISK_FULL error naming the path, what the write
 needed and what was free.
 
-sha256 because it is the fastest hash both halves have without a dependency: hashlib's runs at 1.75 GB/s on a
-CPU with the SHA extensions (blake2b 0.8 GB/s; Node's crypto 1.4 GB/s). A 6B model's LoRA checkpoint (~25 MB)
-checks in ~15 ms, prepared data in ~0.6 s per GB.
+sha256 because it is the fastest hash both halves have without a dependency: on a CPU with the SHA extensions
+hashlib's runs at ~1.3 GB/s, twice blake2b (bench/checksums.ts, bench/RESULTS.md). A ChatGLM3-6B LoRA
+checkpoint (23 MiB) checks in ~30 ms, prepared data in ~0.8 s per GiB.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@
 // directory. Written to a temporary directory, synced and renamed, so a directory that exists was complete;
 // each split's SHA256SUMS (src/files/sums.ts, hashed as the files are written) is checked before the directory
 // is reused, and one that does not verify (a torn or damaged entry) is prepared again, saying why. Checking
-// costs a read of the tokens at ~1.4 GB/s (0.7 s per GB; the engine checks them again before training). A full
-// disk is DISK_FULL with what the tokens need; the temporary directory is removed.
+// costs a read of the tokens, ~0.8–1.3 s per GiB (bench/RESULTS.md; the engine checks them again before
+// training). A full disk is DISK_FULL with what the tokens need; the temporary directory is removed.
 //
 // The eval split (when no eval file is given) is chosen per record by the hash of its JSON text: a record
 // is held out when that hash falls below `split`. Appending rows never moves an existing record between

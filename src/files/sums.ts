@@ -3,8 +3,8 @@
 // by hand), written last; reading the folder checks it and names a file that does not match. The engine reads
 // and writes the same file (engine/lorakit_engine/files.py).
 //
-// sha256 because it is the fastest hash both halves have without a dependency: Node's crypto hashes 1.4 GB/s
-// on a CPU with the SHA extensions (blake2b512 1.0 GB/s); Python's hashlib 1.75 GB/s.
+// sha256 because it is the fastest hash both halves have without a dependency: on a CPU with the SHA extensions
+// Node's crypto hashes ~1.3 GB/s, twice blake2b512 (bench/checksums.ts, bench/RESULTS.md).
 import { createHash } from "node:crypto";
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, statSync } from "node:fs";
 import path from "node:path";
