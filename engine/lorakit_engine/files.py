@@ -162,11 +162,12 @@ def size_on_disk(folder: Path) -> int:
 
 
 def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"  # unreachable
+    """As lorakit writes byte counts (src/format.ts fmtBytes): GiB with one decimal, MiB, or KiB."""
+    if n >= 1 << 30:
+        return f"{n / (1 << 30):.1f} GiB"
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.0f} MiB"
+    return f"{max(0, int(n / 1024 + 0.5))} KiB"
 
 
 def disk_full(

@@ -257,3 +257,10 @@ def test_disk_full_is_recognised_however_the_writer_says_it(tmp_path, small_fs):
         assert files.is_disk_full(e.value), (what, e.value)
         (fs.path / "x").unlink(missing_ok=True)  # safetensors removes its own partial file
     assert not files.is_disk_full(RuntimeError("unexpected pos 576 vs 534"))
+
+
+def test_byte_counts_read_as_lorakit_writes_them():
+    """DISK_FULL's need and free space in the units src/format.ts fmtBytes uses, so the engine's message and
+    lorakit's (prepared data, the report) read alike and the CLI's tests match both."""
+    cases = {0: "0 KiB", 1536: "2 KiB", 600 << 10: "600 KiB", 23 << 20: "23 MiB", 3 << 29: "1.5 GiB"}
+    assert {n: files.fmt_bytes(n) for n in cases} == cases
