@@ -9,6 +9,7 @@ import { type PrepareOptions, prepareDataset } from "../src/data/prepare.js";
 import { loadTokenizer, type Tokenizer } from "../src/data/tokenizer.js";
 import { ROOT } from "../src/engine/python.js";
 import { LorakitError } from "../src/errors.js";
+import { newestVerifiedCheckpoint } from "../src/files/checkpoints.js";
 import { checkSums, SUMS, sha256File, writeSums } from "../src/files/sums.js";
 import { verifyAdapter } from "../src/report/model-card.js";
 import { fixture, runCli, tmpDir, writeCodeWords } from "./helpers.js";
@@ -180,5 +181,58 @@ describe("the adapter", () => {
     expect(all.map((e) => e.code)).toEqual(["ADAPTER_CORRUPT", "ADAPTER_CORRUPT"]);
     expect(all[0]?.message).toContain(`${path.join(dir, "adapter_model.safetensors")} does not match SHA256SUMS`);
     expect(all[1]?.message).toContain(`${path.join(dir, "tokenizer.json")} is missing`);
+  });
+});
+
+describe("the checkpoint a resume takes", () => {
+  it("is the newest that verifies, on both sides; the newer ones are named with why", () => {
+    const run = tmpDir();
+    for (const step of [2, 4, 6]) {
+      const dir = path.join(run, "checkpoints", `step-${step}`);
+      mkdirSync(dir, { recursive: true });
+      writeFileSync(path.join(dir, "state.json"), JSON.stringify({ step }));
+      writeFileSync(path.join(dir, "optimizer.pt"), Buffer.alloc(1000, step));
+      writeSums(dir);
+    }
+    mkdirSync(path.join(run, "checkpoints", ".tmp-step-8")); // never a checkpoint
+    flip(path.join(run, "checkpoints", "step-6", "optimizer.pt"));
+    rmSync(path.join(run, "checkpoints", "step-4", SUMS));
+    const got = newestVerifiedCheckpoint(run);
+    expect(got.newest).toEqual({ step: 2, dir: path.join(run, "checkpoints", "step-2") });
+    expect(got.skipped.map((s) => s.step)).toEqual([6, 4]);
+    expect(got.skipped[0]?.why).toContain(`${path.join(run, "checkpoints", "step-6", "optimizer.pt")} does not match`);
+    expect(got.skipped[1]?.why).toContain(`${path.join(run, "checkpoints", "step-4", SUMS)} is missing`);
+    const py = `from lorakit_engine.checkpoint import newest_verified; p, s = newest_verified(${JSON.stringify(run)}); print(p.name, [x.name for x, _ in s])`;
+    expect(python(py)).toBe("step-2 ['step-6', 'step-4']\n");
+    expect(newestVerifiedCheckpoint(tmpDir())).toEqual({ newest: null, skipped: [] });
+  });
+});
+
+describe("lorakit train --resume", () => {
+  it("with no checkpoint that verifies: CHECKPOINT_CORRUPT naming each damaged file, before anything is written", async () => {
+    const dir = tmpDir();
+    writeCodeWords(dir);
+    const cfg = { model: fixture("models", "tiny-llama"), data: { train: "train.json", max_length: 96 } };
+    writeFileSync(path.join(dir, "run.yaml"), JSON.stringify(cfg));
+    const base = path.join(dir, "runs", "run", "checkpoints");
+    for (const step of [2, 4]) {
+      const ck = path.join(base, `step-${step}`);
+      mkdirSync(ck, { recursive: true });
+      writeFileSync(path.join(ck, "state.json"), JSON.stringify({ step }));
+      writeFileSync(path.join(ck, "optimizer.pt"), Buffer.alloc(1000, step));
+      writeSums(ck);
+    }
+    flip(path.join(base, "step-4", "optimizer.pt"));
+    truncateSync(path.join(base, "step-2", "state.json"), 3);
+    const before = readdirSync(dir, { recursive: true, encoding: "utf8" }).sort();
+    const r = await runCli(["train", "run.yaml", "--resume", "--no-smoke"], { cwd: dir });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("error CHECKPOINT_CORRUPT");
+    expect(r.stderr).toContain("no checkpoint that verifies");
+    expect(r.stderr).toContain(`${path.join(base, "step-4", "optimizer.pt")} does not match SHA256SUMS`);
+    expect(r.stderr).toContain(`${path.join(base, "step-2", "state.json")} does not match SHA256SUMS`);
+    expect(r.stderr).toContain("--fresh");
+    // Refused before the engine, the store or the run folder saw anything.
+    expect(readdirSync(dir, { recursive: true, encoding: "utf8" }).sort()).toEqual(before);
   });
 });

@@ -169,8 +169,8 @@ export const ERRORS = {
   ),
   CHECKPOINT_CORRUPT: e(
     "training",
-    "engine",
-    "a checkpoint file does not match the SHA256SUMS written with it, with the file (a resume passes over it to the newest checkpoint that verifies, and says so)",
+    "both",
+    "a checkpoint file does not match the SHA256SUMS written with it, with the file (a resume passes over it to the newest checkpoint that verifies, and says so; with none that verifies, `--resume` is refused before the engine starts)",
   ),
   NO_CHECKPOINT: e("training", "engine", "the plan resumes but the run has no complete checkpoint"),
   RESUME_MISMATCH: e("training", "engine", "resuming with settings that differ from the checkpoint's"),
