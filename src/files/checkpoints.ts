@@ -4,6 +4,8 @@
 // can be checked (its plan, its step) against the checkpoint that will really be read, before the engine starts.
 import { existsSync, readdirSync } from "node:fs";
 import path from "node:path";
+import { LorakitError } from "../errors.js";
+import { plural } from "../format.js";
 import { checkSums } from "./sums.js";
 
 export interface Checkpoints {
@@ -30,4 +32,34 @@ export function newestVerifiedCheckpoint(runDir: string): Checkpoints {
     skipped.push({ ...c, why: `${problems[0]}${more}` });
   }
   return { newest: null, skipped };
+}
+
+/**
+ * The checkpoint `lorakit train <config> --resume` will continue from. None that verifies is CHECKPOINT_CORRUPT
+ * with each damaged checkpoint named (its first file that does not match), and none at all RESUME_NOTHING:
+ * both before anything of the run is written or the engine starts.
+ */
+export function resumableCheckpoint(runDir: string, runName: string, config: string): { step: number; dir: string } {
+  const { newest, skipped } = newestVerifiedCheckpoint(runDir);
+  if (newest) return newest;
+  if (skipped.length > 0) {
+    throw new LorakitError(
+      "CHECKPOINT_CORRUPT",
+      `run '${runName}' has no checkpoint that verifies to resume from (${plural(skipped.length, "damaged checkpoint")})`,
+      {
+        where: { file: path.join(runDir, "checkpoints") },
+        hint: `the damaged checkpoints cannot be trusted: start the run over with \`lorakit train ${config} --fresh\``,
+        more: skipped.map(
+          (s) =>
+            new LorakitError("CHECKPOINT_CORRUPT", `checkpoint step-${s.step} is damaged: ${s.why}`, {
+              where: { file: s.dir },
+            }),
+        ),
+      },
+    );
+  }
+  throw new LorakitError("RESUME_NOTHING", `run '${runName}' has no complete checkpoint to resume from`, {
+    where: { file: runDir },
+    hint: `start it without --resume: lorakit train ${config}`,
+  });
 }

@@ -10,7 +10,7 @@ import { outputFindings } from "../doctor/index.js";
 import { ensurePython, type PythonEnv } from "../engine/python.js";
 import { engineFailure, spawnEngine } from "../engine/supervisor.js";
 import { LorakitError } from "../errors.js";
-import { newestVerifiedCheckpoint } from "../files/checkpoints.js";
+import { resumableCheckpoint } from "../files/checkpoints.js";
 import { type Finding, findingsError, fromEvent, makeFinding } from "../findings/index.js";
 import { plural } from "../format.js";
 import { buildPlan, smokePlan, type TrainCounts } from "../plan/index.js";
@@ -134,34 +134,7 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
   const { log } = opts;
   const c = loaded.config;
   const runDir = path.join(loaded.outputDir, loaded.name);
-  if (opts.resume) {
-    // The checkpoint the engine will resume from, by the engine's own rule (the newest that verifies): none
-    // that verifies stops here, each damaged one named, before anything is written or the engine starts.
-    const { newest, skipped } = newestVerifiedCheckpoint(runDir);
-    if (!newest && skipped.length > 0) {
-      const each = skipped.map(
-        (s) =>
-          new LorakitError("CHECKPOINT_CORRUPT", `checkpoint step-${s.step} is damaged: ${s.why}`, {
-            where: { file: s.dir },
-          }),
-      );
-      throw new LorakitError(
-        "CHECKPOINT_CORRUPT",
-        `run '${loaded.name}' has no checkpoint that verifies to resume from (${plural(skipped.length, "damaged checkpoint")})`,
-        {
-          where: { file: path.join(runDir, "checkpoints") },
-          hint: `the damaged checkpoints cannot be trusted: start the run over with --fresh (lorakit train ${path.basename(loaded.file)} --fresh)`,
-          more: each,
-        },
-      );
-    }
-    if (!newest) {
-      throw new LorakitError("RESUME_NOTHING", `run '${loaded.name}' has no checkpoints to resume from`, {
-        where: { file: runDir },
-        hint: `start it without --resume: lorakit train ${path.basename(loaded.file)}`,
-      });
-    }
-  }
+  if (opts.resume) resumableCheckpoint(runDir, loaded.name, path.basename(loaded.file));
 
   const earlier = ["checkpoints", "adapter"].filter((d) => existsSync(path.join(runDir, d)));
   if (!opts.resume && earlier.length > 0) {
