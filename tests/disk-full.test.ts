@@ -176,6 +176,95 @@ describe("a training run on a small filesystem", () => {
   });
 });
 
+/**
+ * A `sitecustomize.py` for the engine's interpreter (on PYTHONPATH): just before the engine writes optimizer.pt
+ * of checkpoint step-`step`, every byte left on the filesystem at `dir` is taken, as another process would take
+ * it. The write that follows meets a real ENOSPC from the real tmpfs, mid-checkpoint, past the free-space check.
+ */
+function fillMidCheckpoint(dir: string, step: number): NodeJS.ProcessEnv {
+  const hook = tmpDir();
+  writeFileSync(
+    path.join(hook, "sitecustomize.py"),
+    `import importlib.machinery, sys
+
+def _fill(module):
+    save = module._torch_save
+    def fill_then_save(obj, path):
+        if path.name == "optimizer.pt" and path.parent.name == ".tmp-step-${step}":
+            with open(${JSON.stringify(path.join(dir, "filler"))}, "ab", buffering=0) as f:
+                for size in (1 << 20, 4096, 1):
+                    try:
+                        while True:
+                            f.write(bytes(size))
+                    except OSError:
+                        pass
+        save(obj, path)
+    module._torch_save = fill_then_save
+
+class _AfterImport:
+    def find_spec(self, name, path=None, target=None):
+        if name != "lorakit_engine.checkpoint":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        run = spec.loader.exec_module
+        def exec_module(module):
+            run(module)
+            _fill(module)
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, _AfterImport())
+`,
+  );
+  return { PYTHONPATH: hook };
+}
+
+describe("a training run whose disk fills up mid-checkpoint", () => {
+  it("through lorakit train: DISK_FULL naming the file being written, step-2 intact, no temporary left, the run failed in the store", async () => {
+    const dir = tmpDir();
+    writeCodeWords(dir);
+    const model = fixture("models", "tiny-llama");
+    const cfg = {
+      model,
+      data: { train: "train.json", max_length: 96 },
+      lora: { r: 64, alpha: 128, dropout: 0, targets: TARGETS },
+      train: { epochs: 2, batch_size: 4, grad_accum: 2, lr: 5e-3, log_every: 1, save_every: 2 },
+      samples: { count: 0 },
+    };
+    writeFileSync(path.join(dir, "run.yaml"), JSON.stringify(cfg));
+    const info = readCheckpoint(model);
+    const shape = modelShape(info.config, info.family);
+    if (!shape) throw new Error("no shape for the tiny llama");
+    const one = checkpointBytes(loraParams(shape, TARGETS, 64), loraTensors(shape, TARGETS));
+    // Room for three checkpoints: the free-space check before step-4 passes; the fill comes after it.
+    const fs = new SmallFs(path.join(dir, "runs", "run"), onDisk(3 * one));
+
+    const r = await runCli(["train", "run.yaml", "--no-smoke"], { cwd: dir, env: fillMidCheckpoint(fs.dir, 4) });
+    expect(r.code, r.stdout + r.stderr).toBe(1);
+    const base = path.join(fs.dir, "checkpoints");
+    expect(r.stderr).toContain("error DISK_FULL");
+    expect(r.stderr).toContain(`no space left for checkpoint step-4 in ${base} (writing optimizer.pt)`);
+    expect(r.stderr).toMatch(
+      /it needs about \d+ (KiB|MiB) \(the size of step-2\), \d+ (KiB|MiB) free on that filesystem/,
+    );
+    expect(r.stderr).not.toContain("Traceback");
+    expect(r.stderr).not.toMatch(/File ".*", line \d+/); // the cause and the fix, not a stack
+    expect(r.stderr).toContain("step-2 is the last checkpoint, intact");
+    expect(readdirSync(base)).toEqual(["step-2"]);
+    expect(checkSums(path.join(base, "step-2"))).toEqual([]);
+    expect(temporaries(fs.dir)).toEqual([]);
+    const db = new Database(path.join(dir, "runs", "lorakit.db"), { readonly: true });
+    const run = db.prepare("SELECT status, error FROM runs WHERE name='run'").get() as {
+      status: string;
+      error: string;
+    };
+    db.close();
+    expect(run.status).toBe("failed");
+    expect(run.error).toMatch(/^DISK_FULL: no space left for checkpoint step-4 in /);
+  });
+});
+
 describe("prepared data on a full disk", () => {
   let glm: Tokenizer;
   beforeAll(async () => {
