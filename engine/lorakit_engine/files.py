@@ -5,7 +5,7 @@ that does not match is named. And a full disk mid-write is one DISK_FULL error n
 needed and what was free.
 
 sha256 because it is the fastest hash both halves have without a dependency: on a CPU with the SHA extensions
-hashlib's runs at ~1.3 GB/s, twice blake2b (bench/checksums.ts, bench/RESULTS.md). A ChatGLM3-6B LoRA
+hashlib's runs at ~1.3-1.45 GB/s, 1.5-2x blake2b (bench/checksums.ts, bench/RESULTS.md). A ChatGLM3-6B LoRA
 checkpoint (23 MiB) checks in ~30 ms, prepared data in ~0.8 s per GiB.
 """
 

@@ -4,7 +4,7 @@
 // and writes the same file (engine/lorakit_engine/files.py).
 //
 // sha256 because it is the fastest hash both halves have without a dependency: on a CPU with the SHA extensions
-// Node's crypto hashes ~1.3 GB/s, twice blake2b512 (bench/checksums.ts, bench/RESULTS.md).
+// Node's crypto hashes ~1.3-1.45 GB/s, 1.5-2x blake2b512 (bench/checksums.ts, bench/RESULTS.md).
 import { createHash } from "node:crypto";
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, statSync } from "node:fs";
 import path from "node:path";
