@@ -9,6 +9,8 @@ import { RunConfig } from "../src/config/schema.js";
 import { packRows } from "../src/data/pack.js";
 import type { DatasetFacts } from "../src/doctor/config.js";
 import {
+  adapterBytes,
+  checkpointBytes,
   diskNeed,
   estimateMemory,
   fitMicroBatch,
@@ -136,9 +138,14 @@ describe("when it does not fit", () => {
     expect(memoryFindings(est, m, { free: 80 * GiB, deviceName: "H100", gradAccum: 2 })).toEqual([]);
   });
 
-  it("sizes the disk the run writes", () => {
-    expect(diskNeed(1_000_000, 2)).toBe(3 * 12_000_000 + 4_000_000 + 64 * 1024 ** 2);
-    expect(diskNeed(1_000_000, 2, 1000)).toBe(diskNeed(1_000_000, 2) + 8000);
+  it("sizes the disk the run writes: checkpoints kept and one being written, the adapter, tokens to prepare", () => {
+    const d = { loraParams: 1_000_000, loraTensors: 112, keepCheckpoints: 2, patience: 0, copied: 0 };
+    const one = checkpointBytes(1_000_000, 112);
+    expect(one).toBe(12_000_000 + 930 * 112 + 48 * 1024);
+    expect(diskNeed(d)).toBe(3 * one + adapterBytes(1_000_000, 112, 0) + 1024 ** 2);
+    expect(diskNeed({ ...d, patience: 3 })).toBe(diskNeed(d) + one); // the best eval's checkpoint is kept too
+    expect(diskNeed({ ...d, copied: 4096 })).toBe(diskNeed(d) + 4096);
+    expect(diskNeed({ ...d, preparedTokens: 1000 })).toBe(diskNeed(d) + 16_000); // spooled, then copied
   });
 });
 

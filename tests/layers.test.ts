@@ -12,6 +12,7 @@ const LAYERS = [
   "errors", // src/errors.ts: LorakitError, located
   "format", // src/format.ts: numbers as text
   "rng", // src/rng.ts: a seeded generator
+  "files", // writing for later reading: atomically, with SHA256SUMS, DISK_FULL when the disk is full
   "config", // the zod schema (run config, plan, events) and run.yaml loading
   "findings", // the code catalogue and the finding model
   "models", // a checkpoint folder read before loading: family, layers, shape, identity

@@ -1,10 +1,15 @@
 """Training checkpoints: `run_dir/checkpoints/step-N/` = the adapter (peft format, so it loads on its own),
 `optimizer.pt`, `scheduler.pt`, `scaler.pt` (fp16 only), `rng.pt` (data parallel: `rng-rank{r}.pt`, one per
-process) and `state.json` (step, data position, tokens seen, the plan keys a resume must not change).
+process), `state.json` (step, data position, tokens seen, the plan keys a resume must not change) and
+`SHA256SUMS` (files.py: the sha256 of each of them).
 
-Each is written under `checkpoints/.tmp-step-N/`, `state.json` last, then renamed: a folder named `step-N`
-is complete, and a crash mid-write leaves only a `.tmp-*` that is never read and is cleared on the next start.
-The run's adapter, `run_dir/adapter/` (peft's files and the plan's extras), is written the same way.
+Each is written under `checkpoints/.tmp-step-N/`, SHA256SUMS last, synced, then renamed: a folder named
+`step-N` was complete when written, and a crash mid-write leaves only a `.tmp-*` that is never read and is
+cleared on the next start. Reading a checkpoint checks every file against SHA256SUMS first: a damaged one is
+named and never resumed from (a resume takes the newest checkpoint that verifies). Before writing, the free
+space is checked against the size of the last checkpoint; a disk that fills up anyway is one DISK_FULL error,
+the temporary folder removed and the earlier checkpoints untouched. The run's adapter, `run_dir/adapter/`
+(peft's files, the plan's extras, SHA256SUMS), is written the same way.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from . import files
 from .plan import Plan
 from .protocol import EngineError
 
@@ -61,12 +67,13 @@ def root(run_dir: Path | str) -> Path:
 
 
 def complete(run_dir: Path | str) -> list[tuple[int, Path]]:
-    """Complete checkpoints, oldest first."""
+    """The checkpoints, oldest first: the `step-N` folders (complete when renamed into place; whether still
+    intact, `check` says)."""
     found = []
     base = root(run_dir)
     if base.is_dir():
         for p in base.iterdir():
-            if p.name.startswith("step-") and p.name[5:].isdigit() and (p / STATE).is_file():
+            if p.name.startswith("step-") and p.name[5:].isdigit() and p.is_dir():
                 found.append((int(p.name[5:]), p))
     return sorted(found)
 
@@ -74,6 +81,45 @@ def complete(run_dir: Path | str) -> list[tuple[int, Path]]:
 def newest(run_dir: Path | str) -> Path | None:
     found = complete(run_dir)
     return found[-1][1] if found else None
+
+
+def check(path: Path) -> list[str]:
+    """What in checkpoint `path` does not match its SHA256SUMS (one sentence per file); [] when intact."""
+    return files.check_sums(path)
+
+
+def corrupt(path: Path, problems: list[str]) -> EngineError:
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return EngineError(
+        "CHECKPOINT_CORRUPT",
+        f"checkpoint {path} is damaged: {problems[0]}{more}",
+        "Resume takes the newest checkpoint that verifies: delete this step-N folder to resume from an "
+        "earlier one, or start the run again.",
+    )
+
+
+def newest_verified(run_dir: Path | str) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest checkpoint whose files all match its SHA256SUMS, and the newer ones passed over, each with
+    why (the first problem, and how many more)."""
+    skipped = []
+    for _, path in reversed(complete(run_dir)):
+        problems = check(path)
+        if not problems:
+            return path, skipped
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        skipped.append((path, problems[0] + more))
+    return None, skipped
+
+
+def set_aside(path: Path) -> Path:
+    """Renames a damaged checkpoint to `damaged-step-N` (kept for a look, never read again nor pruned)."""
+    target = path.parent / f"damaged-{path.name}"
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.parent / f"damaged-{path.name}-{n}"
+    os.replace(path, target)
+    return target
 
 
 def clear_partial(run_dir: Path | str) -> None:
@@ -146,30 +192,73 @@ def save(
     tmp = base / f".tmp-step-{step}"
     final = base / f"step-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
+    optimizer_state = optimizer.state_dict() if optimizer_state is None else optimizer_state
+    older = [p for s, p in complete(run_dir) if s != step]
+    kept = f"{older[-1].name} is the last checkpoint, intact." if older else "there is no earlier checkpoint."
+    if older:
+        need, basis = files.size_on_disk(older[-1]), f"the size of {older[-1].name}"
+    else:
+        need, basis = _estimate(model, adapter_state, optimizer_state), "estimated from its tensors"
+    what = f"checkpoint step-{step}"
+    files.check_room(what, base, need, basis, kept)
     whole = {"state_dict": adapter_state} if adapter_state is not None else {}
-    model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False, **whole)
-    torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    if scaler is not None:
-        torch.save(scaler.state_dict(), tmp / "scaler.pt")
-    rngs = [rng_state()] if rngs is None else rngs
-    for rank, rng in enumerate(rngs):
-        torch.save(rng, tmp / rng_file(rank, len(rngs)))
-    _write_synced(tmp / STATE, json.dumps({"step": step, **state}, indent=2))
-    if final.exists():  # the same step saved by an earlier, resumed attempt
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    writing = tmp / "adapter_model.safetensors"
+    try:
+        tmp.mkdir()
+        model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False, **whole)
+        rngs = [rng_state()] if rngs is None else rngs
+        saved = [("optimizer.pt", optimizer_state), ("scheduler.pt", scheduler.state_dict())]
+        if scaler is not None:
+            saved.append(("scaler.pt", scaler.state_dict()))
+        saved += [(rng_file(rank, len(rngs)), rng) for rank, rng in enumerate(rngs)]
+        for name, obj in saved:
+            writing = tmp / name
+            _torch_save(obj, writing)
+        writing = tmp / STATE
+        files.write_synced(writing, json.dumps({"step": step, **state}, indent=2))
+        writing = tmp / files.SUMS
+        files.write_sums(tmp)
+        files.sync_folder(tmp)
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if files.is_disk_full(e):
+            raise files.disk_full(what, base, need, basis, kept, writing) from e
+        raise
+    _replace(tmp, final)
     for old_step, old in complete(run_dir)[:-keep]:
         if old_step != protect:
             shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def _write_synced(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+def _torch_save(obj, path: Path) -> None:
+    """torch.save through a Python file: a full disk then surfaces as the OSError it is (torch's own file
+    writer says only `iostream error`)."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def _estimate(model, adapter_state: dict | None, optimizer_state: dict) -> int:
+    """Bytes a first checkpoint takes: the LoRA tensors once, the optimizer's state, and the small files."""
+    from peft import get_peft_model_state_dict
+
+    adapter = adapter_state if adapter_state is not None else get_peft_model_state_dict(model)
+    tensors = [t for t in adapter.values() if isinstance(t, torch.Tensor)]
+    for per_param in optimizer_state.get("state", {}).values():
+        tensors += [t for t in per_param.values() if isinstance(t, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in tensors) + 64 * 1024
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    """Renames the complete `tmp` to `final`; a `final` already there (the same step saved by an earlier,
+    resumed attempt; an adapter written before) is moved aside first and removed after."""
+    aside = final.parent / f"{tmp.name}-replaced"
+    if final.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(final, aside)
+    os.replace(tmp, final)
+    files.fsync_dir(final.parent)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _read(file: Path, read):
@@ -202,9 +291,13 @@ def read_state(path: Path) -> dict:
 
 def read_files(path: Path, rank: int = 0, world: int = 1) -> dict:
     """Every file `load` restores from checkpoint `path`, read: its state, the adapter weights, the optimizer,
-    scheduler, scaler (None when absent) and this rank's RNG state. A file that cannot be read is an
-    EngineError naming it."""
+    scheduler, scaler (None when absent) and this rank's RNG state. Each file is checked against SHA256SUMS
+    first (CHECKPOINT_CORRUPT); one that cannot be read all the same is CHECKPOINT_UNREADABLE. Both name
+    the file."""
     path = Path(path)
+    problems = check(path)
+    if problems:
+        raise corrupt(path, problems)
     pt = lambda f: torch.load(f, weights_only=True)  # noqa: E731
     state = read_state(path)
     weights = _read(path / "adapter_model.safetensors", lambda f: load_file(str(f)))
@@ -268,23 +361,61 @@ def load(
 
 
 def restore_adapter(model, checkpoint: Path) -> None:
-    """Loads the LoRA weights of a saved checkpoint into the in-memory peft model."""
+    """Loads the LoRA weights of a saved checkpoint into the in-memory peft model (once they verify)."""
     from peft import set_peft_model_state_dict
 
+    problems = files.check_sums(checkpoint, ["adapter_model.safetensors"])
+    if problems:
+        raise corrupt(checkpoint, problems)
     set_peft_model_state_dict(model, load_file(str(checkpoint / "adapter_model.safetensors")))
 
 
 def write_adapter(model, plan: Plan, state: dict | None = None) -> Path:
-    """run_dir/adapter/ in peft's format, plus the plan's extras and files (the base's tokenizer files).
+    """run_dir/adapter/ in peft's format, plus the plan's extras and files (the base's tokenizer files) and
+    SHA256SUMS of them all but README.md (the model card lorakit writes over peft's afterwards).
     `state`: the LoRA tensors, whole, when the model holds slices of them (sharded)."""
+    from peft import get_peft_model_state_dict
+
     final, tmp = plan.run_dir / "adapter", plan.run_dir / ".tmp-adapter"
     shutil.rmtree(tmp, ignore_errors=True)
+    tensors = state if state is not None else get_peft_model_state_dict(model)
+    need = sum(t.numel() * t.element_size() for t in tensors.values())
+    need += sum(len(t.encode()) for t in plan.adapter_extras.values()) + 64 * 1024
+    need += sum(Path(source).stat().st_size for source in plan.adapter_files.values())
+    kept = (
+        "the adapter written before is intact."
+        if final.is_dir()
+        else "the checkpoints are intact: resume to write the adapter."
+    )
+    what = "the adapter"
+    files.check_room(what, plan.run_dir, need, "its tensors and files", kept)
     whole = {"state_dict": state} if state is not None else {}
-    model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False, **whole)
-    for name, text in plan.adapter_extras.items():
-        (tmp / name).write_text(text, encoding="utf-8")
-    for name, source in plan.adapter_files.items():
-        shutil.copyfile(source, tmp / name)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    writing = tmp / "adapter_model.safetensors"
+    try:
+        tmp.mkdir(parents=True)
+        model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False, **whole)
+        for name, text in plan.adapter_extras.items():
+            writing = tmp / name
+            writing.write_text(text, encoding="utf-8")
+        for name, source in plan.adapter_files.items():
+            writing = tmp / name
+            shutil.copyfile(source, writing)
+        writing = tmp / files.SUMS
+        files.write_sums(tmp, skip=ADAPTER_UNSUMMED)
+        files.sync_folder(tmp)
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if files.is_disk_full(e):
+            raise files.disk_full(what, plan.run_dir, need, "its tensors and files", kept, writing) from e
+        raise
+    _replace(tmp, final)
     return final
+
+
+# The adapter's model card: peft writes a blank one, lorakit writes its own over it after the run.
+ADAPTER_UNSUMMED = ("README.md",)
+
+
+def check_adapter(adapter_dir: Path) -> list[str]:
+    """What in an adapter folder does not match its SHA256SUMS; [] when intact."""
+    return files.check_sums(adapter_dir, skip=ADAPTER_UNSUMMED)

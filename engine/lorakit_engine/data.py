@@ -1,6 +1,7 @@
 """Prepared data, as the product writes it: `<dir>/tokens.safetensors` (flat `input_ids` and `labels` int32,
--100 = no loss; `offsets` int64, n_samples + 1) and `manifest.json`. Memory-mapped; read sample by sample
-(batches.py makes micro-batches of them).
+-100 = no loss; `offsets` int64, n_samples + 1), `manifest.json` and `SHA256SUMS` (files.py). Memory-mapped;
+read sample by sample (batches.py makes micro-batches of them). A run trains only on files that match their
+SHA256SUMS (`verify`: the whole file hashed, ~0.8 s per GiB, about what the token-id scan costs).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from . import files
 from .protocol import EngineError
 
 IGNORE = -100
@@ -21,6 +23,23 @@ _FIX = "Delete this prepared/<hash>/ folder: lorakit prepares the data again on 
 
 def bad_data(dir: Path, what: str) -> EngineError:
     return EngineError("DATA_INVALID", f"prepared data {dir}: {what}", _FIX)
+
+
+# What a prepared split's SHA256SUMS must vouch for before a run reads the split.
+SPLIT_FILES = ("tokens.safetensors", "manifest.json")
+
+
+def verify(dir: Path | str, names: tuple[str, ...] | list[str] = SPLIT_FILES) -> None:
+    """DATA_CORRUPT naming the file when one of `names` in `dir` does not match the SHA256SUMS beside it."""
+    dir = Path(dir)
+    problems = files.check_sums(dir, names)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise EngineError(
+            "DATA_CORRUPT",
+            f"prepared data {dir} is damaged: {problems[0]}{more}; nothing was trained on it",
+            _FIX,
+        )
 
 
 class Prepared:
@@ -110,6 +129,7 @@ def read_rows(path: Path, data: Prepared, pack_tokens: int) -> list[int]:
     every row at most `pack_tokens` tokens."""
     if not path.is_file():
         raise bad_data(path.parent, f"{path.name} (the rows of train.pack_tokens) is missing")
+    verify(path.parent, [path.name])
     try:
         with safe_open(str(path), framework="pt") as f:
             starts = f.get_tensor("starts") if "starts" in f.keys() else None

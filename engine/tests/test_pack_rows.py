@@ -31,6 +31,7 @@ from test_resume import metrics, run_until
 from lorakit_engine import checkpoint as ckpt
 from lorakit_engine.batches import Batches
 from lorakit_engine.data import Prepared, read_rows
+from lorakit_engine.files import write_sums
 from lorakit_engine.plan import read_plan
 from lorakit_engine.protocol import EngineError
 from lorakit_engine.run import check_inputs, run
@@ -83,6 +84,7 @@ def test_a_damaged_rows_file_is_refused(tmp_path):
         path = tmp_path / f"rows-{name.replace(' ', '-')}.safetensors"
         if tensors is not None:
             save_file(tensors, str(path))
+            write_sums(tmp_path)  # written as lorakit writes it: its checksum matches, its content is wrong
         with pytest.raises(EngineError) as err:
             read_rows(path, data, 32)
         assert err.value.code == "DATA_INVALID" and path.name in err.value.message, name

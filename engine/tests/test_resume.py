@@ -15,6 +15,7 @@ from prepared import engine_cmd, engine_env, make_plan, memorize_set, of_type, r
 from safetensors.torch import load_file
 
 from lorakit_engine import checkpoint as ckpt
+from lorakit_engine.files import write_sums
 from lorakit_engine.plan import read_plan
 from lorakit_engine.protocol import EngineError
 from lorakit_engine.run import check_inputs
@@ -136,6 +137,7 @@ def test_resume_refuses_changed_settings(tmp_path, model_dir):
     (folder / "state.json").write_text(
         json.dumps({"step": 3, "plan_hash": ckpt.subset_hash(old), "plan_subset": old})
     )
+    write_sums(folder)  # as every checkpoint is written: the folder verifies
     with pytest.raises(EngineError) as err:
         check_inputs(plan)
     assert err.value.code == "RESUME_MISMATCH" and "train" in err.value.message

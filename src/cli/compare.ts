@@ -4,10 +4,11 @@
 // two (model identity, template, data, hyperparameters), the results and findings of each, and a verdict that
 // follows from what differs — in the terminal and on one HTML page.
 import { createHash } from "node:crypto";
-import { readFileSync, writeFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import { type LoadedConfig, loadConfig } from "../config/load.js";
 import type { Plan } from "../config/schema.js";
+import { writeFileAtomic } from "../files/atomic.js";
 import type { Finding } from "../findings/index.js";
 import { pct } from "../format.js";
 import { type ModelIdentity, modelIdentity } from "../models/identity.js";
@@ -201,7 +202,7 @@ export const command = defineCommand({
     out(io, "");
     for (const [i, l] of lines.entries()) out(io, `${i === 0 ? c.bold("verdict") : "       "}  ${l}`);
     const file = values.out ? userPath(io, values.out) : path.resolve(io.cwd, `compare-${a.name}-${b.name}.html`);
-    writeFileSync(file, renderCompare({ a, b, diff, verdict: lines }));
+    writeFileAtomic(file, renderCompare({ a, b, diff, verdict: lines }), { what: "the comparison" });
     out(io, `\nreport   ${file}`);
     return 0;
   },

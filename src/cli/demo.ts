@@ -1,7 +1,7 @@
 // `lorakit demo`: the embedded default. Fine-tunes SmolLM2-135M-Instruct (shipped inside a PyPI
 // package as GGUF) on a generated field-extraction task and prints held-out exact match before
 // and after training. Uses the GPU when there is one.
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import path from "node:path";
 import { stringify as toYaml } from "yaml";
 import { loadConfig } from "../config/load.js";
@@ -9,6 +9,7 @@ import type { RunConfigInput } from "../config/schema.js";
 import { ensureDemoModel } from "../demo/model.js";
 import { makeTask, toJsonl } from "../demo/task.js";
 import { ensurePython } from "../engine/python.js";
+import { writeFileAtomic } from "../files/atomic.js";
 import { exactMatchText } from "../runs/exact-match.js";
 import { runRoad } from "../train/road.js";
 import { badArgs, defineCommand } from "./command.js";
@@ -55,8 +56,8 @@ export const command = defineCommand({
     const modelDir = await ensureDemoModel(py, io.env, log);
     const task = makeTask({ train: 160, heldOut: 40 });
     mkdirSync(path.join(dir, "data"), { recursive: true });
-    writeFileSync(path.join(dir, "data", "train.jsonl"), toJsonl(task.train));
-    writeFileSync(path.join(dir, "data", "heldout.jsonl"), toJsonl(task.heldOut));
+    writeFileAtomic(path.join(dir, "data", "train.jsonl"), toJsonl(task.train));
+    writeFileAtomic(path.join(dir, "data", "heldout.jsonl"), toJsonl(task.heldOut));
     const config: RunConfigInput = {
       name: "demo",
       model: modelDir,
@@ -75,7 +76,7 @@ export const command = defineCommand({
       samples: { count: task.heldOut.length, max_new_tokens: 32 },
     };
     const configPath = path.join(dir, "run.yaml");
-    writeFileSync(
+    writeFileAtomic(
       configPath,
       `# Written by \`lorakit demo\`; run it again with: lorakit train ${path.relative(io.cwd, configPath) || "run.yaml"}\n${toYaml(config)}`,
     );

@@ -2,10 +2,14 @@
 // The rows are cut once, here, in file order (greedy: a row closes when the next sample does not fit), so their
 // count, and with it the plan's total_steps, depends on neither seed nor epoch. They are written beside the
 // prepared tokens (rows-<pack_tokens>.safetensors) for the engine, which shuffles them each epoch and never
-// packs again. tests/fixtures/pack-rows-golden.json holds the cut.
-import { existsSync, renameSync } from "node:fs";
+// packs again. tests/fixtures/pack-rows-golden.json holds the cut. The rows file is listed in the split's
+// SHA256SUMS (src/files/sums.ts) like the tokens: one that does not match (or is not listed) is written again.
+import { existsSync, renameSync, rmSync } from "node:fs";
 import path from "node:path";
 import { LorakitError } from "../errors.js";
+import { fsyncDir, tempBeside, writeFileAtomic } from "../files/atomic.js";
+import { whileWriting } from "../files/disk.js";
+import { checkSums, readSums, SUMS, sumsText } from "../files/sums.js";
 import { flat, readSafetensors, writeSafetensors } from "./safetensors.js";
 
 /** Sample indices per row. A sample longer than `packTokens` gets a row of its own here (for counting); the
@@ -81,13 +85,35 @@ export function rowStarts(rows: readonly (readonly number[])[]): BigInt64Array {
   return starts;
 }
 
-/** Writes the rows of a prepared split (`starts`, int64) unless they are there already; returns the file.
- * Same split, same lengths, same rows: the file is written once, under a temporary name and renamed. */
+/**
+ * Writes the rows of a prepared split (`starts`, int64) unless they are there already and match the split's
+ * SHA256SUMS; returns the file. Same split, same lengths, same rows: written under a temporary name, listed
+ * in SHA256SUMS, then renamed (a crash between leaves a listed file that does not match: written again).
+ */
 export function writeRows(dir: string, lengths: readonly number[], packTokens: number): string {
   const file = rowsFile(dir, packTokens);
-  if (existsSync(file)) return file;
-  const tmp = `${file}.tmp-${process.pid}`;
-  writeSafetensors(tmp, { starts: flat(rowStarts(packRows(lengths, packTokens))) });
-  renameSync(tmp, file);
-  return file;
+  if (existsSync(file) && checkSums(dir, [path.basename(file)]).length === 0) return file;
+  const tmp = tempBeside(file);
+  const starts = rowStarts(packRows(lengths, packTokens));
+  return whileWriting(
+    () => ({
+      what: `the rows of train.pack_tokens ${packTokens}`,
+      dir,
+      writing: file,
+      need: starts.byteLength + 4096,
+      basis: "its row starts",
+      kept: "the prepared tokens are intact.",
+    }),
+    () => {
+      const { sha256 } = writeSafetensors(tmp, { starts: flat(starts) });
+      const sums = readSums(dir);
+      const entries = new Map(typeof sums === "string" ? [] : sums);
+      entries.set(path.basename(file), sha256);
+      writeFileAtomic(path.join(dir, SUMS), sumsText(entries), { what: SUMS });
+      renameSync(tmp, file);
+      fsyncDir(dir);
+      return file;
+    },
+    () => rmSync(tmp, { force: true }),
+  );
 }

@@ -2,7 +2,11 @@
 // `<cacheRoot>/<hash>/tokens.safetensors` (flat `input_ids` and `labels` int32, `offsets` int64 n+1) with
 // `manifest.json`; the held-out split sits in `<hash>/eval/` the same way. The hash covers everything that
 // changes the tokens (file contents, options, tokenizer, template text), so unchanged inputs reuse the
-// directory. Written to a temporary directory and renamed, so a directory that exists is complete.
+// directory. Written to a temporary directory, synced and renamed, so a directory that exists was complete;
+// each split's SHA256SUMS (src/files/sums.ts, hashed as the files are written) is checked before the directory
+// is reused, and one that does not verify (a torn or damaged entry) is prepared again, saying why. Checking
+// costs a read of the tokens, ~0.8–1.3 s per GiB (bench/RESULTS.md; the engine checks them again before
+// training). A full disk is DISK_FULL with what the tokens need; the temporary directory is removed.
 //
 // The eval split (when no eval file is given) is chosen per record by the hash of its JSON text: a record
 // is held out when that hash falls below `split`. Appending rows never moves an existing record between
@@ -36,6 +40,9 @@ import {
 import os from "node:os";
 import path from "node:path";
 import { LorakitError } from "../errors.js";
+import { fsyncDir, HashedFile } from "../files/atomic.js";
+import { diskFullError, isDiskFull } from "../files/disk.js";
+import { checkSums, SUMS, writeSums } from "../files/sums.js";
 import {
   type Conversation,
   type DataFormat,
@@ -75,8 +82,8 @@ import type { Tokenizer } from "./tokenizer.js";
 
 export { buildSample, splitValue } from "./prepare-batch.js";
 
-/** Version 2: records keyed by their index in the file (the eval split of one-line JSON arrays changed). */
-export const MANIFEST_VERSION = 2;
+/** Version 3: SHA256SUMS beside each split's files (version 2: records keyed by their index in the file). */
+export const MANIFEST_VERSION = 3;
 /** Held-out prompts kept in the eval manifest for before/after samples, unless `prompts` says otherwise. */
 const PROMPTS = 16;
 /** Batches in flight per worker: enough to keep each busy while results are written. */
@@ -183,6 +190,8 @@ export interface PrepareResult {
   hash: string;
   dir: string;
   reused: boolean;
+  /** Why an entry already in the cache was not reused but prepared again (damaged, torn); null when not. */
+  rebuilt: string | null;
   manifest: Manifest;
   train: PreparedSplit;
   eval: PreparedSplit | null;
@@ -329,14 +338,15 @@ class SplitWriter {
   private readonly stageIds = new Int32Array(STAGE);
   private readonly stageLabels = new Int32Array(STAGE);
   private staged = 0;
+  private closed = false;
 
   constructor(
     readonly dir: string,
     readonly split: "train" | "eval",
     private readonly promptLimit: number,
   ) {
-    this.ids = openSync(path.join(dir, `.${split}.input_ids.spool`), "w");
-    this.labels = openSync(path.join(dir, `.${split}.labels.spool`), "w");
+    this.ids = openSync(this.spool("input_ids"), "w");
+    this.labels = openSync(this.spool("labels"), "w");
   }
 
   get wantsPrompts(): boolean {
@@ -394,8 +404,8 @@ class SplitWriter {
   private stage(ids: Int32Array, labels: Int32Array): void {
     if (this.staged + ids.length > STAGE) this.flush();
     if (ids.length > STAGE) {
-      writeAll(this.ids, new Uint8Array(ids.buffer, ids.byteOffset, ids.byteLength));
-      writeAll(this.labels, new Uint8Array(labels.buffer, labels.byteOffset, labels.byteLength));
+      this.put("input_ids", new Uint8Array(ids.buffer, ids.byteOffset, ids.byteLength));
+      this.put("labels", new Uint8Array(labels.buffer, labels.byteOffset, labels.byteLength));
       return;
     }
     this.stageIds.set(ids, this.staged);
@@ -404,9 +414,23 @@ class SplitWriter {
   }
 
   private flush(): void {
-    writeAll(this.ids, new Uint8Array(this.stageIds.buffer, 0, this.staged * 4));
-    writeAll(this.labels, new Uint8Array(this.stageLabels.buffer, 0, this.staged * 4));
+    this.put("input_ids", new Uint8Array(this.stageIds.buffer, 0, this.staged * 4));
+    this.put("labels", new Uint8Array(this.stageLabels.buffer, 0, this.staged * 4));
     this.staged = 0;
+  }
+
+  private spool(name: "input_ids" | "labels"): string {
+    return path.join(this.dir, `.${this.split}.${name}.spool`);
+  }
+
+  /** To a spool; a failed write's error names the spool (writeSync's does not). */
+  private put(name: "input_ids" | "labels", view: Uint8Array): void {
+    try {
+      writeAll(name === "input_ids" ? this.ids : this.labels, view);
+    } catch (e) {
+      (e as NodeJS.ErrnoException).path ??= this.spool(name);
+      throw e;
+    }
   }
 
   /** The origin of the i-th kept sample. */
@@ -434,15 +458,14 @@ class SplitWriter {
     };
   }
 
-  /** tokens.safetensors in `dir` (the spools copied into place, then removed). */
-  finish(dir: string): void {
+  /** tokens.safetensors in `dir` (the spools copied into place, then removed); its sha256. */
+  finish(dir: string): string {
     this.flush();
-    closeSync(this.ids);
-    closeSync(this.labels);
+    this.close();
     const offsets = new BigInt64Array(this.kept + 1);
     for (let i = 1; i <= this.kept; i++) offsets[i] = BigInt(this.offsets[i] as number);
-    const spool = (name: string) => path.join(this.dir, `.${this.split}.${name}.spool`);
-    writeSafetensors(
+    const spool = (name: "input_ids" | "labels") => this.spool(name);
+    const { sha256 } = writeSafetensors(
       path.join(dir, "tokens.safetensors"),
       {
         input_ids: { dtype: "I32", shape: [this.tokens], file: spool("input_ids") },
@@ -453,16 +476,14 @@ class SplitWriter {
     );
     rmSync(spool("input_ids"));
     rmSync(spool("labels"));
+    return sha256;
   }
 
   close(): void {
-    for (const fd of [this.ids, this.labels]) {
-      try {
-        closeSync(fd);
-      } catch {
-        // already closed by finish
-      }
-    }
+    if (this.closed) return;
+    this.closed = true;
+    closeSync(this.ids);
+    closeSync(this.labels);
   }
 
   manifest(hash: string, stats: DataStats): Omit<SplitManifest, "origins"> {
@@ -510,11 +531,10 @@ interface PassInput {
   progress: (p: Omit<PrepareProgress, "elapsedS" | "totalBytes" | "workers">, force?: boolean) => void;
 }
 
-async function runPass({ opts, settings, runner, dir, progress }: PassInput): Promise<Pass> {
-  const { files, evalFrom } = settings;
+async function runPass(input: PassInput): Promise<Pass> {
   const pass: Pass = {
-    train: new SplitWriter(dir, "train", PROMPTS),
-    eval: new SplitWriter(dir, "eval", opts.prompts ?? PROMPTS),
+    train: new SplitWriter(input.dir, "train", PROMPTS),
+    eval: new SplitWriter(input.dir, "eval", input.opts.prompts ?? PROMPTS),
     formats: {},
     skipped: [],
     bomFiles: 0,
@@ -522,6 +542,18 @@ async function runPass({ opts, settings, runner, dir, progress }: PassInput): Pr
     min: { h: Number.POSITIVE_INFINITY, id: "" },
     max: { h: Number.NEGATIVE_INFINITY, id: "" },
   };
+  try {
+    return await fillPass(pass, input);
+  } catch (e) {
+    // A removed spool whose descriptor is still open keeps its space until the process ends.
+    pass.train.close();
+    pass.eval.close();
+    throw e;
+  }
+}
+
+async function fillPass(pass: Pass, { opts, settings, runner, progress }: PassInput): Promise<Pass> {
+  const { files, evalFrom } = settings;
   const fileFormats = new FileFormats(settings.format);
   const phases = {
     trainRead: new ProblemList(),
@@ -651,7 +683,7 @@ export function writeManifest(
   file: string,
   m: object,
   origins: { files: string[]; each: (fn: (t: SplitManifest["origins"]["samples"][number]) => void) => void },
-): void {
+): string {
   const marker = `__samples_${randomBytes(8).toString("hex")}__`;
   const placed: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(m)) {
@@ -662,9 +694,9 @@ export function writeManifest(
   const at = text.indexOf(`"${marker}"`);
   if (at < 0) throw new Error("internal: no origins in the manifest");
   const indent = /^ */.exec(text.slice(text.lastIndexOf("\n", at) + 1))?.[0] ?? "";
-  const fd = openSync(file, "w");
+  const out = new HashedFile(file);
   try {
-    const put = (s: string) => writeAll(fd, Buffer.from(s, "utf8"));
+    const put = (s: string) => out.write(Buffer.from(s, "utf8"));
     put(text.slice(0, at));
     let first = true;
     let chunk = "";
@@ -677,25 +709,45 @@ export function writeManifest(
       }
     });
     put(`${chunk}${first ? "[]" : `\n${indent}]`}${text.slice(at + marker.length + 2)}\n`);
+    return out.finish().sha256;
   } finally {
-    closeSync(fd);
+    out.close();
   }
 }
 
-function isComplete(dir: string): Manifest | undefined {
-  const file = path.join(dir, "manifest.json");
-  if (!existsSync(file) || !existsSync(path.join(dir, "tokens.safetensors"))) return undefined;
+/** What a split's SHA256SUMS must vouch for (the engine checks the same: engine/lorakit_engine/data.py). */
+const SPLIT_FILES = ["tokens.safetensors", "manifest.json"];
+
+/**
+ * The manifest of a cache entry whose files all match their SHA256SUMS; or why it is not to be reused (a
+ * sentence naming the file); or undefined when there is no entry.
+ */
+function reusable(dir: string): Manifest | string | undefined {
+  if (!existsSync(dir)) return undefined;
+  const problems = checkSums(dir, SPLIT_FILES);
+  if (problems.length > 0) return problems[0];
+  let m: Manifest;
   try {
-    const m = JSON.parse(readFileSync(file, "utf8")) as Manifest;
-    if (m.complete !== true || m.version !== MANIFEST_VERSION) return undefined;
-    if (m.eval && !existsSync(path.join(dir, "eval", "tokens.safetensors"))) return undefined;
-    return m;
-  } catch {
-    return undefined;
+    m = JSON.parse(readFileSync(path.join(dir, "manifest.json"), "utf8")) as Manifest;
+  } catch (e) {
+    return `${path.join(dir, "manifest.json")} is not JSON (${(e as Error).message})`;
   }
+  if (m.complete !== true || m.version !== MANIFEST_VERSION)
+    return `${path.join(dir, "manifest.json")} is not a complete version ${MANIFEST_VERSION} manifest`;
+  if (m.eval) {
+    const evalProblems = checkSums(path.join(dir, "eval"), SPLIT_FILES);
+    if (evalProblems.length > 0) return evalProblems[0];
+  }
+  return m;
 }
 
-function result(dir: string, manifest: Manifest, reused: boolean, template: ChatTemplate): PrepareResult {
+function result(
+  dir: string,
+  manifest: Manifest,
+  reused: boolean,
+  template: ChatTemplate,
+  rebuilt: string | null = null,
+): PrepareResult {
   let evalSplit: PreparedSplit | null = null;
   if (manifest.eval) {
     const em = JSON.parse(readFileSync(path.join(dir, "eval", "manifest.json"), "utf8")) as SplitManifest;
@@ -711,6 +763,7 @@ function result(dir: string, manifest: Manifest, reused: boolean, template: Chat
     hash: manifest.hash,
     dir,
     reused,
+    rebuilt,
     manifest,
     template,
     train: {
@@ -751,6 +804,19 @@ function lazyOrigins(manifest: Omit<Manifest, "origins">, file: string): Manifes
  * Temporary directories of preparations whose process is gone (killed: they never reached their rename).
  * Their token spools can be gigabytes; a directory whose process still runs is left alone.
  */
+/** Bytes of the files under `dir` (what a preparation had written when it stopped). */
+function bytesUnder(dir: string): number {
+  let n = 0;
+  try {
+    for (const d of readdirSync(dir, { withFileTypes: true, recursive: true })) {
+      if (d.isFile()) n += statSync(path.join(d.parentPath ?? d.path, d.name)).size;
+    }
+  } catch {
+    // gone already
+  }
+  return n;
+}
+
 function removeAbandoned(cacheRoot: string): void {
   for (const name of readdirSync(cacheRoot)) {
     const pid = /^\.tmp-[0-9a-f]+-(\d+)-[0-9a-f]+$/.exec(name)?.[1];
@@ -813,8 +879,9 @@ export async function prepareDataset(opts: PrepareOptions, cacheRoot: string): P
   };
   const hash = sha256(JSON.stringify({ v: MANIFEST_VERSION, ...inputs })).slice(0, 16);
   const dir = path.join(cacheRoot, hash);
-  const existing = isComplete(dir);
-  if (existing) return result(dir, existing, true, template);
+  const existing = reusable(dir);
+  if (typeof existing === "object") return result(dir, existing, true, template);
+  const rebuilt = typeof existing === "string" ? existing : null;
 
   const settings: BatchSettings = {
     files: allFiles,
@@ -831,6 +898,8 @@ export async function prepareDataset(opts: PrepareOptions, cacheRoot: string): P
   removeAbandoned(cacheRoot);
   const tmp = path.join(cacheRoot, `.tmp-${hash}-${process.pid}-${randomBytes(4).toString("hex")}`);
   let runner: BatchRunner | undefined;
+  let pass: Pass | undefined;
+  let writing: string | undefined; // the output file being written, once the pass is done
   try {
     const cores = os.availableParallelism();
     const wanted = opts.workers ?? (cores >= 2 && totalBytes >= WORKERS_FROM ? cores : 0);
@@ -847,7 +916,6 @@ export async function prepareDataset(opts: PrepareOptions, cacheRoot: string): P
     runner ??= inThread(settings, template);
     workers = runner.workers;
 
-    let pass: Pass | undefined;
     for (let attempt = 0; ; attempt++) {
       rmSync(tmp, { recursive: true, force: true });
       mkdirSync(tmp);
@@ -916,29 +984,65 @@ export async function prepareDataset(opts: PrepareOptions, cacheRoot: string): P
         : null,
     };
 
-    // Everything into the temporary directory, then renamed.
-    train.finish(tmp);
+    // Everything into the temporary directory, each split's SHA256SUMS last, synced, then renamed.
+    const sums = (splitDir: string, tokens: string, manifestFile: string) => {
+      writing = path.join(splitDir, SUMS);
+      writeSums(
+        splitDir,
+        new Map([
+          ["tokens.safetensors", tokens],
+          ["manifest.json", manifestFile],
+        ]),
+      );
+    };
+    writing = path.join(tmp, "tokens.safetensors"); // (a spool, when the tokens staged last do not fit)
+    const trainTokens = train.finish(tmp);
     if (evalM) {
-      mkdirSync(path.join(tmp, "eval"));
-      ev.finish(path.join(tmp, "eval"));
-      const origins = ev.originTriples();
-      writeManifest(path.join(tmp, "eval", "manifest.json"), evalM, origins);
+      const evalDir = path.join(tmp, "eval");
+      mkdirSync(evalDir);
+      writing = path.join(evalDir, "tokens.safetensors");
+      const evalTokens = ev.finish(evalDir);
+      writing = path.join(evalDir, "manifest.json");
+      sums(evalDir, evalTokens, writeManifest(writing, evalM, ev.originTriples()));
     } else {
       ev.close();
       rmSync(path.join(tmp, ".eval.input_ids.spool"), { force: true });
       rmSync(path.join(tmp, ".eval.labels.spool"), { force: true });
     }
-    const origins = train.originTriples();
-    writeManifest(path.join(tmp, "manifest.json"), manifest, origins);
-    if (existsSync(dir)) rmSync(dir, { recursive: true, force: true }); // an incomplete leftover
+    writing = path.join(tmp, "manifest.json");
+    sums(tmp, trainTokens, writeManifest(writing, manifest, train.originTriples()));
+    if (existsSync(dir)) rmSync(dir, { recursive: true, force: true }); // a damaged or torn leftover
     try {
       renameSync(tmp, dir);
+      fsyncDir(cacheRoot);
     } catch (e) {
-      const done = isComplete(dir); // another process finished the same preparation first
-      if (done) return result(dir, done, true, template);
+      const done = reusable(dir); // another process finished the same preparation first
+      if (typeof done === "object") return result(dir, done, true, template);
       throw e;
     }
-    return result(dir, lazyOrigins(manifest, path.join(dir, "manifest.json")), false, template);
+    return result(dir, lazyOrigins(manifest, path.join(dir, "manifest.json")), false, template, rebuilt);
+  } catch (e) {
+    pass?.train.close();
+    pass?.eval.close();
+    if (!isDiskFull(e)) throw e;
+    // The need: the tokens twice (spooled, then copied into tokens.safetensors); during the pass, at least
+    // twice what was spooled so far.
+    const spooled = bytesUnder(tmp);
+    const tokens = writing && pass ? 8 * (pass.train.tokens + pass.eval.tokens) : undefined;
+    const file = (e as NodeJS.ErrnoException).path ?? writing;
+    rmSync(tmp, { recursive: true, force: true });
+    throw diskFullError({
+      what: "the prepared data",
+      dir: cacheRoot,
+      ...(file ? { writing: file } : {}),
+      need: 2 * (tokens ?? spooled),
+      basis:
+        tokens !== undefined
+          ? "the tokens twice: spooled, then copied into tokens.safetensors"
+          : "at least twice the tokens spooled so far: they are copied into tokens.safetensors, and records were still to come",
+      kept: `the cache's other entries are untouched and nothing was written to ${dir}.`,
+      hint: `Free space on that disk (prepared data goes to ${cacheRoot}, beside the config), then run the same command again.`,
+    });
   } finally {
     await runner?.close();
     rmSync(tmp, { recursive: true, force: true });

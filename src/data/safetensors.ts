@@ -4,6 +4,7 @@
 import { closeSync, openSync, readFileSync, readSync, statSync, writeSync } from "node:fs";
 import os from "node:os";
 import { LorakitError } from "../errors.js";
+import { HashedFile } from "../files/atomic.js";
 
 export type Dtype = "I32" | "I64" | "F32";
 export type TensorData = Int32Array | BigInt64Array | Float32Array;
@@ -43,13 +44,14 @@ const isSpooled = (t: Tensor | SpooledTensor): t is SpooledTensor => "file" in t
 
 /**
  * Write tensors (wider dtypes first, so every tensor starts aligned to its element size). A spooled
- * tensor's bytes are copied from its file in pieces, so the result does not depend on where they were.
+ * tensor's bytes are copied from its file in pieces, so the result does not depend on where they were. The
+ * file is synced; its size and sha256 (hashed as it is written, for SHA256SUMS) are returned.
  */
 export function writeSafetensors(
   file: string,
   tensors: Record<string, Tensor | SpooledTensor>,
   metadata?: Record<string, string>,
-): void {
+): { bytes: number; sha256: string } {
   checkEndianness();
   const names = Object.keys(tensors).sort((a, b) => {
     const d = SIZE[(tensors[b] as Tensor).dtype] - SIZE[(tensors[a] as Tensor).dtype];
@@ -84,17 +86,18 @@ export function writeSafetensors(
   if (pad) json = Buffer.concat([json, Buffer.alloc(pad, 0x20)]);
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(json.length));
-  const fd = openSync(file, "w");
+  const out = new HashedFile(file);
   try {
-    writeAll(fd, len);
-    writeAll(fd, json);
+    out.write(len);
+    out.write(json);
     for (const name of names) {
       const t = tensors[name] as Tensor | SpooledTensor;
-      if (isSpooled(t)) copyInto(fd, t.file);
-      else writeAll(fd, Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+      if (isSpooled(t)) copyInto(out, t.file);
+      else out.write(Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength));
     }
+    return out.finish();
   } finally {
-    closeSync(fd);
+    out.close();
   }
 }
 
@@ -104,14 +107,14 @@ export function writeAll(fd: number, view: Uint8Array): void {
   while (at < view.length) at += writeSync(fd, view, at, Math.min(view.length - at, 1 << 30));
 }
 
-function copyInto(fd: number, from: string): void {
+function copyInto(out: HashedFile, from: string): void {
   const src = openSync(from, "r");
   try {
     const buf = Buffer.allocUnsafe(8 << 20);
     for (;;) {
       const n = readSync(src, buf, 0, buf.length, null);
       if (n === 0) break;
-      writeAll(fd, buf.subarray(0, n));
+      out.write(buf.subarray(0, n));
     }
   } finally {
     closeSync(src);

@@ -1,13 +1,15 @@
 // The doctor's front door: `runDoctor` runs every check that can run before training — environment,
 // config, memory, data (hook), model — and returns all findings at once, as numbered steps.
+import { statSync } from "node:fs";
+import path from "node:path";
 import type { LoadedConfig } from "../config/load.js";
 import { ensurePython, type PythonEnv } from "../engine/python.js";
 import { LorakitError } from "../errors.js";
 import { countFindings, type Finding, findingsOfError, makeFinding } from "../findings/index.js";
 import { fmtBytes } from "../format.js";
-import { type ModelInfo, readCheckpoint } from "../models/checkpoint.js";
+import { type ModelInfo, readCheckpoint, TOKENIZER_FILES } from "../models/checkpoint.js";
 import { supportedModelTypes } from "../models/families.js";
-import { loraParams, modelShape } from "../models/shape.js";
+import { loraParams, loraTensors, modelShape } from "../models/shape.js";
 import { fastPathSetting, plannedSteps, resolveDevice, resolveFastPath, resolvePrecision } from "../plan/index.js";
 import { configFindings, type DatasetFacts, estimateDataset } from "./config.js";
 import { envFindings, envSummary, type Hardware, hardwareOf, type Probe, runProbe } from "./env.js";
@@ -18,6 +20,7 @@ import {
   type MemoryEstimate,
   type MemoryInputs,
   memoryFindings,
+  onDisk,
 } from "./memory.js";
 import {
   type InspectFacts,
@@ -191,7 +194,16 @@ export async function runDoctor(o: DoctorOptions): Promise<DoctorReport> {
       ...envFindings(probe, {
         device: c.train.device,
         precision: c.train.precision,
-        diskNeed: shape ? diskNeed(lora, c.train.keep_checkpoints, dataset?.trainTokens ?? 0) : undefined,
+        diskNeed: shape
+          ? diskNeed({
+              loraParams: lora,
+              loraTensors: loraTensors(shape, targets),
+              keepCheckpoints: c.train.keep_checkpoints,
+              patience: c.train.patience,
+              copied: copiedBytes(loaded.modelDir),
+              preparedTokens: dataset?.source === "prepared" ? 0 : (dataset?.trainTokens ?? 0),
+            })
+          : undefined,
         cpuWork,
       }),
     );
@@ -303,4 +315,17 @@ export async function runDoctor(o: DoctorOptions): Promise<DoctorReport> {
     dataset,
     model: facts,
   };
+}
+
+/** On-disk bytes of the base's tokenizer files, which the adapter folder gets a copy of. */
+function copiedBytes(modelDir: string): number {
+  let n = 0;
+  for (const f of TOKENIZER_FILES) {
+    try {
+      n += onDisk(statSync(path.join(modelDir, f)).size);
+    } catch {
+      // not there: not copied
+    }
+  }
+  return n;
 }

@@ -131,9 +131,12 @@ export function engineFailure(result: EngineResult, logFile?: string): LorakitEr
   const tail = result.stderrTail.slice(-15).join("\n");
   const where = logFile ? { file: logFile } : undefined;
   if (result.error) {
-    const trace = result.error.traceback
-      ? `\n${result.error.traceback.trimEnd().split("\n").slice(-8).join("\n")}`
-      : "";
+    // The traceback tells only where an unexpected exception came from; the engine's own errors (DISK_FULL,
+    // CHECKPOINT_CORRUPT, …) name their cause and fix already, and a stack under them reads as a crash.
+    const trace =
+      result.error.traceback && result.error.code === "ENGINE_CRASH"
+        ? `\n${result.error.traceback.trimEnd().split("\n").slice(-8).join("\n")}`
+        : "";
     return new LorakitError(result.error.code, `${result.error.message}${trace}`, {
       where,
       hint: result.error.hint,

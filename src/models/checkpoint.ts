@@ -5,6 +5,17 @@ import path from "node:path";
 import { LorakitError } from "../errors.js";
 import { type Family, familyFor, supportedModelTypes } from "./families.js";
 
+/** The tokenizer files a base may have; those it has travel with the adapter, so a tokenizer loads from it. */
+export const TOKENIZER_FILES = [
+  "tokenizer.json",
+  "tokenizer.model",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+  "vocab.json",
+  "merges.txt",
+  "added_tokens.json",
+] as const;
+
 export interface ModelInfo {
   dir: string;
   modelType: string;

@@ -108,6 +108,16 @@ export function targetModule(shape: ModelShape, target: string): ModuleShape | u
   return shape.modules[target.split(".").pop() ?? target];
 }
 
+/** LoRA tensors: an A and a B for every adapted module. Unknown names count nothing. */
+export function loraTensors(shape: ModelShape, targets: readonly string[]): number {
+  let n = 0;
+  for (const t of new Set(targets)) {
+    const m = targetModule(shape, t);
+    if (m) n += 2 * (m.perLayer ? shape.layers : 1);
+  }
+  return n;
+}
+
 /** LoRA parameters: r × (in + out) for every adapted module. Unknown names count nothing. */
 export function loraParams(shape: ModelShape, targets: readonly string[], r: number): number {
   let n = 0;

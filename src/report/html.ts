@@ -1,5 +1,6 @@
 // runs/<name>/report.html: one self-contained page (no scripts, no network) with the loss and
 // learning-rate charts, the findings, the resolved config and the samples before/after.
+import { writeFileAtomic } from "../files/atomic.js";
 import { fromRow } from "../findings/index.js";
 import type { FindingRow, MetricRow, SampleRow } from "../runs/store.js";
 import { escapeHtml } from "./escape.js";
@@ -180,6 +181,11 @@ export function lineChart(title: string, series: Series[], opts: ChartOptions = 
     })
     .join("");
   return `<figure class="chart">${caption}<svg viewBox="0 0 ${W} ${H}" preserveAspectRatio="xMidYMid meet" role="img" aria-label="${escapeHtml(title)}">${yTicks}${frame}${xTicks}${rowTitles}${yTitle}${lines}<g class="legend">${legend}</g></svg></figure>`;
+}
+
+/** report.html written whole or not at all (a full disk: DISK_FULL, the report written before intact). */
+export function writeReport(file: string, r: ReportInput): void {
+  writeFileAtomic(file, renderReport(r), { what: "the report" });
 }
 
 export function renderReport(r: ReportInput): string {

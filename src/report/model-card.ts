@@ -1,14 +1,18 @@
 // The adapter folder's model card (README.md, in place of peft's blank template) and the "how to use it"
 // snippet the end of a run prints: what the adapter was trained from (base model, data, recipe), how it
 // did (metrics, findings), and Python that loads the base and the adapter and generates with the chat
-// template lorakit trained with. Written after training, when the metrics are known.
+// template lorakit trained with. Written after training, when the metrics are known, and only over an
+// adapter whose files match its SHA256SUMS (the engine writes it; the card itself is not in the sums).
 import { createHash } from "node:crypto";
-import { readFileSync, writeFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import type { LoadedConfig } from "../config/load.js";
 import type { Plan } from "../config/schema.js";
 import type { PrepareResult } from "../data/index.js";
 import { ROOT } from "../engine/python.js";
+import { LorakitError } from "../errors.js";
+import { writeFileAtomic } from "../files/atomic.js";
+import { checkSums } from "../files/sums.js";
 import type { ModelInfo } from "../models/checkpoint.js";
 import type { RunStore } from "../runs/store.js";
 
@@ -373,8 +377,27 @@ export function modelCardFacts(a: {
   };
 }
 
-/** Writes README.md into the adapter folder (over peft's template); returns the usage snippet. */
+/** The files of an adapter folder that its SHA256SUMS does not cover: the model card, written over peft's. */
+export const ADAPTER_UNSUMMED = ["README.md"];
+
+/** ADAPTER_CORRUPT naming each file of the adapter folder that does not match its SHA256SUMS. */
+export function verifyAdapter(dir: string): void {
+  const problems = checkSums(dir, undefined, ADAPTER_UNSUMMED);
+  if (problems.length === 0) return;
+  const errors = problems.map(
+    (p) =>
+      new LorakitError("ADAPTER_CORRUPT", `the adapter ${dir} is damaged: ${p}`, {
+        where: { file: dir },
+        hint: "Do not use it: resume the run from its last checkpoint (lorakit train <config> --resume) to write it again, or train again.",
+      }),
+  );
+  throw LorakitError.fromList(errors);
+}
+
+/** Writes README.md into the adapter folder (over peft's template), once the adapter verifies; returns the
+ * usage snippet. */
 export function writeModelCard(facts: CardFacts): string {
-  writeFileSync(path.join(facts.usage.adapter, "README.md"), renderModelCard(facts));
+  verifyAdapter(facts.usage.adapter);
+  writeFileAtomic(path.join(facts.usage.adapter, "README.md"), renderModelCard(facts), { what: "the model card" });
   return usageSnippet(facts.usage);
 }

@@ -12,7 +12,7 @@ import {
   type Tokenizer,
   writeRows,
 } from "../data/index.js";
-import type { ModelInfo } from "../models/checkpoint.js";
+import { type ModelInfo, TOKENIZER_FILES } from "../models/checkpoint.js";
 
 export interface HeldOutItem {
   index: number;
@@ -40,16 +40,7 @@ export interface PreparedRun {
   adapterFiles: Record<string, string>;
 }
 
-/** The tokenizer files a base may have; those it has travel with the adapter, so a tokenizer loads from it. */
-export const TOKENIZER_FILES = [
-  "tokenizer.json",
-  "tokenizer.model",
-  "tokenizer_config.json",
-  "special_tokens_map.json",
-  "vocab.json",
-  "merges.txt",
-  "added_tokens.json",
-] as const;
+export { TOKENIZER_FILES } from "../models/checkpoint.js";
 
 /** The text of the last user turn of a rendered prompt (what the report shows). */
 function promptText(tokenizer: Tokenizer, ids: readonly number[]): string {
@@ -85,6 +76,7 @@ export async function prepareForRun(
     path.join(path.dirname(loaded.file), "prepared"),
   );
   const m = result.manifest;
+  if (result.rebuilt) log(`data        the cached prepared data was not reused (${result.rebuilt}): prepared again`);
   log(
     `data        ${result.train.samples} train / ${result.eval?.samples ?? 0} eval samples, ${result.train.tokens} tokens (${result.train.trainedTokens} trained), template ${result.template.name}${result.reused ? ", reused" : ""} → ${result.dir}`,
   );

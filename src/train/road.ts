@@ -10,6 +10,7 @@ import { outputFindings } from "../doctor/index.js";
 import { ensurePython, type PythonEnv } from "../engine/python.js";
 import { engineFailure, spawnEngine } from "../engine/supervisor.js";
 import { LorakitError } from "../errors.js";
+import { resumableCheckpoint } from "../files/checkpoints.js";
 import { type Finding, findingsError, fromEvent, makeFinding } from "../findings/index.js";
 import { plural } from "../format.js";
 import { buildPlan, smokePlan, type TrainCounts } from "../plan/index.js";
@@ -133,12 +134,7 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
   const { log } = opts;
   const c = loaded.config;
   const runDir = path.join(loaded.outputDir, loaded.name);
-  if (opts.resume && !existsSync(path.join(runDir, "checkpoints"))) {
-    throw new LorakitError("RESUME_NOTHING", `run '${loaded.name}' has no checkpoints to resume from`, {
-      where: { file: runDir },
-      hint: `start it without --resume: lorakit train ${path.basename(loaded.file)}`,
-    });
-  }
+  if (opts.resume) resumableCheckpoint(runDir, loaded.name, path.basename(loaded.file));
 
   const earlier = ["checkpoints", "adapter"].filter((d) => existsSync(path.join(runDir, d)));
   if (!opts.resume && earlier.length > 0) {

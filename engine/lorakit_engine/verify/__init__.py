@@ -2,6 +2,7 @@
 trained. Two parts, both always run; either fails the check (ADAPTER_RELOAD_MISMATCH):
 
 structural, exact —
+    every file matches the adapter's SHA256SUMS (written with it: what is on disk is what was written);
     adapter_model.safetensors holds the in-memory adapter's tensors: the same names, shapes, dtypes and values
     (bit for bit); adapter_config.json has the plan's r, lora_alpha and target modules, and the scaling they
     give is every in-memory module's; peft's load on the fresh base reports no missing and no unexpected key,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import check_adapter
 from ..lora import lora_layers
 from ..plan import LoraPlan
 
@@ -52,10 +53,10 @@ def compare_tensors(what: str, got: dict[str, torch.Tensor], want: dict[str, tor
 
 
 def check_files(adapter_dir: Path, want: dict[str, torch.Tensor], lora: LoraPlan, scalings: dict[str, float]):
-    """The saved files against the in-memory adapter and the plan."""
+    """The saved files against their SHA256SUMS, the in-memory adapter and the plan."""
     from safetensors.torch import load_file
 
-    problems: list[str] = []
+    problems: list[str] = check_adapter(adapter_dir)
     weights = adapter_dir / "adapter_model.safetensors"
     try:
         problems += compare_tensors(weights.name, load_file(str(weights)), want)
