@@ -21,7 +21,7 @@ import { loadTokenizer } from "../src/data/index.js";
 import { LorakitError } from "../src/errors.js";
 import { readCheckpoint } from "../src/models/checkpoint.js";
 import { LOCK_FILE, type LockHolder } from "../src/runs/lock.js";
-import { liveness } from "../src/runs/owner.js";
+import { liveness, type ProcessId } from "../src/runs/owner.js";
 import { prepareForRun } from "../src/train/prepare-run.js";
 import { buildCli, Lorakit, runLorakit } from "./fault/cli.js";
 import { fixture, tmpDir, writeCodeWords } from "./helpers.js";
@@ -267,7 +267,11 @@ beforeAll(async () => {
   });
 });
 
+/** Engines the suite held inside a step: killed at the end if a failed test left them (they wait for a kill). */
+const held: ProcessId[] = [];
+
 afterAll(() => {
+  for (const e of held) if (liveness(e) === "alive") process.kill(e.pid, "SIGKILL"); // its start time matched
   const rows = faults.map((f) => [
     f.fault,
     f.killed,
@@ -381,6 +385,7 @@ describe("fault suite: kill -9 at every phase of a run, then --resume", () => {
     expect(second.stderr).toContain(`kill -INT ${p.pid}`);
 
     const engine = (JSON.parse(readFileSync(path.join(runDir(), LOCK_FILE), "utf8")) as LockHolder).engine;
+    if (engine) held.push(engine);
     p.child.kill("SIGINT");
     await p.waitFor(/stopping: a training step in progress ends/, "the first Ctrl-C's message");
     p.child.kill("SIGINT");
