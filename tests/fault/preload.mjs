@@ -1,7 +1,8 @@
 // Test-only, loaded before the CLI with `node --import`: lorakit SIGKILLs itself (kill -9: no handler, no
 // cleanup) at an exact point, from outside the product.
-//   LORAKIT_TEST_KILL_FS="<fs function>:<regular expression>"  when the function is called on a matching path,
-//       e.g. "renameSync:/report\.html$" (the report written whole, not yet renamed into place)
+//   LORAKIT_TEST_KILL_FS="<fs function>:<regular expression>"  when the function is called on a matching path
+//       (either path of a rename, copy or link), e.g. "renameSync:/report\.html$" (the report written whole,
+//       not yet renamed into place)
 //   LORAKIT_TEST_KILL_OUT="<regular expression>"  when lorakit is about to print a matching line on stdout
 // One line `[lorakit-test-fault] SIGKILL at …` goes to stderr first.
 import fs from "node:fs";
@@ -19,9 +20,12 @@ if (onFs) {
   const pattern = new RegExp(onFs.slice(at + 1));
   const real = fs[name];
   if (typeof real !== "function") throw new Error(`LORAKIT_TEST_KILL_FS: node:fs has no function ${name}`);
+  // Functions of two paths (renameSync, copyFileSync, linkSync): either may match, e.g. the final name of a file
+  // written beside it under any temporary name.
+  const paths = /rename|copy|link/i.test(name) ? 2 : 1;
   fs[name] = function killing(...args) {
-    const p = args[0];
-    if ((typeof p === "string" || p instanceof URL) && pattern.test(String(p))) kill(`${name}(${p})`);
+    for (const p of args.slice(0, paths))
+      if ((typeof p === "string" || p instanceof URL) && pattern.test(String(p))) kill(`${name}(${args[0]})`);
     return real.apply(this, args);
   };
   // ES modules that import { renameSync } from "node:fs" see the replacement too.
