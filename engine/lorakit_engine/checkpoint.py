@@ -206,6 +206,7 @@ def save(
     try:
         tmp.mkdir()
         model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False, **whole)
+        _stable_config(tmp / "adapter_config.json")
         rngs = [rng_state()] if rngs is None else rngs
         saved = [("optimizer.pt", optimizer_state), ("scheduler.pt", scheduler.state_dict())]
         if scaler is not None:
@@ -394,6 +395,7 @@ def write_adapter(model, plan: Plan, state: dict | None = None) -> Path:
     try:
         tmp.mkdir(parents=True)
         model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False, **whole)
+        _stable_config(tmp / "adapter_config.json")
         for name, text in plan.adapter_extras.items():
             writing = tmp / name
             writing.write_text(text, encoding="utf-8")
@@ -410,6 +412,15 @@ def write_adapter(model, plan: Plan, state: dict | None = None) -> Path:
         raise
     _replace(tmp, final)
     return final
+
+
+def _stable_config(file: Path) -> None:
+    """peft keeps target_modules in a set and writes it in the order of the process's string hashing:
+    sorted here, the same adapter is the same bytes (and SHA256SUMS) from every process. peft reads a list."""
+    cfg = json.loads(file.read_text(encoding="utf-8"))
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+        file.write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
 
 
 # The adapter's model card: peft writes a blank one, lorakit writes its own over it after the run.

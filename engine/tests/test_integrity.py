@@ -204,3 +204,21 @@ def test_a_damaged_rows_file_is_never_trained_on(tmp_path, fixtures_dir):
     with pytest.raises(EngineError) as e:
         check_inputs(read_plan(write_plan(tmp_path, plan)))
     assert e.value.code == "DATA_CORRUPT" and str(rows) in e.value.message
+
+
+def test_the_same_adapter_is_the_same_bytes_from_any_process(trained, tmp_path):
+    """peft writes target_modules in the order of the process's string hashing; the engine sorts them, so an
+    adapter written again (a resume, another machine) has the same bytes and SHA256SUMS, and peft reads it."""
+    from peft import LoraConfig
+
+    adapter = trained / "run" / "adapter"
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    assert len(cfg["target_modules"]) > 1
+    assert cfg["target_modules"] == sorted(cfg["target_modules"])
+    file = tmp_path / "adapter_config.json"
+    shuffled = dict(cfg, target_modules=sorted(cfg["target_modules"], reverse=True))
+    file.write_text(json.dumps(shuffled, indent=2, sort_keys=True))
+    ckpt._stable_config(file)
+    assert file.read_bytes() == (adapter / "adapter_config.json").read_bytes()
+    loaded = LoraConfig.from_pretrained(str(adapter))
+    assert set(loaded.target_modules) == set(cfg["target_modules"])

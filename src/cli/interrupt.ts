@@ -7,17 +7,28 @@ import { err, type Io } from "./io.js";
 const running = new Set<AbortController>();
 
 /** Turns Ctrl-C into an AbortSignal for the duration of `fn`; a second Ctrl-C quits at once. `progress`'s bar
- * (and the ^C the terminal echoed on it) is cleared before the message, `stopping` (what happens now). */
+ * (and the ^C the terminal echoed on it) is cleared before the message, `stopping` (what happens now). Before
+ * quitting, `quit` (when given) settles what is in progress and returns the sentence that says what is given up. */
 export async function withInterrupt<T>(
   io: Io,
   fn: (signal: AbortSignal) => Promise<T>,
   progress?: { clear(): void },
   stopping = "stopping: a training step in progress ends and is saved as a checkpoint (Ctrl-C again to quit at once) …",
+  quit?: () => string | undefined,
 ): Promise<T> {
   if (io.signal) return fn(io.signal);
   const ac = new AbortController();
   const onSig = () => {
-    if (ac.signal.aborted) process.exit(130);
+    if (ac.signal.aborted) {
+      let said: string | undefined;
+      try {
+        said = quit?.();
+      } catch (e) {
+        said = `quitting now (settling the run failed: ${(e as Error).message})`;
+      }
+      err(io, said ?? "quitting now");
+      process.exit(130);
+    }
     if (progress) progress.clear();
     else err(io);
     err(io, stopping);

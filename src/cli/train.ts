@@ -2,7 +2,7 @@
 import { loadConfig } from "../config/load.js";
 import { errorOfFindings } from "../findings/index.js";
 import { exactMatchText } from "../runs/exact-match.js";
-import { runRoad } from "../train/road.js";
+import { type QuitHook, runRoad } from "../train/road.js";
 import { defineCommand } from "./command.js";
 import { renderFinding } from "./findings-view.js";
 import { withInterrupt } from "./interrupt.js";
@@ -18,13 +18,14 @@ export const command = defineCommand({
     "Reads the run config, checks the environment, config, memory, data and model (as `lorakit doctor` does), " +
     "prepares the data, makes a smoke run (two steps, save, reload, generate), then trains with live " +
     "monitors, samples the held-out prompts before and after, and writes the adapter (PEFT format) and " +
-    "report.html under output_dir/<name>/. Ctrl-C ends the current step, saves a checkpoint and stops; " +
-    "--resume continues from there.",
+    "report.html under output_dir/<name>/. Ctrl-C ends the current step, saves a checkpoint and stops (a second " +
+    "Ctrl-C quits at once, saying what is not saved); --resume continues from there. One lorakit trains a run at " +
+    "a time (runs/<name>/run.lock).",
   options: {
     resume: {
       type: "boolean",
       description:
-        "continue the run from its last checkpoint (after Ctrl-C or a crash), with the same config; the losses match an uninterrupted run",
+        "continue the run from its last checkpoint (after Ctrl-C, a crash or kill -9) with the settings it started with: the losses match an uninterrupted run. A changed setting is refused before anything is written, each named (then and now); a completed run says so",
     },
     fresh: {
       type: "boolean",
@@ -50,6 +51,7 @@ export const command = defineCommand({
     const configPath = positionals[0] as string;
     const loaded = await loadConfig(configPath, io.cwd, io.env);
     const { onEvent, progress, trace } = eventPrinter(io, loaded.config.train.log_every);
+    const quit: QuitHook = {};
     const result = await withInterrupt(
       io,
       (signal) =>
@@ -63,9 +65,19 @@ export const command = defineCommand({
           log: (l) => progress.line(l),
           onEvent,
           onFinding: (f) => progress.line(renderFinding(f, io)),
+          quit,
         }),
       progress,
+      undefined,
+      () => quit.quit?.(),
     ).finally(() => progress.end());
+    if (result.completedAt !== undefined) {
+      const how = result.outcome === "completed" ? "" : ` (${result.outcome})`;
+      out(io, `run         '${loaded.name}' completed at step ${result.completedAt}${how}; nothing to resume`);
+      out(io, `report      ${result.reportPath}`);
+      if (result.adapterDir) out(io, `adapter     ${result.adapterDir}`);
+      return 0;
+    }
     if (result.exactMatch.n > 0 && result.exactMatch.after !== null) {
       out(io, `held-out exact match: ${exactMatchText(result.exactMatch)}`);
     }

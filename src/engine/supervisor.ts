@@ -4,6 +4,7 @@
 // object (the probe, the model inspection).
 import { spawn } from "node:child_process";
 import { createWriteStream } from "node:fs";
+import { constants } from "node:os";
 import { createInterface } from "node:readline";
 import type { Control, Event, EventOf } from "../config/schema.js";
 import { LorakitError } from "../errors.js";
@@ -15,10 +16,16 @@ export interface EngineRun {
   send(control: Control): void;
   /** Resolves when the engine has exited. */
   done: Promise<EngineResult>;
+  /** The engine's process id (undefined when it could not be started). */
+  pid: number | undefined;
+  /** Ends the engine at once (SIGKILL): lorakit itself is quitting. */
+  kill(): void;
 }
 
 export interface EngineResult {
   exitCode: number;
+  /** The signal that ended the engine, when one did (SIGKILL: kill -9, or the kernel out of memory). */
+  signal: NodeJS.Signals | null;
   /** The engine's own `error` event, when it wrote one. */
   error: EventOf<"error"> | null;
   /** The `done` event, when it finished or stopped cleanly. */
@@ -115,7 +122,8 @@ export function spawnEngine(opts: SpawnOptions): EngineRun {
       log?.end();
       if (spawnError) tail.push(`could not start ${opts.py.python}: ${(spawnError as Error).message}`);
       resolve({
-        exitCode: code ?? (sig ? 128 + 9 : 1),
+        exitCode: code ?? (sig ? 128 + (constants.signals[sig] ?? 0) : 1),
+        signal: sig,
         error,
         finished,
         stderrTail: tail,
@@ -123,7 +131,7 @@ export function spawnEngine(opts: SpawnOptions): EngineRun {
       });
     });
   });
-  return { send, done };
+  return { send, done, pid: child.pid, kill: () => child.kill("SIGKILL") };
 }
 
 /** The user-facing error for an engine that did not finish. */
@@ -142,7 +150,10 @@ export function engineFailure(result: EngineResult, logFile?: string): LorakitEr
       hint: result.error.hint,
     });
   }
-  return new LorakitError("ENGINE_CRASH", `the engine exited with code ${result.exitCode}${tail ? `:\n${tail}` : ""}`, {
+  const how = result.signal
+    ? `the engine was killed by ${result.signal}${result.signal === "SIGKILL" ? " (kill -9, or the system ran out of memory)" : ""}`
+    : `the engine exited with code ${result.exitCode}`;
+  return new LorakitError("ENGINE_CRASH", `${how}${tail ? `:\n${tail}` : ""}`, {
     where,
     hint: "the run is marked failed and its checkpoints are kept: fix the cause above, then `lorakit train <config> --resume`",
   });

@@ -62,7 +62,12 @@ export const ERRORS = {
     "lorakit",
     "the run already has checkpoints or an adapter; `--resume`, `--fresh` or another name",
   ),
-  RESUME_NOTHING: e("config", "lorakit", "`--resume` on a run without checkpoints"),
+  RESUME_NOTHING: e("config", "lorakit", "`--resume` on a run without a complete checkpoint"),
+  RUN_LOCKED: e(
+    "config",
+    "lorakit",
+    "another lorakit (or the engine it started) is training the run: its PID, host and start are named; a lock left by a killed process is taken over, not refused",
+  ),
   SHARD_UNSUPPORTED: e(
     "config",
     "engine",
@@ -173,7 +178,11 @@ export const ERRORS = {
     "a checkpoint file does not match the SHA256SUMS written with it, with the file (a resume passes over it to the newest checkpoint that verifies, and says so; with none that verifies, `--resume` is refused before the engine starts)",
   ),
   NO_CHECKPOINT: e("training", "engine", "the plan resumes but the run has no complete checkpoint"),
-  RESUME_MISMATCH: e("training", "engine", "resuming with settings that differ from the checkpoint's"),
+  RESUME_MISMATCH: e(
+    "training",
+    "both",
+    "`--resume` with settings that differ from those the run started with (each key, then and now; refused before anything is written), or a step count that changes the learning-rate schedule",
+  ),
   ADAPTER_CORRUPT: e(
     "training",
     "lorakit",

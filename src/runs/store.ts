@@ -1,10 +1,15 @@
 // The run store: runs, metrics, findings, samples and every engine event, in one SQLite file
-// beside the runs (`<output_dir>/lorakit.db`). WAL mode, so a dashboard can read while a run writes.
+// beside the runs (`<output_dir>/lorakit.db`). WAL mode, so a dashboard can read while a run writes, and
+// several runs (several lorakit processes) write one file at once: a writer waits for another's
+// transaction (BUSY_MS) instead of failing with "database is locked".
+// Each running run names its owner (the lorakit process); a run left `running` by an owner that is gone
+// (kill -9, a crash, a power cut) is settled as failed the next time the store is opened.
 import { mkdirSync } from "node:fs";
 import path from "node:path";
 import Database from "better-sqlite3";
 import type { Event } from "../config/schema.js";
 import { stageOf } from "../findings/index.js";
+import { liveness, type ProcessId, thisProcess } from "./owner.js";
 
 export type RunStatus = "running" | "completed" | "failed" | "stopped";
 
@@ -18,7 +23,22 @@ export interface RunRow {
   error: string | null;
   created_at: string;
   ended_at: string | null;
+  /** The lorakit process that last opened the run (null: recorded before owners were). */
+  owner_pid: number | null;
+  owner_host: string | null;
+  owner_started_at: string | null;
+  owner_proc_start: string | null;
 }
+
+/** A run found `running` whose owner is gone, and settled as failed when the store was opened. */
+export interface SettledRun {
+  name: string;
+  pid: number | null;
+  reason: string;
+}
+
+/** How long a write waits for another process's transaction before it fails (they take milliseconds). */
+export const BUSY_MS = 30_000;
 
 export interface MetricRow {
   step: number;
@@ -59,7 +79,8 @@ CREATE TABLE IF NOT EXISTS runs (
   forced INTEGER NOT NULL DEFAULT 0,
   error TEXT,
   created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
-  ended_at TEXT
+  ended_at TEXT,
+  owner_pid INTEGER, owner_host TEXT, owner_started_at TEXT, owner_proc_start TEXT
 );
 CREATE TABLE IF NOT EXISTS metrics (
   run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
@@ -89,16 +110,68 @@ CREATE TABLE IF NOT EXISTS samples (
 );
 `;
 
+/** Columns added to `runs` after its first version: a store written before them gains them when opened. */
+const ADDED_RUN_COLUMNS: Record<string, string> = {
+  owner_pid: "INTEGER",
+  owner_host: "TEXT",
+  owner_started_at: "TEXT",
+  owner_proc_start: "TEXT",
+};
+
+/** Why a run's owner is taken to be gone, as the store records it. */
+export function abandonedReason(pid: number | null): string {
+  return pid === null
+    ? "the lorakit process that ran it ended without finishing (killed or crashed; its process id was not recorded)"
+    : `the lorakit process (pid ${pid}) ended without finishing: killed or crashed`;
+}
+
 export class RunStore {
   readonly db: Database.Database;
+  /** Runs left `running` by a process that is gone, settled as failed when this store was opened. */
+  readonly settled: SettledRun[];
+  private readonly owner: ProcessId;
 
-  constructor(file: string) {
+  constructor(file: string, owner: ProcessId = thisProcess()) {
     mkdirSync(path.dirname(file), { recursive: true });
-    this.db = new Database(file);
+    this.owner = owner;
+    // better-sqlite3's `timeout` is SQLite's busy timeout, in force from the first statement on.
+    this.db = new Database(file, { timeout: BUSY_MS });
     this.db.pragma("journal_mode = WAL");
     this.db.pragma("foreign_keys = ON");
-    this.db.pragma("busy_timeout = 5000");
-    this.db.exec(SCHEMA);
+    this.db
+      .transaction(() => {
+        this.db.exec(SCHEMA);
+        const have = new Set((this.db.pragma("table_info(runs)") as { name: string }[]).map((c) => c.name));
+        for (const [col, type] of Object.entries(ADDED_RUN_COLUMNS))
+          if (!have.has(col)) this.db.exec(`ALTER TABLE runs ADD COLUMN ${col} ${type}`);
+      })
+      .immediate();
+    this.settled = this.settleAbandoned();
+  }
+
+  /** Marks failed every `running` run whose owner is gone (this host's processes only: another host's
+   * cannot be looked at). */
+  private settleAbandoned(): SettledRun[] {
+    return this.db
+      .transaction(() => {
+        const running = this.db.prepare("SELECT * FROM runs WHERE status='running'").all() as RunRow[];
+        const out: SettledRun[] = [];
+        for (const r of running) {
+          const gone =
+            r.owner_pid === null ||
+            liveness({ pid: r.owner_pid, host: r.owner_host ?? "", proc_start: r.owner_proc_start }) === "gone";
+          if (!gone) continue;
+          const reason = abandonedReason(r.owner_pid);
+          this.db
+            .prepare(
+              "UPDATE runs SET status='failed', error=?, ended_at=strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE id=? AND status='running'",
+            )
+            .run(reason, r.id);
+          out.push({ name: r.name, pid: r.owner_pid, reason });
+        }
+        return out;
+      })
+      .immediate();
   }
 
   static forOutputDir(outputDir: string): RunStore {
@@ -109,20 +182,29 @@ export class RunStore {
     this.db.close();
   }
 
-  /** Creates the run, or reopens it (resume) keeping its history. */
+  /** Creates the run, or reopens it (resume) keeping its history; this process becomes its owner. */
   openRun(name: string, configJson: string, opts: { resume: boolean; forced?: boolean }): RunRow {
-    const existing = this.getRun(name);
-    if (existing && opts.resume) {
-      this.db
-        .prepare("UPDATE runs SET status='running', error=NULL, ended_at=NULL, forced=forced OR ? WHERE id=?")
-        .run(opts.forced ? 1 : 0, existing.id);
-      return this.getRun(name) as RunRow;
-    }
-    if (existing) this.db.prepare("DELETE FROM runs WHERE id=?").run(existing.id);
-    this.db
-      .prepare("INSERT INTO runs (name, status, config_json, forced) VALUES (?, 'running', ?, ?)")
-      .run(name, configJson, opts.forced ? 1 : 0);
-    return this.getRun(name) as RunRow;
+    const o = this.owner;
+    return this.db
+      .transaction(() => {
+        const existing = this.getRun(name);
+        if (existing && opts.resume) {
+          this.db
+            .prepare(
+              "UPDATE runs SET status='running', error=NULL, ended_at=NULL, forced=forced OR ?, owner_pid=?, owner_host=?, owner_started_at=?, owner_proc_start=? WHERE id=?",
+            )
+            .run(opts.forced ? 1 : 0, o.pid, o.host, o.started_at, o.proc_start, existing.id);
+          return this.getRun(name) as RunRow;
+        }
+        if (existing) this.db.prepare("DELETE FROM runs WHERE id=?").run(existing.id);
+        this.db
+          .prepare(
+            "INSERT INTO runs (name, status, config_json, forced, owner_pid, owner_host, owner_started_at, owner_proc_start) VALUES (?, 'running', ?, ?, ?, ?, ?, ?)",
+          )
+          .run(name, configJson, opts.forced ? 1 : 0, o.pid, o.host, o.started_at, o.proc_start);
+        return this.getRun(name) as RunRow;
+      })
+      .immediate();
   }
 
   getRun(name: string): RunRow | undefined {
@@ -172,7 +254,7 @@ export class RunStore {
         this.addFinding(runId, stageOf(event.code), event);
       }
     });
-    tx();
+    tx.immediate();
   }
 
   addFinding(
@@ -202,6 +284,20 @@ export class RunStore {
   /** Metrics after `step` are dropped: a resumed run rewrites them. */
   truncateMetrics(runId: number, afterStep: number): void {
     this.db.prepare("DELETE FROM metrics WHERE run_id=? AND step>?").run(runId, afterStep);
+  }
+
+  /** Steps 1…`upTo` with no train metric: trained by an engine whose lorakit was killed before reading them. */
+  missingSteps(runId: number, upTo: number): number[] {
+    const have = new Set(
+      (
+        this.db.prepare("SELECT step FROM metrics WHERE run_id=? AND kind='train' AND step<=?").all(runId, upTo) as {
+          step: number;
+        }[]
+      ).map((r) => r.step),
+    );
+    const out: number[] = [];
+    for (let s = 1; s <= upTo; s++) if (!have.has(s)) out.push(s);
+    return out;
   }
 
   metrics(runId: number, kind?: "train" | "eval"): MetricRow[] {

@@ -1,6 +1,6 @@
 // The road of `lorakit train run.yaml`: config → model and tokenizer → prepared data → plan →
 // engine (supervised, recorded) → samples, report. Each stage stops the road with a clear error.
-import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, rmdirSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { stringify as toYaml } from "yaml";
 import type { LoadedConfig } from "../config/load.js";
@@ -8,15 +8,19 @@ import type { Event, Plan } from "../config/schema.js";
 import type { Tokenizer } from "../data/index.js";
 import { outputFindings } from "../doctor/index.js";
 import { ensurePython, type PythonEnv } from "../engine/python.js";
-import { engineFailure, spawnEngine } from "../engine/supervisor.js";
+import { type EngineRun, engineFailure, spawnEngine } from "../engine/supervisor.js";
 import { LorakitError } from "../errors.js";
-import { resumableCheckpoint } from "../files/checkpoints.js";
+import { writeFileAtomic } from "../files/atomic.js";
+import { newestVerifiedCheckpoint, resumableCheckpoint } from "../files/checkpoints.js";
 import { type Finding, findingsError, fromEvent, makeFinding } from "../findings/index.js";
 import { plural } from "../format.js";
 import { buildPlan, smokePlan, type TrainCounts } from "../plan/index.js";
-import { renderReport } from "../report/html.js";
+import { writeReport } from "../report/html.js";
 import { modelCardFacts, writeModelCard } from "../report/model-card.js";
 import { exactMatchShare, exactMatchText } from "../runs/exact-match.js";
+import { checkpoints, removeTornWrites } from "../runs/layout.js";
+import { RunLock } from "../runs/lock.js";
+import { configChanges, planChanges, type Recorded, readRecorded, resumeRefusal } from "../runs/resume.js";
 import { RunStore } from "../runs/store.js";
 import { prepareAndCheck } from "./prepare-and-check.js";
 
@@ -35,6 +39,9 @@ export interface RoadOptions {
   fresh?: boolean;
   /** Every finding as it is made: the doctor's, the smoke run's, training's, the outputs'. */
   onFinding?: (f: Finding) => void;
+  /** Filled in while the road runs: what a second Ctrl-C does before lorakit exits at once (ends the engine,
+   * marks the run stopped, gives its lock up) and the sentence that says what is given up. */
+  quit?: QuitHook;
 }
 
 /** The smoke run (smokePlan: 2 optimizer steps on a slice, one sample, save + reload check); null when it passed. */
@@ -43,7 +50,7 @@ export async function smokeRun(
   plan: Plan,
   counts: TrainCounts,
   runDir: string,
-  opts: RoadOptions,
+  opts: RoadOptions & { onEngine?: (e: EngineRun | null) => void },
 ): Promise<Finding | null> {
   const dir = path.join(runDir, "smoke");
   rmSync(dir, { recursive: true, force: true });
@@ -64,7 +71,9 @@ export async function smokeRun(
       if (e.type === "finding" && e.severity === "error") errors.push(`${e.code}: ${e.title}`);
     },
   });
+  opts.onEngine?.(engine);
   const result = await engine.done;
+  opts.onEngine?.(null);
   if (opts.signal?.aborted) throw stoppedBeforeTraining();
   if (result.finished && !result.error && !result.finished.stopped_early && errors.length === 0) {
     rmSync(dir, { recursive: true, force: true });
@@ -101,6 +110,8 @@ export interface RoadResult {
   errorFindings: { code: string; title: string; fix: string }[];
   /** Python that loads the adapter and generates (also in the adapter's README.md); null without an adapter. */
   usage: string | null;
+  /** `--resume` of a run that had completed, at this step: nothing was done. */
+  completedAt?: number;
 }
 
 /**
@@ -130,13 +141,121 @@ export function decodeGenerated(tokenizer: Tokenizer, ids: readonly number[]): s
   return text + tokenizer.decode(run, { skipSpecial: true });
 }
 
-export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<RoadResult> {
-  const { log } = opts;
-  const c = loaded.config;
-  const runDir = path.join(loaded.outputDir, loaded.name);
-  if (opts.resume) resumableCheckpoint(runDir, loaded.name, path.basename(loaded.file));
+/** The sentence a second Ctrl-C prints, after it has settled the run's records: see RoadOptions.quit. */
+export interface QuitHook {
+  quit?: () => string;
+}
 
-  const earlier = ["checkpoints", "adapter"].filter((d) => existsSync(path.join(runDir, d)));
+export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<RoadResult> {
+  const runDir = path.join(loaded.outputDir, loaded.name);
+  // The checkpoint a resume takes (the newest whose files match their SHA256SUMS), or the refusal, before any file
+  // of the run is written.
+  if (opts.resume) resumableCheckpoint(runDir, loaded.name, path.basename(loaded.file));
+  const created = !existsSync(runDir);
+  mkdirSync(runDir, { recursive: true });
+  const flags = [opts.resume && "--resume", opts.fresh && "--fresh", opts.force && "--force"].filter(Boolean);
+  // One lorakit per run: taken before anything of the run is read or written, held to the end.
+  const lock = RunLock.acquire(runDir, loaded.name, {
+    command: ["lorakit train", path.basename(loaded.file), ...flags].join(" "),
+    log: opts.log,
+  });
+  const store = RunStore.forOutputDir(loaded.outputDir);
+  try {
+    for (const s of store.settled) opts.log(`runs        run '${s.name}' was left running: ${s.reason}; marked failed`);
+    removeTornWrites(runDir);
+    return await road(loaded, opts, { runDir, lock, store });
+  } catch (e) {
+    // A road stopped by an error (or by Ctrl-C before training) after it opened the run: the run says so.
+    const row = store.getRun(loaded.name);
+    if (row?.status === "running" && row.owner_pid === process.pid) {
+      const err = e instanceof LorakitError ? e : null;
+      const status = err?.code === "INTERRUPTED" ? "stopped" : "failed";
+      store.finish(row.id, status, `${err?.code ?? "INTERNAL_ERROR"}: ${(e as Error).message}`);
+    }
+    throw e;
+  } finally {
+    if (opts.quit) opts.quit.quit = undefined;
+    store.close();
+    lock.release();
+    if (created) rmEmptyDir(runDir); // a run that stopped before writing anything leaves no trace
+  }
+}
+
+function rmEmptyDir(dir: string): void {
+  try {
+    rmdirSync(dir);
+  } catch {
+    // not empty: the run wrote something
+  }
+}
+
+interface Held {
+  runDir: string;
+  lock: RunLock;
+  store: RunStore;
+}
+
+/** `--resume` of a run: refused (every changed setting named) before anything is written; or, when the run has
+ * already completed and nothing asks for more steps, its result as it stands. */
+function checkResume(
+  loaded: LoadedConfig,
+  store: RunStore,
+  runDir: string,
+): { recorded: Recorded; done: RoadResult | null } {
+  const row = store.getRun(loaded.name);
+  const recorded = readRecorded(runDir, row ? { configJson: row.config_json, planJson: row.plan_json } : undefined);
+  const refused = resumeRefusal(loaded, configChanges(recorded, loaded.config));
+  if (refused) throw refused;
+  const longer =
+    recorded.config !== null &&
+    (JSON.stringify(recorded.config.train?.max_steps ?? null) !==
+      JSON.stringify(loaded.config.train.max_steps ?? null) ||
+      recorded.config.train?.epochs !== loaded.config.train.epochs);
+  if (row?.status !== "completed" || longer) return { recorded, done: null };
+  const step =
+    (store.lastEvent(row.id, "done") as { step?: number } | undefined)?.step ?? recorded.checkpoint?.step ?? 0;
+  const samples = store.samples(row.id);
+  const adapterDir = path.join(runDir, "adapter");
+  return {
+    recorded,
+    done: {
+      status: "completed",
+      outcome: row.error ? row.error : "completed",
+      runDir,
+      adapterDir: existsSync(adapterDir) ? adapterDir : null,
+      reportPath: path.join(runDir, "report.html"),
+      exactMatch: {
+        before: exactMatchShare(samples, "before"),
+        after: exactMatchShare(samples, "after"),
+        n: samples.filter((s) => s.phase === "after" && s.reference !== null).length,
+      },
+      error: null,
+      runId: row.id,
+      errorFindings: [],
+      usage: null,
+      completedAt: step,
+    },
+  };
+}
+
+async function road(loaded: LoadedConfig, opts: RoadOptions, held: Held): Promise<RoadResult> {
+  const { log } = opts;
+  const { runDir, lock, store } = held;
+  const c = loaded.config;
+  const cfgName = path.basename(loaded.file);
+  const quit = opts.quit ?? {};
+  quit.quit = () => {
+    lock.release();
+    return "quitting now: nothing was trained yet, nothing is lost";
+  };
+
+  const recorded = opts.resume ? checkResume(loaded, store, runDir) : null;
+  if (recorded?.done) return recorded.done;
+
+  const earlier = [
+    ...(checkpoints(runDir).length > 0 ? ["checkpoints"] : []),
+    ...(existsSync(path.join(runDir, "adapter")) ? ["adapter"] : []),
+  ];
   if (!opts.resume && earlier.length > 0) {
     if (!opts.fresh) {
       throw new LorakitError("RUN_EXISTS", `run '${loaded.name}' already has ${earlier.join(" and ")} in ${runDir}`, {
@@ -144,7 +263,9 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
         hint: "continue it with --resume, start it over with --fresh (deletes them), or give the run another name",
       });
     }
-    for (const d of [...earlier, "smoke"]) rmSync(path.join(runDir, d), { recursive: true, force: true });
+  }
+  if (opts.fresh && !opts.resume) {
+    for (const d of ["checkpoints", "adapter", "smoke"]) rmSync(path.join(runDir, d), { recursive: true, force: true });
   }
 
   // Everything before the GPU: model, tokenizer, data, and the doctor's checks on them.
@@ -169,27 +290,45 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
     });
   }
 
-  // The plan before anything is written: a value it cannot resolve (LORAKIT_PROFILE_STEPS) stops the road here.
+  // The plan before anything is written: a value it cannot resolve (LORAKIT_PROFILE_STEPS) stops the road here,
+  // and so does a resume whose plan differs from the one the run was started with (its data, say).
   const plan = buildPlan(loaded, model, prepared, {
     runDir,
     resume: Boolean(opts.resume),
     found: doctor.hardware,
     env: opts.env ?? process.env,
   });
+  if (recorded) {
+    const changed = resumeRefusal(loaded, planChanges(recorded.recorded, c, plan));
+    if (changed) throw changed;
+  }
 
-  // Store and run directory.
-  mkdirSync(runDir, { recursive: true });
-  const store = RunStore.forOutputDir(loaded.outputDir);
+  // The run's records: from here on, the run is `running` in the store, owned by this process.
   const resolvedYaml = toYaml({ ...c, model: loaded.modelDir });
   const run = store.openRun(loaded.name, JSON.stringify(c), {
     resume: Boolean(opts.resume),
     forced: Boolean(opts.force && refused),
   });
+  let engine: EngineRun | null = null;
+  let training = false; // false: the smoke run (or nothing yet) is in progress
+  quit.quit = () => {
+    engine?.kill();
+    const at = newestVerifiedCheckpoint(runDir).newest;
+    const gives = !training
+      ? "nothing of the run was trained yet"
+      : at
+        ? `the step in progress is not saved; the last checkpoint is step ${at.step} (${at.dir})`
+        : "the step in progress is not saved, and no checkpoint was written yet";
+    store.finish(run.id, "stopped", `quit at once (a second Ctrl-C): ${gives}`);
+    lock.release();
+    const next = at ? `continue with: lorakit train ${cfgName} --resume` : `start it again: lorakit train ${cfgName}`;
+    return `quitting now: ${gives}; ${next}`;
+  };
   if (opts.resume) store.clearFindings(run.id); // the checks run again; the engine reports its own again
   for (const f of doctor.findings) store.addFinding(run.id, f.stage, f);
-  writeFileSync(path.join(runDir, "config.yaml"), resolvedYaml);
+  writeFileAtomic(path.join(runDir, "config.yaml"), resolvedYaml, { what: "the run's config.yaml" });
   const planPath = path.join(runDir, "plan.json");
-  writeFileSync(planPath, `${JSON.stringify(plan, null, 2)}\n`);
+  writeFileAtomic(planPath, `${JSON.stringify(plan, null, 2)}\n`, { what: "the run's plan.json" });
   store.setPlan(run.id, JSON.stringify(plan));
 
   // The smoke run: a few steps on a small slice, save, reload, generate — before the real run.
@@ -199,12 +338,18 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
       trainTokens: prepared.train.tokens,
       trainLengths: prepared.trainLengths ?? undefined,
     };
-    const smoke = await smokeRun(py, plan, counts, runDir, opts);
+    const smoke = await smokeRun(py, plan, counts, runDir, {
+      ...opts,
+      onEngine: (e) => {
+        engine = e;
+        lock.setEngine(e?.pid ?? null);
+      },
+    });
+    engine = null;
     if (smoke) {
       store.addFinding(run.id, smoke.stage, smoke);
       opts.onFinding?.(smoke);
       store.finish(run.id, "failed", `${smoke.code}: ${smoke.title}`);
-      store.close();
       throw new LorakitError(smoke.code, smoke.title, { hint: smoke.fix });
     }
     log("smoke       ok: a few steps, save, reload and generate worked");
@@ -213,7 +358,7 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
   const logFile = path.join(runDir, "engine.log");
   const heldOut = new Map(prepared.heldOut.map((s) => [s.index, s]));
 
-  const engine = spawnEngine({
+  const trainer = spawnEngine({
     py,
     command: "train",
     planPath,
@@ -221,7 +366,14 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
     logFile,
     signal: opts.signal,
     onEvent: (event) => {
-      if (event.type === "start" && opts.resume) store.truncateMetrics(run.id, event.start_step);
+      if (event.type === "start" && opts.resume) {
+        store.truncateMetrics(run.id, event.start_step);
+        const missing = store.missingSteps(run.id, event.start_step);
+        if (missing.length > 0)
+          log(
+            `runs        the losses of ${plural(missing.length, "step")} before the checkpoint (${stepsText(missing)}) were never recorded: the lorakit that trained them was killed before it read them (the checkpoint holds their training)`,
+          );
+      }
       store.record(run.id, event);
       if (event.type === "finding") opts.onFinding?.(fromEvent(event));
       if (event.type === "sample") {
@@ -240,7 +392,11 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
       opts.onEvent?.(event);
     },
   });
-  const result = await engine.done;
+  engine = trainer;
+  training = true;
+  lock.setEngine(trainer.pid ?? null);
+  const result = await trainer.done;
+  lock.setEngine(null);
 
   let status: RoadResult["status"];
   let error: LorakitError | null = null;
@@ -262,9 +418,6 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
     .filter((f) => f.severity === "error" && (f.stage === "training" || f.stage === "outputs"))
     .map((f) => ({ code: f.code, title: f.title, fix: f.fix }));
   const outcome = outcomeText(status, errorFindings);
-  // The store keeps status "completed" (resume and compare read it); the note says what it completed with.
-  store.finish(run.id, status, error ? `${error.code}: ${error.message}` : outcome !== status ? outcome : undefined);
-
   const exactMatch = {
     // From the store: a resumed run keeps the "before" samples of its first start.
     before: exactMatchShare(store.samples(run.id), "before"),
@@ -272,9 +425,13 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
     n: prepared.heldOut.filter((s) => s.reference !== null).length,
   };
   const reportPath = path.join(runDir, "report.html");
-  writeFileSync(
-    reportPath,
-    renderReport({
+  const adapterDir = result.finished ? result.finished.adapter_dir : null;
+  let usage: string | null = null;
+  try {
+    // The report and the adapter's model card are written before the run is marked finished: a run the store
+    // calls completed has both (a lorakit killed while writing them leaves it `running`, settled as failed,
+    // and --resume writes them again).
+    writeReport(reportPath, {
       name: loaded.name,
       status: outcome,
       statusClass:
@@ -291,27 +448,40 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
         "held-out exact match": exactMatchText(exactMatch),
         ...(error ? { error: `${error.code}: ${error.message.split("\n")[0]}` } : {}),
       },
-    }),
-  );
-  const adapterDir = result.finished ? result.finished.adapter_dir : null;
-  // The adapter's model card (over peft's blank one) and how to use it, now that the metrics are known.
-  const usage =
-    adapterDir && existsSync(adapterDir)
-      ? writeModelCard(
-          modelCardFacts({
-            loaded,
-            model,
-            prepared,
-            plan,
-            store,
-            runId: run.id,
-            outcome,
-            adapterDir,
-            exactMatch,
-            python: py.python,
-          }),
-        )
-      : null;
-  store.close();
+    });
+    // The adapter's model card (over peft's blank one) and how to use it, now that the metrics are known.
+    usage =
+      adapterDir && existsSync(adapterDir)
+        ? writeModelCard(
+            modelCardFacts({
+              loaded,
+              model,
+              prepared,
+              plan,
+              store,
+              runId: run.id,
+              outcome,
+              adapterDir,
+              exactMatch,
+              python: py.python,
+            }),
+          )
+        : null;
+  } finally {
+    // The store keeps status "completed" (resume and compare read it); the note says what it completed with.
+    store.finish(run.id, status, error ? `${error.code}: ${error.message}` : outcome !== status ? outcome : undefined);
+  }
   return { status, outcome, runDir, adapterDir, reportPath, exactMatch, error, runId: run.id, errorFindings, usage };
+}
+
+/** Step numbers as ranges: "3, 7–9". */
+function stepsText(steps: readonly number[]): string {
+  const parts: string[] = [];
+  for (let i = 0; i < steps.length; ) {
+    let j = i;
+    while (j + 1 < steps.length && (steps[j + 1] as number) === (steps[j] as number) + 1) j++;
+    parts.push(i === j ? `${steps[i]}` : `${steps[i]}–${steps[j]}`);
+    i = j + 1;
+  }
+  return parts.join(", ");
 }
