@@ -128,8 +128,8 @@ import sqlite3;c=sqlite3.connect('file:$WORK/runs/lorakit.db?mode=ro',uri=True);
     echo $? >"$LOGS/train-resume.rc"
     log "  exit $(cat "$LOGS/train-resume.rc"): $(grep -E '^run  ' "$LOGS/train-resume.log" | tail -1)"
     [ -f "$WORK/runs/resume/engine.log" ] && cp "$WORK/runs/resume/engine.log" "$LOGS/engine-resume.log"
-    "$PY" bench/e2e_make.py resume-compare --work "$WORK" >"$LOGS/resume-compare.txt" 2>&1
-    tail -1 "$LOGS/resume-compare.txt" | tee -a "$LOGS/e2e.log"
+    "$PY" bench/e2e_make.py resume-compare --work "$WORK" --killed-at "$CK" >"$LOGS/resume-compare.txt" 2>&1
+    grep -E '^(  max|resume:)' "$LOGS/resume-compare.txt" | tee -a "$LOGS/e2e.log"
   else log "resume: needs the recipe run (its reference numbers)"; fi
 elif want resume; then log "time: resume skipped"; fi
 
@@ -159,7 +159,7 @@ done
 log "summary ($SECONDS s)"
 DONE=$(for r in $RUNS; do [ -f "$LOGS/train-$r.rc" ] && echo "$r"; done | paste -sd,)
 "$PY" bench/e2e_make.py report --work "$WORK" --logs "$LOGS" --runs "${DONE:-recipe}" | tee -a "$LOGS/e2e.log"
-[ -f "$LOGS/resume-compare.txt" ] && tail -1 "$LOGS/resume-compare.txt" | tee -a "$LOGS/e2e.log"
+[ -f "$LOGS/resume-compare.txt" ] && grep -E '^(  max|resume:)' "$LOGS/resume-compare.txt" | tee -a "$LOGS/e2e.log"
 [ -f "$LOGS/faults.rc" ] && echo "planted-fault test: exit $(cat "$LOGS/faults.rc"), $(tail -1 "$LOGS/faults.log")" | tee -a "$LOGS/e2e.log"
 log "done in $SECONDS s"
 cp "$LOGS/summary.txt" "$LOGS/summary.json" "$LOGS/e2e.log" "$OUTDIR/" 2>/dev/null

@@ -4,7 +4,7 @@ safetensors-shard layout, a huanhuan-shaped dataset, the run configs, and the su
     python3 bench/e2e_make.py checkpoint --tokenizer DIR --out DIR [--shape 6b|tiny] [--device cuda]
     python3 bench/e2e_make.py dataset --tokenizer DIR --out FILE [--records 3729]
     python3 bench/e2e_make.py configs --work DIR --model DIR --data FILE [--steps 40] [--gpus 2]
-    python3 bench/e2e_make.py resume-compare --work DIR [--ref recipe] [--run resume]
+    python3 bench/e2e_make.py resume-compare --work DIR --killed-at N [--ref recipe] [--run resume]
     python3 bench/e2e_make.py report --work DIR --logs DIR --runs recipe,pack
 
 checkpoint: config.json as shared/design/CHATGLM3.md (the official one when the tokenizer folder has it),
@@ -405,9 +405,11 @@ def report(work: Path, out: Path, names: list[str]) -> int:
     return 0
 
 
-def resume_compare(work: Path, ref: str, resumed: str) -> int:
+def resume_compare(work: Path, ref: str, resumed: str, killed_at: int) -> int:
     """The metrics of the run killed and resumed against those of the same recipe never interrupted, step by
-    step (train: loss, lr, grad norm; eval: loss), and the run's final status. Prints one line and a table."""
+    step (train: loss, lr, grad norm; eval: loss), split at the last checkpoint before the kill: the steps
+    before it were trained by the first process (their differences are the GPU's run-to-run noise), those
+    after it by the resumed one. Prints the table, then one line per quantity and the run's final status."""
     con = sqlite3.connect(f"file:{work / 'runs' / 'lorakit.db'}?mode=ro", uri=True)
     status = con.execute("SELECT status, error FROM runs WHERE name=?", (resumed,)).fetchone()
 
@@ -418,24 +420,35 @@ def resume_compare(work: Path, ref: str, resumed: str) -> int:
         )
         return {(k, st): (lo, lr, g) for k, st, lo, lr, g in con.execute(q, (name,))}
 
+    def rel(x: float | None, y: float | None) -> float | None:
+        return None if x is None or y is None else abs(x - y) / max(abs(x), 1e-12)
+
     a, b = metrics(ref), metrics(resumed)
     common = sorted(set(a) & set(b), key=lambda k: (k[0], k[1]))
-    worst = 0.0
+    worst: dict[tuple[str, str], float] = {}
     print(f"{'kind':6} {'step':>4} {'loss ' + ref:>14} {'loss ' + resumed:>14} {'rel diff':>9}")
     for key in common:
-        la, lb = a[key][0], b[key][0]
-        rel = abs(la - lb) / max(abs(la), 1e-12) if la is not None and lb is not None else 0.0
-        worst = max(worst, rel)
-        for i in (1, 2):  # lr and grad norm too: a schedule that jumped on resume shows here
-            x, y = a[key][i], b[key][i]
-            if x is not None and y is not None:
-                worst = max(worst, abs(x - y) / max(abs(x), 1e-12))
-        print(f"{key[0]:6} {key[1]:>4} {la!s:>14.14} {lb!s:>14.14} {rel:>9.2e}")
+        phase = "before" if key[1] <= killed_at else "after"
+        for i, what in enumerate(("loss", "lr", "grad norm")):
+            d = rel(a[key][i], b[key][i])
+            if d is not None:
+                name = (f"{key[0]} {what}", phase)
+                worst[name] = max(worst.get(name, 0.0), d)
+        d = rel(a[key][0], b[key][0])
+        shown = "—" if d is None else f"{d:.2e}"
+        print(f"{key[0]:6} {key[1]:>4} {a[key][0]!s:>14.14} {b[key][0]!s:>14.14} {shown:>9}")
+    for what in sorted({w for w, _ in worst}):
+        before, after = (worst.get((what, p)) for p in ("before", "after"))
+        before_s, after_s = ("—" if x is None else f"{x:.2e}" for x in (before, after))
+        print(
+            f"  max relative difference of {what}: steps ≤ {killed_at} (before the kill, not resumed) "
+            f"{before_s}; after the resume {after_s}"
+        )
     missing = sorted(set(a) - set(b))
     state = (status[0] + (f" ({status[1]})" if status[1] else "")) if status else "not recorded"
     print(
-        f"resume: run {resumed} {state}; {len(common)} metric rows compared with {ref}, "
-        f"max relative difference {worst:.2e}; {len(missing)} of {ref}'s rows missing"
+        f"resume: run {resumed} {state}; {len(common)} metric rows compared with {ref} "
+        f"(killed after step {killed_at}'s checkpoint); {len(missing)} of {ref}'s rows missing"
     )
     return 0
 
@@ -469,6 +482,7 @@ def main() -> int:
     rc.add_argument("--work", type=Path, required=True)
     rc.add_argument("--ref", default="recipe")
     rc.add_argument("--run", default="resume")
+    rc.add_argument("--killed-at", type=int, required=True, help="the last checkpoint's step before the kill")
     a = ap.parse_args()
     if a.what == "checkpoint":
         make_checkpoint(a.tokenizer, a.out, a.shape, a.device, a.shards)
@@ -477,7 +491,7 @@ def main() -> int:
     elif a.what == "configs":
         print(" ".join(write_configs(a.work, a.model, a.data, a.steps, a.pack_steps, a.gpus, a.tiny)))
     elif a.what == "resume-compare":
-        return resume_compare(a.work, a.ref, a.run)
+        return resume_compare(a.work, a.ref, a.run, a.killed_at)
     else:
         return report(a.work, a.logs, a.runs.split(","))
     return 0
