@@ -85,6 +85,10 @@ RUNS=$("$PY" bench/e2e_make.py configs --work "$WORK" --model "$MODEL" --data "$
   --steps "$STEPS" --pack-steps "$PACK_STEPS" --gpus "$GPUS" $TINY)
 log "runs: $RUNS"
 
+# A user's shell often sets PYTHONPATH: lorakit keeps it, behind the engine's own folder (issue 12, item 6c).
+mkdir -p "$WORK/user-site" && export PYTHONPATH="$WORK/user-site"
+log "PYTHONPATH=$PYTHONPATH for every lorakit command (as a user's shell may set it)"
+
 # ---------------------------------------------------------------- doctor, then train, through the CLI
 run_cli() {  # doctor --json, then train --fresh (the smoke run on), for one run config
   local run=$1 skip=()

@@ -9,7 +9,7 @@ import { ASPECTS } from "../runs/facts.js";
 import type { SampleRow } from "../runs/store.js";
 import { escapeHtml } from "./escape.js";
 import { findingsTable } from "./findings-table.js";
-import { CHART_CSS, cumulativeTokens, lineChart } from "./html.js";
+import { cumulativeTokens, lineChart, PAGE_CSS } from "./html.js";
 
 export interface CompareInput {
   a: RunSummary;
@@ -112,11 +112,7 @@ export function renderCompare({ a, b, diff, verdict }: CompareInput): string {
 
   return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>lorakit compare — ${escapeHtml(a.name)} vs ${escapeHtml(b.name)}</title>
 <style>
-body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#111;padding:0 16px}
-h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;width:100%}td,th{border:1px solid #ddd;padding:4px 6px;vertical-align:top;text-align:left}
-pre{margin:0;white-space:pre-wrap;word-break:break-word;font:12px/1.35 ui-monospace,monospace}
-${CHART_CSS}
+${PAGE_CSS}
 .verdict{background:#f5f7ff;border:1px solid #c7d2fe;border-radius:6px;padding:8px 12px}.verdict p{margin:4px 0}
 .muted{color:#888}.ok{color:#059669}.changed td,.changed th{background:#fff7ed}.follows{color:#666}
 .error td:nth-child(2){color:#dc2626;font-weight:600}.warning td:nth-child(2){color:#b45309;font-weight:600}

@@ -52,6 +52,13 @@ export const CHART_CSS = `.chart{margin:12px 0 20px;width:100%}.chart figcaption
 .chart .legend text{font-size:15px;fill:#111}.chart .grid{stroke:#e5e7eb}.chart .axis{stroke:#9ca3af}
 .chart .axis-title{font-weight:600}`;
 
+/** The pages' common style (report.html, compare.html): text, headings, tables, code, the charts. */
+export const PAGE_CSS = `body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#111;padding:0 16px}
+h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;width:100%}td,th{border:1px solid #ddd;padding:4px 6px;vertical-align:top;text-align:left}
+pre{margin:0;white-space:pre-wrap;word-break:break-word;font:12px/1.35 ui-monospace,monospace}
+${CHART_CSS}`;
+
 /** Cumulative trained tokens after each optimizer step, from the train metrics (each step's own count). */
 export function cumulativeTokens(metrics: readonly MetricRow[]): [number, number][] {
   let sum = 0;
@@ -233,11 +240,7 @@ export function renderReport(r: ReportInput): string {
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>lorakit — ${escapeHtml(r.name)}</title>
 <style>
-body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#111;padding:0 16px}
-h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;width:100%}td,th{border:1px solid #ddd;padding:4px 6px;vertical-align:top;text-align:left}
-pre{margin:0;white-space:pre-wrap;word-break:break-word;font:12px/1.35 ui-monospace,monospace}
-${CHART_CSS}
+${PAGE_CSS}
 .muted{color:#888}.ok{color:#059669}.error td:first-child{color:#dc2626;font-weight:600}
 .warning td:first-child{color:#b45309;font-weight:600}.match{background:#ecfdf5}.miss{background:#fef2f2}.warn{color:#b45309;font-size:11px}
 .status{display:inline-block;padding:1px 8px;border-radius:8px;background:#eef;font-size:12px}
