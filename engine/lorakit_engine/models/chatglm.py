@@ -12,35 +12,32 @@ official code and peft. Facts: shared/design/CHATGLM3.md. One layer, pre-norm:
 rope rotates the first half of each head's dims in adjacent pairs (2i, 2i+1); the rest pass through.
 Attention inputs are batch-first here ([batch, heads, time, d]); the official code is time-first, which
 changes no weight.
+
+The config is read in models/chatglm_config.py, the layers live in models/chatglm_layers.py; this module
+holds the whole model: loading, forward, loss and the transformers surface peft needs.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ..kernels.attention import PackedAttention, make_packed_attention, packed_attention
-from ..kernels.elementwise import op
+from ..kernels.attention import make_packed_attention
 from ..kernels.loss import linear_cross_entropy, shift_labels
 from ..kernels.options import FastOptions
 from ..kernels.packing import positions_from_cu_seqlens
-from ..kernels.rmsnorm import rms_norm as triton_rms_norm
-from ..kernels.rotary import rotary as triton_rotary
-from ..kernels.swiglu import swiglu as triton_swiglu
-from .checkpoint import find_weights, load_error, load_weights, read_config
+from .chatglm_config import ChatGLMConfig
+from .chatglm_layers import ChatGLMModel, KVCache, sdpa_mask
+from .chatglm_layers import RotaryEmbedding as RotaryEmbedding  # imported from here by callers
+from .checkpoint import find_weights, load_weights, read_config
 
 INV_FREQ = "transformer.rotary_pos_emb.inv_freq"  # saved by the official code, recomputed here
-_REQUIRED = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "kv_channels")
-
-KVCache = tuple[tuple[torch.Tensor, torch.Tensor], ...]  # per layer (key, value): [batch, groups, time, d]
 
 
 @dataclass
@@ -48,352 +45,6 @@ class ChatGLMOutput(CausalLMOutputWithPast):
     """CausalLMOutputWithPast plus `n_tokens`: the trained tokens the loss covers (0-d tensor)."""
 
     n_tokens: torch.Tensor | None = None
-
-
-@dataclass
-class ChatGLMConfig:
-    """config.json of a ChatGLM2/3 checkpoint (defaults: ChatGLM3-6B). Keys the model does not use
-    (auto_map, torch_dtype, …) are kept in `extra` and readable as attributes, so `to_dict()` round-trips."""
-
-    num_layers: int = 28
-    hidden_size: int = 4096
-    ffn_hidden_size: int = 13696
-    num_attention_heads: int = 32
-    kv_channels: int = 128
-    multi_query_attention: bool = True
-    multi_query_group_num: int = 2
-    padded_vocab_size: int = 65024
-    seq_length: int = 8192
-    layernorm_epsilon: float = 1e-5
-    rmsnorm: bool = True
-    post_layer_norm: bool = True
-    add_bias_linear: bool = False
-    add_qkv_bias: bool = True
-    apply_residual_connection_post_layernorm: bool = False
-    hidden_dropout: float = 0.0
-    attention_dropout: float = 0.0
-    rope_ratio: float = 1.0
-    original_rope: bool = True
-    tie_word_embeddings: bool = False
-    eos_token_id: int | list[int] | None = 2
-    pad_token_id: int | None = 0
-    model_type: str = "chatglm"
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    # Read by peft and transformers utilities; not config.json keys.
-    is_encoder_decoder = False
-    return_dict = True
-    use_return_dict = True
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any], path: Path | str | None = None) -> ChatGLMConfig:
-        _reject_unsupported(raw, path)
-        missing = [k for k in _REQUIRED if k not in raw]
-        if missing:
-            raise load_error(f"config.json lacks {', '.join(missing)} for a ChatGLM model", path)
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        known = {k: v for k, v in raw.items() if k in names}
-        if known.get("rope_ratio") is None:
-            known.pop("rope_ratio", None)
-        return cls(**known, extra={k: v for k, v in raw.items() if k not in names})
-
-    @classmethod
-    def from_pretrained(cls, path: Path | str) -> ChatGLMConfig:
-        """From a local folder only. peft's save_pretrained calls it on base_model_name_or_path to see
-        whether the vocabulary changed (and then would save the embeddings too)."""
-        return cls.from_dict(read_config(path), Path(path) / "config.json")
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dict(self.extra)
-        out.update((f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "extra")
-        return out
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.to_dict().get(key, default)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.to_dict()
-
-    def __getattr__(self, name: str) -> Any:
-        extra = self.__dict__.get("extra")
-        if extra is not None and name in extra:
-            return extra[name]
-        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
-
-    def get_text_config(self, *args: Any, **kwargs: Any) -> ChatGLMConfig:
-        return self
-
-    @property
-    def vocab_size(self) -> int:
-        return self.padded_vocab_size
-
-    @property
-    def num_hidden_layers(self) -> int:
-        return self.num_layers
-
-    @property
-    def head_dim(self) -> int:
-        return self.kv_channels
-
-    @property
-    def num_key_value_heads(self) -> int:
-        return self.multi_query_group_num if self.multi_query_attention else self.num_attention_heads
-
-
-def _reject_unsupported(raw: dict[str, Any], path: Path | str | None) -> None:
-    def fail(what: str, hint: str) -> None:
-        raise load_error(what, path, hint)
-
-    if "position_encoding_2d" in raw or "inner_hidden_size" in raw:
-        fail(
-            "this is a first-generation ChatGLM-6B checkpoint (2D positions, GLM-130B layout), "
-            "a different architecture from ChatGLM2/3",
-            "Use ChatGLM3-6B (THUDM/chatglm3-6b) or a transformers-format GLM-4.",
-        )
-    if raw.get("quantization_bit"):
-        fail(
-            f"the weights are quantized to {raw['quantization_bit']} bits by the checkpoint's own code",
-            "Use the float16 checkpoint (chatglm3-6b, not -int4/-int8).",
-        )
-    if raw.get("pre_seq_len"):
-        fail(
-            "the config enables P-tuning v2 prefixes (pre_seq_len)",
-            "Set pre_seq_len to null in config.json: lorakit trains LoRA adapters.",
-        )
-    if raw.get("original_rope") is False:
-        fail(
-            "original_rope is false: only the original rotary embedding is implemented",
-            "Use a checkpoint with the original rotary embedding (ChatGLM2/3).",
-        )
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float, fast: FastOptions | None = None):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
-        self.eps = eps
-        self.fast = fast or FastOptions()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fast.compile and x.is_cuda:
-            # Triton (frozen weight, the LoRA case); compiled only where the weight trains
-            y = triton_rms_norm(x, self.weight, self.eps)
-            if y is not None:
-                return y
-            # compiled only for a trained weight: a compiled function inside checkpointing can fail the
-            # recomputation check (kernels/rmsnorm.py), so a frozen weight without Triton stays eager
-            return op("rms_norm", self.weight.requires_grad)(x, self.weight, self.eps)
-        return op("rms_norm", False)(x, self.weight, self.eps)
-
-
-def _norm(config: ChatGLMConfig, fast: FastOptions | None = None) -> nn.Module:
-    if config.rmsnorm:
-        return RMSNorm(config.hidden_size, config.layernorm_epsilon, fast)
-    return nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
-
-
-class RotaryEmbedding(nn.Module):
-    """cos/sin for the rotated half of each head. Holds no tensor: the checkpoint's `inv_freq` buffer is
-    recomputed (the official forward recomputes it too), so no meta-device or dtype rounding can stale it."""
-
-    def __init__(self, rot_dim: int, base: float):
-        super().__init__()
-        self.rot_dim = rot_dim
-        self.base = base
-
-    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        steps = torch.arange(0, self.rot_dim, 2, dtype=torch.float32, device=position_ids.device)
-        inv_freq = 1.0 / (self.base ** (steps / self.rot_dim))
-        angles = position_ids.float()[..., None] * inv_freq  # [batch, time, rot_dim / 2]
-        cos, sin = angles.cos(), angles.sin()
-        if dtype in (torch.float16, torch.bfloat16):  # as the official code: the table itself is rounded
-            cos, sin = cos.to(dtype), sin.to(dtype)
-        return cos[:, None], sin[:, None]  # broadcast over heads
-
-
-def apply_rotary(
-    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, compiled: bool = False
-) -> torch.Tensor:
-    """Rotate adjacent pairs (2i, 2i+1) of the first 2·cos.shape[-1] dims of x [batch, heads, time, d]
-    (any layout that cos and sin broadcast to). `compiled`: the Triton kernel where the layout fits (packed
-    rows), else torch.compile's fused expression; CUDA only."""
-    if compiled and x.is_cuda:
-        return triton_rotary(x, cos, sin, fallback=op("rotary", True))
-    return op("rotary", False)(x, cos, sin)
-
-
-class SelfAttention(nn.Module):
-    def __init__(self, config: ChatGLMConfig, fast: FastOptions | None = None):
-        super().__init__()
-        self.fast = fast or FastOptions()
-        self.heads = config.num_attention_heads
-        self.groups = config.num_key_value_heads
-        self.head_dim = config.kv_channels
-        self.multi_query = config.multi_query_attention
-        self.dropout = config.attention_dropout
-        q, kv = self.heads * self.head_dim, self.groups * self.head_dim
-        self.sizes = (q, kv, kv)
-        self.query_key_value = nn.Linear(
-            config.hidden_size, q + 2 * kv, bias=config.add_bias_linear or config.add_qkv_bias
-        )
-        self.dense = nn.Linear(q, config.hidden_size, bias=config.add_bias_linear)
-
-    def forward(self, x, cos, sin, mask, is_causal, past, packed: PackedAttention | None = None):
-        b, t, _ = x.shape
-        qkv = self.query_key_value(x)
-        if self.multi_query:
-            q, k, v = qkv.split(self.sizes, dim=-1)
-            q = q.view(b, t, self.heads, self.head_dim)
-            k = k.view(b, t, self.groups, self.head_dim)
-            v = v.view(b, t, self.groups, self.head_dim)
-        else:  # ChatGLM2-style full attention keeps [q_h | k_h | v_h] together per head
-            q, k, v = qkv.view(b, t, self.heads, 3 * self.head_dim).split(self.head_dim, dim=-1)
-        compiled = self.fast.compile
-        if packed is not None:  # one row [1, T]; time-major [T, heads, d] as varlen kernels want, no copies
-            cos, sin = cos.transpose(1, 2), sin.transpose(1, 2)  # [1, T, 1, rot/2]
-            q, k = apply_rotary(q, cos, sin, compiled), apply_rotary(k, cos, sin, compiled)
-            out = packed_attention(q[0], k[0], v[0], packed)
-            return self.dense(out.reshape(b, t, -1)), None
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin, compiled), apply_rotary(k, cos, sin, compiled)
-        if past is not None:
-            k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)
-        present = (k, v)
-        rep = self.heads // self.groups
-        gqa = rep > 1 and mask is None  # kernels share a group among its heads; a mask rules out flash
-        if rep > 1 and not gqa:  # head h reads group h // rep
-            k = k[:, :, None].expand(-1, -1, rep, -1, -1).flatten(1, 2)
-            v = v[:, :, None].expand(-1, -1, rep, -1, -1).flatten(1, 2)
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal,
-            enable_gqa=gqa,
-        )
-        return self.dense(out.transpose(1, 2).flatten(2)), present
-
-
-class MLP(nn.Module):
-    def __init__(self, config: ChatGLMConfig, fast: FastOptions | None = None):
-        super().__init__()
-        h, f = config.hidden_size, config.ffn_hidden_size
-        self.fast = fast or FastOptions()
-        self.dense_h_to_4h = nn.Linear(h, 2 * f, bias=config.add_bias_linear)
-        self.dense_4h_to_h = nn.Linear(f, h, bias=config.add_bias_linear)
-
-    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.dense_h_to_4h(x)
-        return self.dense_4h_to_h(
-            triton_swiglu(h) if self.fast.compile and h.is_cuda else op("swiglu", False)(h)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        chunk = self.fast.mlp_chunk_tokens
-        if not chunk or not (self.training and torch.is_grad_enabled()) or x.shape[:-1].numel() <= chunk:
-            return self._mlp(x)
-        # Low memory: the 2·ffn-wide intermediate exists for `chunk` tokens at a time, in backward too.
-        flat = x.reshape(-1, x.shape[-1])
-        parts = [
-            checkpoint(self._mlp, flat[i : i + chunk], use_reentrant=False)
-            for i in range(0, flat.shape[0], chunk)
-        ]
-        return torch.cat(parts).view(*x.shape[:-1], -1)
-
-
-class GLMBlock(nn.Module):
-    def __init__(self, config: ChatGLMConfig, fast: FastOptions | None = None):
-        super().__init__()
-        self.fast = fast = fast or FastOptions()
-        self.residual_from_norm = config.apply_residual_connection_post_layernorm
-        self.hidden_dropout = config.hidden_dropout
-        self.input_layernorm = _norm(config, fast)
-        self.self_attention = SelfAttention(config, fast)
-        self.post_attention_layernorm = _norm(config, fast)
-        self.mlp = MLP(config, fast)
-
-    def _dropout(self, x: torch.Tensor) -> torch.Tensor:
-        return F.dropout(x, self.hidden_dropout, True) if self.hidden_dropout and self.training else x
-
-    def _attention(self, x, cos, sin, mask, is_causal, packed):
-        return self.self_attention(self.input_layernorm(x), cos, sin, mask, is_causal, None, packed)[0]
-
-    def forward(self, x, cos, sin, mask, is_causal, past=None, packed=None):
-        recompute = self.fast.checkpoint_attention and self.training and torch.is_grad_enabled()
-        if recompute and past is None and not self.residual_from_norm:
-            # Low memory: inside a checkpointed layer, the attention half is recomputed once more in backward,
-            # so its activations never coexist with the MLP's. No cache is returned on this path.
-            attn = checkpoint(self._attention, x, cos, sin, mask, is_causal, packed, use_reentrant=False)
-            x, present = x + self._dropout(attn), None
-        else:
-            h = self.input_layernorm(x)
-            attn, present = self.self_attention(h, cos, sin, mask, is_causal, past, packed)
-            x = (h if self.residual_from_norm else x) + self._dropout(attn)
-        h = self.post_attention_layernorm(x)
-        x = (h if self.residual_from_norm else x) + self._dropout(self.mlp(h))
-        return x, present
-
-
-class Embedding(nn.Module):
-    """The frozen token table. It may live in host memory (the low-memory setting, or
-    kernels.configure_fast_path(embedding_on_host=True)): the lookup then runs on the host and only the row's
-    vectors travel to the device (64 MiB for 8,192 ChatGLM3-6B tokens, against a 0.5 GiB table)."""
-
-    def __init__(self, config: ChatGLMConfig):
-        super().__init__()
-        self.word_embeddings = nn.Embedding(config.padded_vocab_size, config.hidden_size)
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        table = self.word_embeddings.weight
-        # Called as a module either way, so hooks on it (enable_input_require_grads) still run.
-        x = self.word_embeddings(input_ids.to(table.device))
-        if x.device == input_ids.device:
-            return x
-        # A host table is frozen (_place_embedding checks): the graph starts again on the device, so backward
-        # sends no gradient back to the host.
-        needs_grad = x.requires_grad
-        x = x.detach()
-        if x.device.type == "cpu" and input_ids.device.type == "cuda":
-            x = x.pin_memory()
-        return x.to(input_ids.device, non_blocking=True).requires_grad_(needs_grad)
-
-
-class Encoder(nn.Module):
-    def __init__(self, config: ChatGLMConfig, fast: FastOptions | None = None):
-        super().__init__()
-        self.layers = nn.ModuleList(GLMBlock(config, fast) for _ in range(config.num_layers))
-        if config.post_layer_norm:
-            self.final_layernorm = _norm(config, fast)
-        self.gradient_checkpointing = False
-        self.checkpoint_kwargs: dict[str, Any] = {"use_reentrant": False}
-
-    def forward(self, x, cos, sin, mask, is_causal, past: KVCache | None, packed=None):
-        presents = []
-        for i, layer in enumerate(self.layers):
-            layer_past = past[i] if past is not None else None
-            if self.gradient_checkpointing and self.training:
-                x, present = checkpoint(
-                    layer, x, cos, sin, mask, is_causal, layer_past, packed, **self.checkpoint_kwargs
-                )
-            else:
-                x, present = layer(x, cos, sin, mask, is_causal, layer_past, packed)
-            presents.append(present)
-        if hasattr(self, "final_layernorm"):
-            x = self.final_layernorm(x)
-        return x, tuple(presents)
-
-
-class ChatGLMModel(nn.Module):
-    """`transformer.*` of the checkpoint; `output_layer` lives here as in the official layout."""
-
-    def __init__(self, config: ChatGLMConfig, fast: FastOptions | None = None):
-        super().__init__()
-        self.embedding = Embedding(config)
-        self.rotary_pos_emb = RotaryEmbedding(config.kv_channels // 2, 10000.0 * config.rope_ratio)
-        self.encoder = Encoder(config, fast)
-        self.output_layer = nn.Linear(config.hidden_size, config.padded_vocab_size, bias=False)
 
 
 class ChatGLMForConditionalGeneration(nn.Module):
@@ -478,7 +129,7 @@ class ChatGLMForConditionalGeneration(nn.Module):
         else:
             if position_ids is None:
                 position_ids = torch.arange(past_len, past_len + t, device=x.device).expand(b, t)
-            mask, is_causal = _attention_mask(attention_mask, t, past_len, x.device)
+            mask, is_causal = sdpa_mask(attention_mask, t, past_len, x.device)
         cos, sin = self.transformer.rotary_pos_emb(position_ids, x.dtype)
         hidden, presents = self.transformer.encoder(
             x, cos, sin, mask, is_causal, past_key_values or None, packed
@@ -619,32 +270,6 @@ class ChatGLMForConditionalGeneration(nn.Module):
         if hook is not None:
             hook.remove()
             del self._require_grads_hook
-
-
-def _attention_mask(
-    attention_mask: torch.Tensor | None, t: int, past_len: int, device: torch.device
-) -> tuple[torch.Tensor | None, bool]:
-    """(boolean mask [batch, 1, t, past_len + t] or None, is_causal) for scaled_dot_product_attention."""
-    total = past_len + t
-    if attention_mask is not None:
-        if attention_mask.shape[-1] != total:
-            raise ValueError(
-                f"attention_mask covers {attention_mask.shape[-1]} positions; "
-                f"the cache plus the input are {total}"
-            )
-        if bool(attention_mask.all()):
-            attention_mask = None
-    if attention_mask is None and past_len == 0:
-        return None, True
-    if attention_mask is None and t == 1:
-        return None, False
-    q_pos = torch.arange(past_len, total, device=device)[:, None]
-    k_pos = torch.arange(total, device=device)[None, :]
-    allowed = k_pos <= q_pos
-    if attention_mask is not None:
-        # A padding query still sees itself, so no softmax row is empty (which would give NaN).
-        allowed = (allowed & attention_mask[:, None, None, :].bool()) | (k_pos == q_pos)
-    return allowed.expand(attention_mask.shape[0] if attention_mask is not None else 1, 1, t, total), False
 
 
 def _reduce(
