@@ -164,7 +164,7 @@ describe("the adapter", () => {
     ])
       writeFileSync(path.join(dir, name as string), text as string);
     python(
-      `from lorakit_engine.checkpoint import ADAPTER_UNSUMMED; from lorakit_engine.files import write_sums; write_sums(${JSON.stringify(dir)}, skip=ADAPTER_UNSUMMED)`,
+      `from lorakit_engine.adapter import ADAPTER_UNSUMMED; from lorakit_engine.files import write_sums; write_sums(${JSON.stringify(dir)}, skip=ADAPTER_UNSUMMED)`,
     );
     writeFileSync(path.join(dir, "README.md"), "lorakit's card"); // not in the sums: written over afterwards
     verifyAdapter(dir);

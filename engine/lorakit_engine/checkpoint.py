@@ -9,7 +9,8 @@ cleared on the next start. Reading a checkpoint checks every file against SHA256
 named and never resumed from (a resume takes the newest checkpoint that verifies). Before writing, the free
 space is checked against the size of the last checkpoint; a disk that fills up anyway is one DISK_FULL error,
 the temporary folder removed and the earlier checkpoints untouched. The run's adapter, `run_dir/adapter/`
-(peft's files, the plan's extras, SHA256SUMS), is written the same way.
+(peft's files, the plan's extras, SHA256SUMS), is written the same way (adapter.py); the RNG states are
+read and set in rng.py.
 """
 
 from __future__ import annotations
@@ -17,20 +18,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file
 
 from . import files
+from .adapter import stable_config
 from .plan import Plan
 from .protocol import EngineError
+from .rng import rng_file, rng_state, set_rng_state
 
 STATE = "state.json"
 
@@ -129,46 +130,6 @@ def clear_partial(run_dir: Path | str) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-# ---------------------------------------------------------------- RNG
-
-
-def rng_state(cuda_device: torch.device | None = None) -> dict:
-    """This process's RNG state; with `cuda_device` (data parallel) that GPU's alone, not every GPU's."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": [name, keys.tolist(), pos, has_gauss, gauss],  # plain values: loads with weights_only
-        "torch": torch.get_rng_state(),
-    }
-    if cuda_device is not None:
-        state["cuda_device"] = torch.cuda.get_rng_state(cuda_device)
-    elif torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict, cuda_device: torch.device | None = None) -> None:
-    random.setstate(_tuples(state["python"]))
-    name, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if "cuda_device" in state and cuda_device is not None:
-        torch.cuda.set_rng_state(state["cuda_device"], cuda_device)
-    elif "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def rng_file(rank: int, world: int) -> str:
-    return "rng.pt" if world == 1 else f"rng-rank{rank}.pt"
-
-
-def _tuples(x):
-    return tuple(_tuples(v) for v in x) if isinstance(x, list | tuple) else x
-
-
-# ---------------------------------------------------------------- save / load
-
-
 def save(
     run_dir,
     step: int,
@@ -206,7 +167,7 @@ def save(
     try:
         tmp.mkdir()
         model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False, **whole)
-        _stable_config(tmp / "adapter_config.json")
+        stable_config(tmp / "adapter_config.json")
         rngs = [rng_state()] if rngs is None else rngs
         saved = [("optimizer.pt", optimizer_state), ("scheduler.pt", scheduler.state_dict())]
         if scaler is not None:
@@ -225,7 +186,7 @@ def save(
         if files.is_disk_full(e):
             raise files.disk_full(what, base, need, basis, kept, writing) from e
         raise
-    _replace(tmp, final)
+    files.replace_folder(tmp, final)
     for old_step, old in complete(run_dir)[:-keep]:
         if old_step != protect:
             shutil.rmtree(old, ignore_errors=True)
@@ -248,18 +209,6 @@ def _estimate(model, adapter_state: dict | None, optimizer_state: dict) -> int:
     for per_param in optimizer_state.get("state", {}).values():
         tensors += [t for t in per_param.values() if isinstance(t, torch.Tensor)]
     return sum(t.numel() * t.element_size() for t in tensors) + 64 * 1024
-
-
-def _replace(tmp: Path, final: Path) -> None:
-    """Renames the complete `tmp` to `final`; a `final` already there (the same step saved by an earlier,
-    resumed attempt; an adapter written before) is moved aside first and removed after."""
-    aside = final.parent / f"{tmp.name}-replaced"
-    if final.exists():
-        shutil.rmtree(aside, ignore_errors=True)
-        os.replace(final, aside)
-    os.replace(tmp, final)
-    files.fsync_dir(final.parent)
-    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _read(file: Path, read):
@@ -358,7 +307,7 @@ def load(
     return files["state"]
 
 
-# ---------------------------------------------------------------- the adapter
+# ---------------------------------------------------------------- the adapter of a checkpoint
 
 
 def restore_adapter(model, checkpoint: Path) -> None:
@@ -369,64 +318,3 @@ def restore_adapter(model, checkpoint: Path) -> None:
     if problems:
         raise corrupt(checkpoint, problems)
     set_peft_model_state_dict(model, load_file(str(checkpoint / "adapter_model.safetensors")))
-
-
-def write_adapter(model, plan: Plan, state: dict | None = None) -> Path:
-    """run_dir/adapter/ in peft's format, plus the plan's extras and files (the base's tokenizer files) and
-    SHA256SUMS of them all but README.md (the model card lorakit writes over peft's afterwards).
-    `state`: the LoRA tensors, whole, when the model holds slices of them (sharded)."""
-    from peft import get_peft_model_state_dict
-
-    final, tmp = plan.run_dir / "adapter", plan.run_dir / ".tmp-adapter"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tensors = state if state is not None else get_peft_model_state_dict(model)
-    need = sum(t.numel() * t.element_size() for t in tensors.values())
-    need += sum(len(t.encode()) for t in plan.adapter_extras.values()) + 64 * 1024
-    need += sum(Path(source).stat().st_size for source in plan.adapter_files.values())
-    kept = (
-        "the adapter written before is intact."
-        if final.is_dir()
-        else "the checkpoints are intact: resume to write the adapter."
-    )
-    what = "the adapter"
-    files.check_room(what, plan.run_dir, need, "its tensors and files", kept)
-    whole = {"state_dict": state} if state is not None else {}
-    writing = tmp / "adapter_model.safetensors"
-    try:
-        tmp.mkdir(parents=True)
-        model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False, **whole)
-        _stable_config(tmp / "adapter_config.json")
-        for name, text in plan.adapter_extras.items():
-            writing = tmp / name
-            writing.write_text(text, encoding="utf-8")
-        for name, source in plan.adapter_files.items():
-            writing = tmp / name
-            shutil.copyfile(source, writing)
-        writing = tmp / files.SUMS
-        files.write_sums(tmp, skip=ADAPTER_UNSUMMED)
-        files.sync_folder(tmp)
-    except Exception as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if files.is_disk_full(e):
-            raise files.disk_full(what, plan.run_dir, need, "its tensors and files", kept, writing) from e
-        raise
-    _replace(tmp, final)
-    return final
-
-
-def _stable_config(file: Path) -> None:
-    """peft keeps target_modules in a set and writes it in the order of the process's string hashing:
-    sorted here, the same adapter is the same bytes (and SHA256SUMS) from every process. peft reads a list."""
-    cfg = json.loads(file.read_text(encoding="utf-8"))
-    if isinstance(cfg.get("target_modules"), list):
-        cfg["target_modules"] = sorted(cfg["target_modules"])
-        file.write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
-
-
-# The adapter's model card: peft writes a blank one, lorakit writes its own over it after the run.
-ADAPTER_UNSUMMED = ("README.md",)
-
-
-def check_adapter(adapter_dir: Path) -> list[str]:
-    """What in an adapter folder does not match its SHA256SUMS; [] when intact."""
-    return files.check_sums(adapter_dir, skip=ADAPTER_UNSUMMED)

@@ -15,6 +15,7 @@ import errno
 import hashlib
 import os
 import re
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -126,6 +127,18 @@ def sync_folder(folder: Path) -> None:
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
     fsync_dir(folder)
+
+
+def replace_folder(tmp: Path, final: Path) -> None:
+    """Renames the complete `tmp` to `final`; a `final` already there (the same step saved by an earlier,
+    resumed attempt; an adapter written before) is moved aside first and removed after."""
+    aside = final.parent / f"{tmp.name}-replaced"
+    if final.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(final, aside)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- a full disk

@@ -20,6 +20,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import verify
+from .adapter import write_adapter
 from .batches import Batches, micro_batches
 from .control import Controls
 from .data import Prepared, read_rows
@@ -238,9 +239,7 @@ def save_and_verify(
         ckpt.restore_adapter(model, ckpt.root(plan.run_dir) / f"step-{best}")
         log(emit, f"the adapter written is the best eval checkpoint, step {best}")
     adapter_state = parallel.whole_adapter(model)
-    adapter_dir = (
-        ckpt.write_adapter(model, plan, adapter_state) if parallel.main else plan.run_dir / "adapter"
-    )
+    adapter_dir = write_adapter(model, plan, adapter_state) if parallel.main else plan.run_dir / "adapter"
     parallel.gather(None)  # written before the other ranks read it back (the reload check)
     reload = None
     if stopped:

@@ -7,6 +7,7 @@ earlier checkpoint (adapter) intact and verifying; no temporary folder left."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -17,6 +18,7 @@ from prepared import make_plan, of_type, write_plan
 
 from lorakit_engine import checkpoint as ckpt
 from lorakit_engine import files
+from lorakit_engine.adapter import check_adapter, write_adapter
 from lorakit_engine.lora import attach_for_training
 from lorakit_engine.plan import read_plan
 from lorakit_engine.protocol import EngineError
@@ -214,7 +216,7 @@ def test_the_disk_fills_at_each_boundary_of_the_adapter(
     plan = read_plan(
         write_plan(tmp_path, make_plan(tmp_path, fixtures_dir / "models" / "tiny-llama", **over))
     )
-    adapter = ckpt.write_adapter(model, plan)
+    adapter = write_adapter(model, plan)
     before = {p.name: p.read_bytes() for p in adapter.iterdir()}
     if boundary == "before it starts":
         fs.fill()
@@ -223,12 +225,12 @@ def test_the_disk_fills_at_each_boundary_of_the_adapter(
     elif boundary == "chat_template.jinja":
         monkeypatch.setattr(Path, "write_text", fill_before(fs, Path.write_text, boundary))
     elif boundary == "tokenizer.json":
-        monkeypatch.setattr(ckpt.shutil, "copyfile", fill_before(fs, ckpt.shutil.copyfile, boundary, arg=1))
+        monkeypatch.setattr(shutil, "copyfile", fill_before(fs, shutil.copyfile, boundary, arg=1))
     else:
         monkeypatch.setattr(files, "write_sums", fill_before(fs, files.write_sums))
 
     with pytest.raises(EngineError) as e:
-        ckpt.write_adapter(model, plan)
+        write_adapter(model, plan)
     monkeypatch.undo()
     err = e.value
     assert err.code == "DISK_FULL", err.message
@@ -236,7 +238,7 @@ def test_the_disk_fills_at_each_boundary_of_the_adapter(
     assert "the adapter written before is intact" in err.message
     if boundary != "before it starts":
         assert f"(writing {boundary})" in err.message
-    assert {p.name: p.read_bytes() for p in adapter.iterdir()} == before and ckpt.check_adapter(adapter) == []
+    assert {p.name: p.read_bytes() for p in adapter.iterdir()} == before and check_adapter(adapter) == []
     assert no_temporary(fs.path) == []
 
 

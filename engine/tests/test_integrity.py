@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from lorakit_engine import checkpoint as ckpt
 from lorakit_engine import files
+from lorakit_engine.adapter import check_adapter, stable_config
 from lorakit_engine.plan import read_plan
 from lorakit_engine.protocol import EngineError
 from lorakit_engine.run import check_inputs, run
@@ -51,7 +52,7 @@ def copy_of(trained: Path, tmp_path: Path) -> Path:
 
 
 def test_every_folder_written_carries_sums_that_sha256sum_accepts(trained):
-    assert ckpt.check_adapter(trained / "run" / "adapter") == []
+    assert check_adapter(trained / "run" / "adapter") == []
     for folder in [*sorted((trained / "run" / "checkpoints").iterdir()), trained / "run" / "adapter"]:
         assert folder.name == "adapter" or ckpt.check(folder) == []
         listed = (folder / files.SUMS).read_text().splitlines()
@@ -152,9 +153,9 @@ def test_a_flipped_byte_in_the_adapter_is_named(trained, tmp_path, name):
     adapter = tmp_path / "adapter"
     shutil.copytree(trained / "run" / "adapter", adapter)
     (adapter / "README.md").write_text("lorakit's model card, written after the run\n")
-    assert ckpt.check_adapter(adapter) == []
+    assert check_adapter(adapter) == []
     flip(adapter / name)
-    [problem] = ckpt.check_adapter(adapter)
+    [problem] = check_adapter(adapter)
     assert str(adapter / name) in problem and "does not match SHA256SUMS" in problem
 
 
@@ -218,7 +219,7 @@ def test_the_same_adapter_is_the_same_bytes_from_any_process(trained, tmp_path):
     file = tmp_path / "adapter_config.json"
     shuffled = dict(cfg, target_modules=sorted(cfg["target_modules"], reverse=True))
     file.write_text(json.dumps(shuffled, indent=2, sort_keys=True))
-    ckpt._stable_config(file)
+    stable_config(file)
     assert file.read_bytes() == (adapter / "adapter_config.json").read_bytes()
     loaded = LoraConfig.from_pretrained(str(adapter))
     assert set(loaded.target_modules) == set(cfg["target_modules"])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import check_adapter
+from ..adapter import check_adapter
 from ..lora import lora_layers
 from ..plan import LoraPlan
 
