@@ -4,7 +4,6 @@
 import { createHash, randomBytes } from "node:crypto";
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync } from "node:fs";
 import path from "node:path";
-import { LorakitError } from "../errors.js";
 import { HashedFile } from "../files/atomic.js";
 import { checkSums } from "../files/sums.js";
 import {
@@ -15,6 +14,7 @@ import {
   type SplitManifest,
 } from "./prepare-types.js";
 import type { FileInfo } from "./read.js";
+import { notFound } from "./scan.js";
 import type { ChatTemplate } from "./template.js";
 
 /** A data file's identity for the content hash, read in pieces (the file is never held whole). */
@@ -23,10 +23,7 @@ export function fileInfo(file: string, progress?: (bytes: number) => void): Omit
   try {
     fd = openSync(file, "r");
   } catch (e) {
-    throw new LorakitError("DATA_NOT_FOUND", `cannot read the data file: ${(e as Error).message}`, {
-      where: { file },
-      hint: "Check data.train / data.eval; relative paths resolve against the config file.",
-    });
+    throw notFound(file, e);
   }
   const hash = createHash("sha256");
   const buf = Buffer.allocUnsafe(8 << 20);

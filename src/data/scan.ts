@@ -39,7 +39,8 @@ export interface ScanOptions {
   hash?: boolean;
 }
 
-function notFound(file: string, e: unknown): LorakitError {
+/** DATA_NOT_FOUND for a data file that cannot be opened or read. */
+export function notFound(file: string, e: unknown): LorakitError {
   return new LorakitError("DATA_NOT_FOUND", `cannot read the data file: ${(e as Error).message}`, {
     where: { file },
     hint: NOT_FOUND_HINT,
