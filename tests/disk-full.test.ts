@@ -21,7 +21,7 @@ import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import { writeRows } from "../src/data/pack.js";
 import { type PrepareOptions, prepareDataset } from "../src/data/prepare.js";
 import { loadTokenizer, type Tokenizer } from "../src/data/tokenizer.js";
-import { adapterBytes, checkpointBytes, onDisk } from "../src/doctor/memory.js";
+import { adapterBytes, checkpointBytes, onDisk } from "../src/doctor/disk-need.js";
 import { ROOT } from "../src/engine/python.js";
 import { LorakitError } from "../src/errors.js";
 import { writeFileAtomic } from "../src/files/atomic.js";

@@ -8,14 +8,12 @@ import { describe, expect, it } from "vitest";
 import { RunConfig } from "../src/config/schema.js";
 import { packRows } from "../src/data/pack.js";
 import type { DatasetFacts } from "../src/doctor/config.js";
+import { adapterBytes, checkpointBytes, diskNeed } from "../src/doctor/disk-need.js";
+import { gpuUseFindings } from "../src/doctor/gpu-use.js";
 import {
-  adapterBytes,
-  checkpointBytes,
-  diskNeed,
   estimateMemory,
   fitMicroBatch,
   footprint,
-  gpuUseFindings,
   type MemoryInputs,
   memoryFindings,
   worstMicroBatch,

@@ -12,16 +12,10 @@ import { supportedModelTypes } from "../models/families.js";
 import { loraParams, loraTensors, modelShape } from "../models/shape.js";
 import { fastPathSetting, plannedSteps, resolveDevice, resolveFastPath, resolvePrecision } from "../plan/index.js";
 import { configFindings, type DatasetFacts, estimateDataset } from "./config.js";
+import { diskNeed, onDisk } from "./disk-need.js";
 import { envFindings, envSummary, type Hardware, hardwareOf, type Probe, runProbe } from "./env.js";
-import {
-  diskNeed,
-  estimateMemory,
-  gpuUseFindings,
-  type MemoryEstimate,
-  type MemoryInputs,
-  memoryFindings,
-  onDisk,
-} from "./memory.js";
+import { gpuUseFindings } from "./gpu-use.js";
+import { estimateMemory, type MemoryEstimate, type MemoryInputs, memoryFindings } from "./memory.js";
 import {
   type InspectFacts,
   modelSummary,

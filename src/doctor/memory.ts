@@ -1,8 +1,8 @@
 // Peak training memory before the run: base weights, LoRA parameters with their gradients and AdamW
 // states, the activations of the largest micro-batch the run will see, and the loss — compared with the free
 // memory the probe found. When it does not fit: the largest micro-batch that does, with the accumulation
-// raised to keep the effective batch. When the fast path would leave the GPU waiting on the host (short rows):
-// the train.pack_tokens that fills it.
+// raised to keep the effective batch. (The disk a run needs is in disk-need.ts; the GPU left waiting on short rows
+// in gpu-use.ts.)
 //
 // The largest micro-batch comes from the prepared data's real lengths (worstMicroBatch): the row plan is known
 // before training. The footprint per token depends on the engine's path; footprint() is the one place that
@@ -16,14 +16,12 @@
 //   Self-LLM recipe's batches of 4 at max_length 1024 (data p95 577) 19.6 GiB.
 // - padded path (every micro-batch full max_length): 4×512 with checkpointing 13.7 GiB … all linear layers r16
 //   76.0 GiB, within −3% … +5% over six settings.
-import type { RunConfig } from "../config/schema.js";
 import { packRows } from "../data/index.js";
 import { type Finding, makeFinding } from "../findings/index.js";
 import { fmtBytes } from "../format.js";
 import { loraParams, type ModelShape, targetModule } from "../models/shape.js";
-import { type Precision, plannedSteps } from "../plan/index.js";
+import type { Precision } from "../plan/index.js";
 import { rng } from "../rng.js";
-import type { DatasetFacts } from "./config.js";
 
 const MiB = 1024 ** 2;
 /** Memory the CUDA context holds outside torch's allocator. */
@@ -364,119 +362,4 @@ export function memoryFindings(
   };
   const fix = suggestionText(fit, m, ctx.gradAccum);
   return [makeFinding(est.need > ctx.free ? "MEMORY_WONT_FIT" : "MEMORY_TIGHT", evidence, { fix })];
-}
-
-const KiB = 1024;
-/** A file's size as the disk holds it: whole 4 KiB blocks. */
-export const onDisk = (bytes: number) => Math.ceil(bytes / (4 * KiB)) * 4 * KiB;
-
-/**
- * One training checkpoint on disk (engine/lorakit_engine/checkpoint.py), as measured on real ones (tests/
- * disk-full.test.ts holds it to 5%): the LoRA tensors (4 bytes a parameter, ~128 bytes of safetensors header a
- * tensor), AdamW's two moments (8 bytes a parameter, ~800 bytes of zip and pickle a tensor), and the small files
- * (the RNG state ~14 KiB, peft's README ~5 KiB, its config, the scheduler, state.json, SHA256SUMS), each file
- * rounded up to whole blocks.
- */
-export function checkpointBytes(loraParams: number, loraTensors: number): number {
-  return 12 * loraParams + 930 * loraTensors + 48 * KiB;
-}
-
-/** The adapter folder on disk: the LoRA tensors, peft's config, lorakit's extras and model card, SHA256SUMS, and
- * `copied` bytes of the base's tokenizer files copied beside them. */
-export function adapterBytes(loraParams: number, loraTensors: number, copied: number): number {
-  return 4 * loraParams + 128 * loraTensors + 32 * KiB + copied;
-}
-
-export interface DiskInputs {
-  loraParams: number;
-  /** LoRA tensors: two (A and B) a adapted module. */
-  loraTensors: number;
-  keepCheckpoints: number;
-  /** train.patience: early stopping keeps the best eval's checkpoint beside the newest. */
-  patience: number;
-  /** On-disk bytes of the tokenizer files copied into the adapter. */
-  copied: number;
-  /** Tokens still to prepare (0 when the prepared data is on disk already). */
-  preparedTokens?: number;
-}
-
-/**
- * What the run writes at its peak: the checkpoints kept (and the best eval's one with early stopping) plus the
- * one being written, the adapter, the tokens still to prepare (twice while preparing: spooled, then copied), and
- * 1 MiB for the plan, the engine's log and the report.
- */
-export function diskNeed(d: DiskInputs): number {
-  const checkpoints = d.keepCheckpoints + 1 + (d.patience > 0 ? 1 : 0);
-  return (
-    checkpoints * checkpointBytes(d.loraParams, d.loraTensors) +
-    adapterBytes(d.loraParams, d.loraTensors, d.copied) +
-    16 * (d.preparedTokens ?? 0) +
-    MiB
-  );
-}
-
-// ---------------------------------------------------------------- a GPU left waiting
-
-/** Rows the fast path fills the GPU with: 8,192-token rows ran at 22,807 tokens/s on an H200 (ChatGLM3-6B),
- * 16,384-token rows only 1% faster at 60 GiB (bench/RESULTS.md). */
-export const ROW_TOKENS_FULL = 8192;
-/** Micro-batches below this on average leave the GPU waiting on the host: the recipe's 4 samples (~1.2k
- * tokens) ran at 10,000–16,000 tokens/s on the same card. */
-export const ROW_TOKENS_SHORT = 4096;
-
-function nextPow2(n: number): number {
-  return 2 ** Math.ceil(Math.log2(Math.max(1, n)));
-}
-
-/**
- * MEMORY_GPU_UNDERUSED: on the fast path without train.pack_tokens, micro-batches of a few samples keep the GPU
- * waiting on the host. Says which train.pack_tokens would fill it (8,192, or the power of two that holds the
- * longest sample; halved until it fits in 90% of `free`) and what that changes, from the prepared lengths:
- * samples per optimizer step (with the accumulation that keeps it nearest the configured one) and steps.
- */
-export function gpuUseFindings(
-  m: MemoryInputs,
-  train: RunConfig["train"],
-  data: DatasetFacts,
-  free: number,
-): Finding[] {
-  if (train.pack_tokens !== undefined || m.path !== "fast" || !data.trainLengths || data.trainLengths.length === 0)
-    return [];
-  const lengths = data.trainLengths.map((n) => Math.min(n, m.seqLen));
-  const mean = lengths.reduce((a, b) => a + b, 0) / lengths.length;
-  const rowTokens = Math.min(train.batch_size, lengths.length) * mean;
-  if (rowTokens >= ROW_TOKENS_SHORT) return [];
-  const longest = Math.max(...lengths);
-  let pack = Math.max(ROW_TOKENS_FULL, nextPow2(longest));
-  let est: MemoryEstimate | null = null;
-  for (; pack >= Math.max(longest, ROW_TOKENS_SHORT); pack /= 2) {
-    est = estimateMemory({ ...m, microBatch: 1, seqLen: pack, packed: true, lengths });
-    if (est.need <= 0.9 * free) break;
-    est = null;
-  }
-  if (!est) return []; // no longer row fits: memory, not the host, is the limit here
-  const rows = packRows(lengths, pack).length;
-  const perRow = lengths.length / rows;
-  const samplesNow = train.batch_size * train.grad_accum * train.devices;
-  const accum = Math.max(1, Math.round((train.batch_size * train.grad_accum) / perRow));
-  const stepsNow = plannedSteps(data, train);
-  const stepsThen = plannedSteps(data, { ...train, pack_tokens: pack, grad_accum: accum });
-  return [
-    makeFinding("MEMORY_GPU_UNDERUSED", {
-      batch_size: train.batch_size,
-      row_tokens: Math.round(rowTokens),
-      pack_tokens: pack,
-      grad_accum: accum,
-      samples_now: samplesNow,
-      samples_then: Math.round(perRow * accum * train.devices),
-      steps_now: stepsNow,
-      steps_then: stepsThen,
-      rows_per_epoch: rows,
-      peak: fmtBytes(est.peak),
-      peak_bytes: Math.round(est.peak),
-      free: fmtBytes(free),
-      mean_sample_tokens: Math.round(mean),
-      longest_sample_tokens: longest,
-    }),
-  ];
 }

@@ -1,20 +1,19 @@
 // The road of `lorakit train run.yaml`: config → model and tokenizer → prepared data → plan →
 // engine (supervised, recorded) → samples, report. Each stage stops the road with a clear error.
-import { existsSync, mkdirSync, rmdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, rmdirSync, rmSync } from "node:fs";
 import path from "node:path";
 import { stringify as toYaml } from "yaml";
 import type { LoadedConfig } from "../config/load.js";
-import type { Event, Plan } from "../config/schema.js";
 import type { Tokenizer } from "../data/index.js";
 import { outputFindings } from "../doctor/index.js";
-import { ensurePython, type PythonEnv } from "../engine/python.js";
+import { ensurePython } from "../engine/python.js";
 import { type EngineRun, engineFailure, spawnEngine } from "../engine/supervisor.js";
 import { LorakitError } from "../errors.js";
 import { writeFileAtomic } from "../files/atomic.js";
 import { newestVerifiedCheckpoint, resumableCheckpoint } from "../files/checkpoints.js";
-import { type Finding, findingsError, fromEvent, makeFinding } from "../findings/index.js";
+import { findingsError, fromEvent } from "../findings/index.js";
 import { plural } from "../format.js";
-import { buildPlan, smokePlan, type TrainCounts } from "../plan/index.js";
+import { buildPlan } from "../plan/index.js";
 import { writeReport } from "../report/html.js";
 import { modelCardFacts, writeModelCard } from "../report/model-card.js";
 import { exactMatchShare, exactMatchText } from "../runs/exact-match.js";
@@ -23,96 +22,11 @@ import { RunLock } from "../runs/lock.js";
 import { configChanges, planChanges, type Recorded, readRecorded, resumeRefusal } from "../runs/resume.js";
 import { RunStore } from "../runs/store.js";
 import { prepareAndCheck } from "./prepare-and-check.js";
+import type { RoadOptions, RoadResult } from "./road-types.js";
+import { smokeRun, stoppedBeforeTraining } from "./smoke.js";
 
-export interface RoadOptions {
-  resume?: boolean;
-  force?: boolean;
-  signal?: AbortSignal;
-  log: (line: string) => void;
-  onEvent?: (event: Event) => void;
-  /** Overrides for tests: the engine's environment. */
-  py?: PythonEnv;
-  env?: NodeJS.ProcessEnv;
-  /** The smoke run before the real one (default on). */
-  smoke?: boolean;
-  /** Start over: delete an earlier run's checkpoints and adapter under the same name. */
-  fresh?: boolean;
-  /** Every finding as it is made: the doctor's, the smoke run's, training's, the outputs'. */
-  onFinding?: (f: Finding) => void;
-  /** Filled in while the road runs: what a second Ctrl-C does before lorakit exits at once (ends the engine,
-   * marks the run stopped, gives its lock up) and the sentence that says what is given up. */
-  quit?: QuitHook;
-}
-
-/** The smoke run (smokePlan: 2 optimizer steps on a slice, one sample, save + reload check); null when it passed. */
-export async function smokeRun(
-  py: PythonEnv,
-  plan: Plan,
-  counts: TrainCounts,
-  runDir: string,
-  opts: RoadOptions & { onEngine?: (e: EngineRun | null) => void },
-): Promise<Finding | null> {
-  const dir = path.join(runDir, "smoke");
-  rmSync(dir, { recursive: true, force: true });
-  mkdirSync(dir, { recursive: true });
-  const smoke = smokePlan(plan, dir, counts);
-  const planPath = path.join(dir, "plan.json");
-  writeFileSync(planPath, `${JSON.stringify(smoke, null, 2)}\n`);
-  const logFile = path.join(dir, "engine.log");
-  const errors: string[] = [];
-  const engine = spawnEngine({
-    py,
-    command: "train",
-    planPath,
-    logFile,
-    signal: opts.signal,
-    // An error finding (the reload check, targets, a non-finite loss) fails the smoke run too.
-    onEvent: (e) => {
-      if (e.type === "finding" && e.severity === "error") errors.push(`${e.code}: ${e.title}`);
-    },
-  });
-  opts.onEngine?.(engine);
-  const result = await engine.done;
-  opts.onEngine?.(null);
-  if (opts.signal?.aborted) throw stoppedBeforeTraining();
-  if (result.finished && !result.error && !result.finished.stopped_early && errors.length === 0) {
-    rmSync(dir, { recursive: true, force: true });
-    return null;
-  }
-  if (errors.length > 0)
-    return makeFinding("SMOKE_FAILED", { code: errors[0], error: errors.join("\n"), log: logFile });
-  const failure = engineFailure(result, logFile);
-  return makeFinding("SMOKE_FAILED", {
-    code: failure.code,
-    error: failure.message.split("\n").slice(0, 12).join("\n"),
-    log: logFile,
-  });
-}
-
-function stoppedBeforeTraining(): LorakitError {
-  return new LorakitError("INTERRUPTED", "stopped (Ctrl-C) before training started; nothing was trained", {
-    hint: "run the same command again to start",
-    exitCode: 130,
-  });
-}
-
-export interface RoadResult {
-  status: "completed" | "failed" | "stopped";
-  /** The status in words: "completed with 1 error finding: ADAPTER_RELOAD_MISMATCH" (outcomeText). */
-  outcome: string;
-  runDir: string;
-  adapterDir: string | null;
-  reportPath: string;
-  exactMatch: { before: number | null; after: number | null; n: number };
-  error: LorakitError | null;
-  runId: number;
-  /** Error findings made during or after training (the run completed, but its result is not to be trusted). */
-  errorFindings: { code: string; title: string; fix: string }[];
-  /** Python that loads the adapter and generates (also in the adapter's README.md); null without an adapter. */
-  usage: string | null;
-  /** `--resume` of a run that had completed, at this step: nothing was done. */
-  completedAt?: number;
-}
+export type { QuitHook, RoadOptions, RoadResult } from "./road-types.js";
+export { smokeRun } from "./smoke.js";
 
 /**
  * The run's outcome in words, as the report, the run store and the terminal say it: a run that completed
@@ -139,11 +53,6 @@ export function decodeGenerated(tokenizer: Tokenizer, ids: readonly number[]): s
     run = [];
   }
   return text + tokenizer.decode(run, { skipSpecial: true });
-}
-
-/** The sentence a second Ctrl-C prints, after it has settled the run's records: see RoadOptions.quit. */
-export interface QuitHook {
-  quit?: () => string;
 }
 
 export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<RoadResult> {

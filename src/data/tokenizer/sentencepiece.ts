@@ -8,15 +8,16 @@
 // can cross such a cut), which leaves "▁word"s and one- or two-character CJK segments, encoded once and then
 // served from a cache.
 import { LorakitError } from "../../errors.js";
-import { type ModelProto, ModelType, PieceType, parseModelProto } from "./protobuf.js";
+import { type ModelProto, PieceType, parseModelProto } from "./protobuf.js";
+import { ABSENT, PairHeap, PairTable, Work } from "./spm-bpe.js";
 import { SentencePieceNormalizer } from "./spm-normalizer.js";
+import { readVocab } from "./spm-vocab.js";
 import { decodeBytesPerChar, utf8Encoder } from "./utf8.js";
 
 const SPACE_SYMBOL = "\u2581";
 const CACHE_LIMIT = 100_000; // entries; the cache is dropped when full
 const CACHE_MAX_SEGMENT = 64; // UTF-16 units; longer segments are rarely repeated
 const UNSEEN = -2;
-const ABSENT = -2;
 const PAIR_LIMIT = 1 << 20; // pairs remembered; the table starts over when full
 
 export class SentencePieceModel {
@@ -29,10 +30,10 @@ export class SentencePieceModel {
   private readonly types: Uint8Array;
   private readonly scores: Float64Array;
   /** NORMAL, USER_DEFINED and UNUSED pieces: what merges may produce. */
-  private readonly mergeable = new Map<string, number>();
+  private readonly mergeable: Map<string, number>;
   /** CONTROL, UNKNOWN and BYTE pieces: looked up first, never produced by merges. */
-  private readonly reserved = new Map<string, number>();
-  private readonly byteIds = new Int32Array(256).fill(-1);
+  private readonly reserved: Map<string, number>;
+  private readonly byteIds: Int32Array;
   private readonly byteOf: Int16Array;
   private readonly byteFallback: boolean;
   private readonly unkSurface: string;
@@ -66,75 +67,17 @@ export class SentencePieceModel {
   }
 
   constructor(proto: ModelProto, file: string) {
-    const unsupported = (what: string, hint: string, key: string) =>
-      new LorakitError("TOKENIZER_UNSUPPORTED", what, { where: { file, key }, hint });
-    if (proto.trainer.modelType !== ModelType.BPE) {
-      const name = Object.entries(ModelType).find(([, v]) => v === proto.trainer.modelType)?.[0] ?? "unknown";
-      throw unsupported(
-        `SentencePiece model type ${name} is not supported (only BPE)`,
-        "provide tokenizer.json for this checkpoint",
-        "trainer_spec.model_type",
-      );
-    }
-    if (proto.trainer.treatWhitespaceAsSuffix) {
-      throw unsupported(
-        "treat_whitespace_as_suffix is not supported",
-        "provide tokenizer.json for this checkpoint",
-        "trainer_spec.treat_whitespace_as_suffix",
-      );
-    }
-    if (proto.denormalizer && proto.denormalizer.precompiledCharsmap.length > 0) {
-      throw unsupported(
-        "a denormalizer charsmap is not supported",
-        "provide tokenizer.json for this checkpoint",
-        "denormalizer_spec.precompiled_charsmap",
-      );
-    }
-
+    const v = readVocab(proto, file);
     const n = proto.pieces.length;
     this.size = n;
-    this.pieceOf = new Array<string>(n);
-    this.types = new Uint8Array(n);
-    this.scores = new Float64Array(n);
-    this.byteOf = new Int16Array(n).fill(-1);
-    let unkId = -1;
-    const userDefined: string[] = [];
-    for (let id = 0; id < n; id++) {
-      const p = proto.pieces[id] as ModelProto["pieces"][number];
-      const key = `pieces[${id}]`;
-      if (p.piece.length === 0) throw unsupported(`piece ${id} is empty`, "the model file is broken", key);
-      this.pieceOf[id] = p.piece;
-      this.types[id] = p.type;
-      this.scores[id] = p.score;
-      const normal = p.type === PieceType.NORMAL || p.type === PieceType.USER_DEFINED || p.type === PieceType.UNUSED;
-      const table = normal ? this.mergeable : this.reserved;
-      if (table.has(p.piece))
-        throw unsupported(`piece ${JSON.stringify(p.piece)} is defined twice`, "the model file is broken", key);
-      table.set(p.piece, id);
-      if (p.type === PieceType.USER_DEFINED) userDefined.push(p.piece);
-      if (p.type === PieceType.UNKNOWN) unkId = id;
-      if (p.type === PieceType.BYTE) {
-        const m = /^<0x([0-9A-F]{2})>$/.exec(p.piece);
-        if (!m || !proto.trainer.byteFallback) {
-          throw unsupported(
-            `byte piece ${JSON.stringify(p.piece)} without byte fallback`,
-            "the model file is broken",
-            key,
-          );
-        }
-        const byte = Number.parseInt(m[1] as string, 16);
-        this.byteIds[byte] = id;
-        this.byteOf[id] = byte;
-      }
-    }
-    if (unkId < 0) throw unsupported("no <unk> piece", "the model file is broken", "pieces");
-    if (proto.trainer.byteFallback && this.byteIds.includes(-1)) {
-      throw unsupported(
-        "byte fallback is on but some <0xNN> pieces are missing",
-        "the model file is broken",
-        "trainer_spec.byte_fallback",
-      );
-    }
+    this.pieceOf = v.pieceOf;
+    this.types = v.types;
+    this.scores = v.scores;
+    this.byteOf = v.byteOf;
+    this.byteIds = v.byteIds;
+    this.mergeable = v.mergeable;
+    this.reserved = v.reserved;
+    const { unkId, userDefined } = v;
     this.unkId = unkId;
     const control = (piece: string) => {
       const id = this.pieceToId(piece);
@@ -476,177 +419,5 @@ export class SentencePieceModel {
     }
     flush();
     return text;
-  }
-}
-
-/** An open-addressing hash table from a pair of non-negative integers to an integer. */
-class PairTable {
-  private a = new Int32Array(1024).fill(-1);
-  private b = new Int32Array(1024);
-  private v = new Int32Array(1024);
-  private count = 0;
-
-  private slot(a: number, b: number): number {
-    const mask = this.a.length - 1;
-    let h = (Math.imul(a, 0x9e3779b1) ^ Math.imul(b + 0x7f4a7c15, 0x85ebca77)) >>> 0;
-    h = (h ^ (h >>> 15)) & mask;
-    for (;;) {
-      const k = this.a[h] as number;
-      if (k === -1 || (k === a && this.b[h] === b)) return h;
-      h = (h + 1) & mask;
-    }
-  }
-
-  /** The value, or ABSENT. */
-  get(a: number, b: number): number {
-    const h = this.slot(a, b);
-    return this.a[h] === -1 ? ABSENT : (this.v[h] as number);
-  }
-
-  get size(): number {
-    return this.count;
-  }
-
-  clear(): void {
-    this.a.fill(-1);
-    this.count = 0;
-  }
-
-  has(a: number, b: number): boolean {
-    return this.a[this.slot(a, b)] !== -1;
-  }
-
-  set(a: number, b: number, value: number): void {
-    if ((this.count + 1) * 2 > this.a.length) this.grow();
-    const h = this.slot(a, b);
-    if (this.a[h] === -1) this.count++;
-    this.a[h] = a;
-    this.b[h] = b;
-    this.v[h] = value;
-  }
-
-  private grow(): void {
-    const [a, b, v] = [this.a, this.b, this.v];
-    this.a = new Int32Array(a.length * 2).fill(-1);
-    this.b = new Int32Array(a.length * 2);
-    this.v = new Int32Array(a.length * 2);
-    this.count = 0;
-    for (let i = 0; i < a.length; i++) if (a[i] !== -1) this.set(a[i] as number, b[i] as number, v[i] as number);
-  }
-}
-
-/** Symbol arrays reused from one segment to the next. */
-class Work {
-  start = new Int32Array(256);
-  end = new Int32Array(256);
-  sym = new Int32Array(256);
-  prev = new Int32Array(256);
-  next = new Int32Array(256);
-
-  ensure(n: number): this {
-    if (n > this.start.length) {
-      const size = Math.max(n, this.start.length * 2);
-      this.start = new Int32Array(size);
-      this.end = new Int32Array(size);
-      this.sym = new Int32Array(size);
-      this.prev = new Int32Array(size);
-      this.next = new Int32Array(size);
-    }
-    return this;
-  }
-}
-
-/** A binary max-heap of candidate merges over typed arrays: higher score first, then smaller left index. */
-class PairHeap {
-  private left = new Int32Array(256);
-  private right = new Int32Array(256);
-  private score = new Float64Array(256);
-  private len = new Int32Array(256);
-  private id = new Int32Array(256);
-  size = 0;
-
-  topLeft(): number {
-    return this.left[0] as number;
-  }
-  topRight(): number {
-    return this.right[0] as number;
-  }
-  topLen(): number {
-    return this.len[0] as number;
-  }
-  topId(): number {
-    return this.id[0] as number;
-  }
-
-  private before(si: number, li: number, j: number): boolean {
-    const sj = this.score[j] as number;
-    return si > sj || (si === sj && li < (this.left[j] as number));
-  }
-
-  private grow(): void {
-    const n = this.left.length * 2;
-    const copy = <T extends Int32Array | Float64Array>(a: T, b: T): T => {
-      b.set(a);
-      return b;
-    };
-    this.left = copy(this.left, new Int32Array(n));
-    this.right = copy(this.right, new Int32Array(n));
-    this.score = copy(this.score, new Float64Array(n));
-    this.len = copy(this.len, new Int32Array(n));
-    this.id = copy(this.id, new Int32Array(n));
-  }
-
-  private put(i: number, left: number, right: number, score: number, len: number, id: number): void {
-    this.left[i] = left;
-    this.right[i] = right;
-    this.score[i] = score;
-    this.len[i] = len;
-    this.id[i] = id;
-  }
-
-  private move(to: number, from: number): void {
-    this.put(
-      to,
-      this.left[from] as number,
-      this.right[from] as number,
-      this.score[from] as number,
-      this.len[from] as number,
-      this.id[from] as number,
-    );
-  }
-
-  push(left: number, right: number, score: number, len: number, id: number): void {
-    if (this.size === this.left.length) this.grow();
-    let i = this.size++;
-    while (i > 0) {
-      const parent = (i - 1) >> 1;
-      if (!this.before(score, left, parent)) break;
-      this.move(i, parent);
-      i = parent;
-    }
-    this.put(i, left, right, score, len, id);
-  }
-
-  /** Removes the top. */
-  pop(): void {
-    const last = --this.size;
-    if (last === 0) return;
-    const left = this.left[last] as number;
-    const right = this.right[last] as number;
-    const score = this.score[last] as number;
-    const len = this.len[last] as number;
-    const id = this.id[last] as number;
-    let i = 0;
-    for (;;) {
-      const l = 2 * i + 1;
-      if (l >= last) break;
-      const r = l + 1;
-      const best = r < last && this.before(this.score[r] as number, this.left[r] as number, l) ? r : l;
-      const sb = this.score[best] as number;
-      if (!(sb > score || (sb === score && (this.left[best] as number) < left))) break;
-      this.move(i, best);
-      i = best;
-    }
-    this.put(i, left, right, score, len, id);
   }
 }
