@@ -28,6 +28,7 @@ from prepared import make_plan, write_prepared
 from safetensors.torch import save_file
 
 from lorakit_engine import checkpoint as ckpt
+from lorakit_engine import files
 from lorakit_engine.data import Prepared
 from lorakit_engine.models.checkpoint import find_weights, iter_tensors, read_config
 from lorakit_engine.plan import read_plan
@@ -317,6 +318,7 @@ def checkpoint_seed(work) -> Path:
     torch.save(sched.state_dict(), d / "scheduler.pt")
     torch.save(ckpt.rng_state(), d / "rng.pt")
     (d / ckpt.STATE).write_text(json.dumps({"step": 1, "epoch": 0, "micro_batch": 2, "plan_hash": "0" * 16}))
+    files.write_sums(d)  # as the engine writes a checkpoint: SHA256SUMS last
     return d
 
 
@@ -335,6 +337,9 @@ def test_checkpoint_files_mutated(work, checkpoint_seed, data):
         read_or_refused(lambda: ckpt.read_files(d), target, d)
     else:
         target.write_bytes(data.draw(edited_bytes(target.read_bytes())))
+        if data.draw(st.booleans()):
+            # Damage written whole, SHA256SUMS and all (a writer's bug, not the disk): the readers' turn.
+            files.write_sums(d)
         read_or_refused(lambda: ckpt.read_files(d), target)
 
 
@@ -345,6 +350,7 @@ def test_checkpoint_state_edited(work, checkpoint_seed, data):
     shutil.copytree(checkpoint_seed, d)
     state = json.loads((checkpoint_seed / ckpt.STATE).read_text())
     (d / ckpt.STATE).write_text(dumps(data.draw(edited_json(state))))
+    files.write_sums(d)  # a state.json written whole with other values: the checksum holds, the reader judges
     read_or_refused(lambda: ckpt.read_files(d), d / ckpt.STATE)
 
 
@@ -437,6 +443,10 @@ def test_damaged_checkpoint_file_is_named(tmp_path, checkpoint_seed, name, damag
     d = tmp_path / "step-1"
     shutil.copytree(checkpoint_seed, d)
     (d / name).write_bytes(damage((d / name).read_bytes()))
+    with pytest.raises(EngineError) as e:  # the disk's damage: SHA256SUMS no longer matches
+        ckpt.read_files(d)
+    assert e.value.code == "CHECKPOINT_CORRUPT" and str(d / name) in e.value.message
+    files.write_sums(d)  # the same bytes written whole (a writer's bug): the reader refuses them, located
     with pytest.raises(EngineError) as e:
         ckpt.read_files(d)
     assert e.value.code == "CHECKPOINT_UNREADABLE" and str(d / name) in e.value.message
