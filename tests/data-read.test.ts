@@ -6,20 +6,10 @@ import { describe, expect, it } from "vitest";
 import { normalizeRecords } from "../src/data/formats.js";
 import { readSamples } from "../src/data/read.js";
 import { ROOT } from "../src/engine/python.js";
-import { formatError, LorakitError } from "../src/errors.js";
-import { tmpDir } from "./helpers.js";
+import { formatError } from "../src/errors.js";
+import { caught, tmpDir } from "./helpers.js";
 
 const data = (f: string) => path.join(ROOT, "tests", "fixtures", "data", f);
-
-function caught(fn: () => unknown): LorakitError {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof LorakitError) return e;
-    throw e;
-  }
-  throw new Error("expected a LorakitError");
-}
 
 const load = (file: string, opts: Parameters<typeof normalizeRecords>[1] = {}) =>
   normalizeRecords(readSamples([file]).records, opts).conversations;

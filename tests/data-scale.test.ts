@@ -8,7 +8,6 @@ import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { PassThrough } from "node:stream";
-import { build } from "esbuild";
 import { beforeAll, describe, expect, it } from "vitest";
 import { DataProgress } from "../src/cli/data-progress.js";
 import type { Io } from "../src/cli/io.js";
@@ -28,7 +27,8 @@ import { chatglm3Template } from "../src/data/template.js";
 import { loadTokenizer, type Tokenizer } from "../src/data/tokenizer.js";
 import { ROOT } from "../src/engine/python.js";
 import { LorakitError } from "../src/errors.js";
-import { fixture, tmpDir } from "./helpers.js";
+import { bundleForNode } from "./bundle.js";
+import { caught, fixture, tmpDir } from "./helpers.js";
 
 const MODEL = fixture("tokenizers", "spm-chatglm3");
 let glm: Tokenizer;
@@ -39,16 +39,10 @@ beforeAll(async () => {
   glm = await loadTokenizer(MODEL);
   const dir = fixture("workers");
   mkdirSync(dir, { recursive: true });
-  workerScript = path.join(dir, "prepare-worker.mjs");
-  await build({
-    entryPoints: [path.join(ROOT, "src", "data", "prepare-worker.ts")],
-    bundle: true,
-    platform: "node",
-    format: "esm",
-    packages: "external",
-    outfile: workerScript,
-    logLevel: "silent",
-  });
+  workerScript = await bundleForNode(
+    path.join(ROOT, "src", "data", "prepare-worker.ts"),
+    path.join(dir, "prepare-worker.mjs"),
+  );
 });
 
 const options = (over: Partial<PrepareOptions>): PrepareOptions => ({
@@ -89,16 +83,6 @@ function records(n: number, seed = 1): Record<string, unknown>[] {
 }
 
 const jsonl = (rows: unknown[]) => `${rows.map((r) => JSON.stringify(r)).join("\n")}\n`;
-
-function caught(fn: () => unknown): LorakitError {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof LorakitError) return e;
-    throw e;
-  }
-  throw new Error("expected a LorakitError");
-}
 
 async function rejected(p: Promise<unknown>): Promise<LorakitError> {
   try {

@@ -23,7 +23,7 @@ import { type PrepareOptions, prepareDataset } from "../src/data/prepare.js";
 import { loadTokenizer, type Tokenizer } from "../src/data/tokenizer.js";
 import { adapterBytes, checkpointBytes, onDisk } from "../src/doctor/disk-need.js";
 import { ROOT } from "../src/engine/python.js";
-import { LorakitError } from "../src/errors.js";
+import type { LorakitError } from "../src/errors.js";
 import { writeFileAtomic } from "../src/files/atomic.js";
 import { diskFullError, freeBytes, isDiskFull } from "../src/files/disk.js";
 import { checkSums } from "../src/files/sums.js";
@@ -32,7 +32,7 @@ import { readCheckpoint, TOKENIZER_FILES } from "../src/models/checkpoint.js";
 import { loraParams, loraTensors, modelShape } from "../src/models/shape.js";
 import { writeReport } from "../src/report/html.js";
 import { RunStore } from "../src/runs/store.js";
-import { fixture, runCli, tmpDir, writeCodeWords } from "./helpers.js";
+import { caught, fixture, runCli, tmpDir, writeCodeWords } from "./helpers.js";
 
 /** A tmpfs of `size` bytes mounted at `dir`; `fill()` takes what is left of it. */
 class SmallFs {
@@ -109,18 +109,29 @@ function temporaries(dir: string): string[] {
   return readdirSync(dir, { recursive: true, encoding: "utf8" }).filter((p) => /(^|\/)\.[^/]*tmp/.test(p));
 }
 
-function caught(fn: () => unknown): LorakitError {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof LorakitError) return e;
-    throw e;
-  }
-  throw new Error("no error");
-}
-
 function blocks(dir: string): number {
   return readdirSync(dir).reduce((n, f) => n + statSync(path.join(dir, f)).blocks * 512, 0);
+}
+
+/**
+ * What a run stopped by a full disk at checkpoint step-4 must leave (both training tests): DISK_FULL with the
+ * need and the free space, step-2 kept and verifying, no temporary file, the run failed in the store with the
+ * reason. Returns the checkpoints folder.
+ */
+function stoppedAtStep4(stderr: string, runDir: string, work: string): string {
+  const base = path.join(runDir, "checkpoints");
+  expect(stderr).toContain("error DISK_FULL");
+  expect(stderr).toMatch(/it needs about \d+ (KiB|MiB) \(the size of step-2\), \d+ (KiB|MiB) free on that filesystem/);
+  expect(stderr).toContain("step-2 is the last checkpoint, intact");
+  expect(readdirSync(base)).toEqual(["step-2"]);
+  expect(checkSums(path.join(base, "step-2"))).toEqual([]);
+  expect(temporaries(runDir)).toEqual([]);
+  const db = new Database(path.join(work, "runs", "lorakit.db"), { readonly: true });
+  const run = db.prepare("SELECT status, error FROM runs WHERE name='run'").get() as { status: string; error: string };
+  db.close();
+  expect(run.status).toBe("failed");
+  expect(run.error).toMatch(/^DISK_FULL: no space left for checkpoint step-4 in /);
+  return base;
 }
 
 const TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
@@ -149,25 +160,9 @@ onTmpfs("a training run on a small filesystem", () => {
 
     const r = await runCli(["train", "run.yaml", "--no-smoke"], { cwd: dir });
     expect(r.code).toBe(1);
-    const base = path.join(fs.dir, "checkpoints");
-    expect(r.stderr).toContain(`error DISK_FULL`);
+    const base = stoppedAtStep4(r.stderr, fs.dir, dir);
     expect(r.stderr).toContain(`no space left for checkpoint step-4 in ${base}`);
-    expect(r.stderr).toMatch(
-      /it needs about \d+ (KiB|MiB) \(the size of step-2\), \d+ (KiB|MiB) free on that filesystem/,
-    );
-    expect(r.stderr).toContain("step-2 is the last checkpoint, intact");
     expect(r.stderr).toContain("--resume");
-    expect(readdirSync(base)).toEqual(["step-2"]);
-    expect(checkSums(path.join(base, "step-2"))).toEqual([]);
-    expect(temporaries(fs.dir)).toEqual([]);
-    const db = new Database(path.join(dir, "runs", "lorakit.db"), { readonly: true });
-    const run = db.prepare("SELECT status, error FROM runs WHERE name='run'").get() as {
-      status: string;
-      error: string;
-    };
-    db.close();
-    expect(run.status).toBe("failed");
-    expect(run.error).toMatch(/^DISK_FULL: no space left for checkpoint step-4 in /);
     // The doctor's estimate is what the engine wrote, to 5%.
     const real = blocks(path.join(base, "step-2"));
     expect(Math.abs(one - real) / real, `estimated ${fmtBytes(one)}, written ${fmtBytes(real)}`).toBeLessThan(0.05);
@@ -255,26 +250,10 @@ onTmpfs("a training run whose disk fills up mid-checkpoint", () => {
 
     const r = await runCli(["train", "run.yaml", "--no-smoke"], { cwd: dir, env: fillMidCheckpoint(fs.dir, 4) });
     expect(r.code, r.stdout + r.stderr).toBe(1);
-    const base = path.join(fs.dir, "checkpoints");
-    expect(r.stderr).toContain("error DISK_FULL");
+    const base = stoppedAtStep4(r.stderr, fs.dir, dir);
     expect(r.stderr).toContain(`no space left for checkpoint step-4 in ${base} (writing optimizer.pt)`);
-    expect(r.stderr).toMatch(
-      /it needs about \d+ (KiB|MiB) \(the size of step-2\), \d+ (KiB|MiB) free on that filesystem/,
-    );
     expect(r.stderr).not.toContain("Traceback");
     expect(r.stderr).not.toMatch(/File ".*", line \d+/); // the cause and the fix, not a stack
-    expect(r.stderr).toContain("step-2 is the last checkpoint, intact");
-    expect(readdirSync(base)).toEqual(["step-2"]);
-    expect(checkSums(path.join(base, "step-2"))).toEqual([]);
-    expect(temporaries(fs.dir)).toEqual([]);
-    const db = new Database(path.join(dir, "runs", "lorakit.db"), { readonly: true });
-    const run = db.prepare("SELECT status, error FROM runs WHERE name='run'").get() as {
-      status: string;
-      error: string;
-    };
-    db.close();
-    expect(run.status).toBe("failed");
-    expect(run.error).toMatch(/^DISK_FULL: no space left for checkpoint step-4 in /);
   });
 });
 

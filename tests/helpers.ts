@@ -6,6 +6,7 @@ import { PassThrough } from "node:stream";
 import type { Io } from "../src/cli/io.js";
 import { main } from "../src/cli/main.js";
 import { ROOT } from "../src/engine/python.js";
+import { LorakitError } from "../src/errors.js";
 
 export const FIXTURES = path.join(ROOT, "tests", ".fixtures");
 export const fixture = (...p: string[]) => path.join(FIXTURES, ...p);
@@ -80,4 +81,15 @@ export async function runCli(
   };
   const code = await main(argv, io);
   return { code, stdout: o, stderr: e };
+}
+
+/** The LorakitError `fn` throws; anything else thrown is rethrown, and no error at all fails the test. */
+export function caught(fn: () => unknown): LorakitError {
+  try {
+    fn();
+  } catch (e) {
+    if (e instanceof LorakitError) return e;
+    throw e;
+  }
+  throw new Error("expected a LorakitError");
 }

@@ -4,15 +4,15 @@
 // "database is locked", no lost row), and the lock of a run: refused while its holder (or the holder's
 // engine) lives, taken over when they are gone — by exactly one of several processes that find it at once.
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import Database from "better-sqlite3";
-import { build } from "esbuild";
 import { beforeAll, describe, expect, it } from "vitest";
 import { ROOT } from "../src/engine/python.js";
 import { LOCK_FILE, type LockHolder, RunLock } from "../src/runs/lock.js";
 import { procStart, thisProcess } from "../src/runs/owner.js";
 import { RunStore } from "../src/runs/store.js";
+import { bundleForNode } from "./bundle.js";
 import { tmpDir } from "./helpers.js";
 
 /** A process id that was in use a moment ago and is not any more. */
@@ -34,19 +34,10 @@ function writeLegacyStore(file: string): void {
 
 let worker: string;
 beforeAll(async () => {
-  worker = path.join(ROOT, "tests", ".fixtures", "store-worker.mjs");
-  const r = await build({
-    entryPoints: [path.join(ROOT, "tests", "fault", "store-worker.ts")],
-    bundle: true,
-    platform: "node",
-    format: "esm",
-    target: "node20",
-    packages: "external",
-    write: false,
-    logLevel: "silent",
-  });
-  writeFileSync(`${worker}.${process.pid}`, r.outputFiles[0]?.contents ?? "");
-  renameSync(`${worker}.${process.pid}`, worker);
+  worker = await bundleForNode(
+    path.join(ROOT, "tests", "fault", "store-worker.ts"),
+    path.join(ROOT, "tests", ".fixtures", "store-worker.mjs"),
+  );
 });
 
 /** Starts `n` workers at once (each told the same instant to begin) and collects their one-line answers. */

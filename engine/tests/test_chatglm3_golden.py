@@ -26,21 +26,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from fixtures import tokenizers as fx
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "fixtures" / "chatglm3-golden.json"
 REAL = REPO.parent / "shared" / "models" / "chatglm3-6b" / "tokenizer.model"
-SPECIALS = [
-    "[MASK]",
-    "[gMASK]",
-    "[sMASK]",
-    "sop",
-    "eop",
-    "<|system|>",
-    "<|user|>",
-    "<|assistant|>",
-    "<|observation|>",
-]
+SPECIALS = fx.CHATGLM_SPECIALS  # the nine specials, in id order after the vocabulary
 TOOLS_SYSTEM = "Answer the following questions as best as you can. You have access to the following tools:"
 IGNORE = -100
 

@@ -36,15 +36,20 @@ function readJsonish<T>(file: string, parse: (text: string) => unknown): T | nul
   }
 }
 
-/** config.yaml and plan.json of `runDir` (either null when missing or unreadable), and its newest checkpoint. */
-export function readRecorded(runDir: string, fallback?: { configJson?: string; planJson?: string | null }): Recorded {
+/** config.yaml and plan.json of `runDir` (either null when missing or unreadable), and the checkpoint a resume takes
+ * (the newest that verifies; given when the caller has already found it). */
+export function readRecorded(
+  runDir: string,
+  fallback?: { configJson?: string; planJson?: string | null },
+  checkpoint: Checkpoint | null = newestVerifiedCheckpoint(runDir).newest,
+): Recorded {
   const config =
     readJsonish<RunConfig>(path.join(runDir, "config.yaml"), parseYaml) ??
     (fallback?.configJson ? readJsonish<RunConfig>("", () => JSON.parse(fallback.configJson as string)) : null);
   const plan =
     readJsonish<Plan>(path.join(runDir, "plan.json"), JSON.parse) ??
     (fallback?.planJson ? readJsonish<Plan>("", () => JSON.parse(fallback.planJson as string)) : null);
-  return { config, plan, checkpoint: newestVerifiedCheckpoint(runDir).newest };
+  return { config, plan, checkpoint };
 }
 
 export interface Change {

@@ -17,7 +17,7 @@ import { buildPlan } from "../plan/index.js";
 import { writeReport } from "../report/html.js";
 import { modelCardFacts, writeModelCard } from "../report/model-card.js";
 import { exactMatchShare, exactMatchText } from "../runs/exact-match.js";
-import { checkpoints, removeTornWrites } from "../runs/layout.js";
+import { type Checkpoint, checkpoints, removeTornWrites } from "../runs/layout.js";
 import { RunLock } from "../runs/lock.js";
 import { configChanges, planChanges, type Recorded, readRecorded, resumeRefusal } from "../runs/resume.js";
 import { RunStore } from "../runs/store.js";
@@ -59,7 +59,7 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
   const runDir = path.join(loaded.outputDir, loaded.name);
   // The checkpoint a resume takes (the newest whose files match their SHA256SUMS), or the refusal, before any file
   // of the run is written.
-  if (opts.resume) resumableCheckpoint(runDir, loaded.name, path.basename(loaded.file));
+  const resumeFrom = opts.resume ? resumableCheckpoint(runDir, loaded.name, path.basename(loaded.file)) : null;
   const created = !existsSync(runDir);
   mkdirSync(runDir, { recursive: true });
   const flags = [opts.resume && "--resume", opts.fresh && "--fresh", opts.force && "--force"].filter(Boolean);
@@ -72,7 +72,7 @@ export async function runRoad(loaded: LoadedConfig, opts: RoadOptions): Promise<
   try {
     for (const s of store.settled) opts.log(`runs        run '${s.name}' was left running: ${s.reason}; marked failed`);
     removeTornWrites(runDir);
-    return await road(loaded, opts, { runDir, lock, store });
+    return await road(loaded, opts, { runDir, lock, store, resumeFrom });
   } catch (e) {
     // A road stopped by an error (or by Ctrl-C before training) after it opened the run: the run says so.
     const row = store.getRun(loaded.name);
@@ -102,6 +102,8 @@ interface Held {
   runDir: string;
   lock: RunLock;
   store: RunStore;
+  /** The checkpoint a `--resume` continues from (found and verified once, before the lock). */
+  resumeFrom: Checkpoint | null;
 }
 
 /** `--resume` of a run: refused (every changed setting named) before anything is written; or, when the run has
@@ -110,9 +112,11 @@ function checkResume(
   loaded: LoadedConfig,
   store: RunStore,
   runDir: string,
+  from: Checkpoint | null,
 ): { recorded: Recorded; done: RoadResult | null } {
   const row = store.getRun(loaded.name);
-  const recorded = readRecorded(runDir, row ? { configJson: row.config_json, planJson: row.plan_json } : undefined);
+  const fallback = row ? { configJson: row.config_json, planJson: row.plan_json } : undefined;
+  const recorded = readRecorded(runDir, fallback, from);
   const refused = resumeRefusal(loaded, configChanges(recorded, loaded.config));
   if (refused) throw refused;
   const longer =
@@ -158,7 +162,7 @@ async function road(loaded: LoadedConfig, opts: RoadOptions, held: Held): Promis
     return "quitting now: nothing was trained yet, nothing is lost";
   };
 
-  const recorded = opts.resume ? checkResume(loaded, store, runDir) : null;
+  const recorded = opts.resume ? checkResume(loaded, store, runDir, held.resumeFrom) : null;
   if (recorded?.done) return recorded.done;
 
   const earlier = [

@@ -3,10 +3,9 @@
 // (tests/fault/preload.mjs: kill -9 at an exact point) and the engine's fault fixture on PYTHONPATH
 // (engine/tests/fixtures/fault: kill -9 or hold inside the engine); its output read as it comes.
 import { type ChildProcess, spawn } from "node:child_process";
-import { renameSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { build } from "esbuild";
 import { ENGINE_DIR, ROOT } from "../../src/engine/python.js";
+import { bundleForNode } from "../bundle.js";
 
 export const PRELOAD = path.join(ROOT, "tests", "fault", "preload.mjs");
 export const ENGINE_FAULT = path.join(ENGINE_DIR, "tests", "fixtures", "fault");
@@ -16,9 +15,8 @@ export const ENGINE_FAULT = path.join(ENGINE_DIR, "tests", "fixtures", "fault");
  * root, as dist/cli/main.js is, so that the modules that find the repository from their own URL find it.
  */
 export async function buildCli(name: string): Promise<string> {
-  const out = path.join(ROOT, "tests", ".fixtures", `${name}.mjs`);
-  const r = await build({
-    stdin: {
+  return bundleForNode(
+    {
       contents: [
         'import { endOnClosedOutput, main } from "./src/cli/main.ts";',
         "endOnClosedOutput(process.stdout);",
@@ -30,18 +28,8 @@ export async function buildCli(name: string): Promise<string> {
       loader: "ts",
       sourcefile: "lorakit-test-cli.ts",
     },
-    bundle: true,
-    platform: "node",
-    format: "esm",
-    target: "node20",
-    packages: "external",
-    write: false,
-    logLevel: "silent",
-  });
-  const tmp = `${out}.${process.pid}.tmp`;
-  writeFileSync(tmp, r.outputFiles[0]?.contents ?? "");
-  renameSync(tmp, out);
-  return out;
+    path.join(ROOT, "tests", ".fixtures", `${name}.mjs`),
+  );
 }
 
 export interface Ended {
